@@ -1,0 +1,101 @@
+"""Checks of model inputs: a bad batch fails here with a `ValueError` that
+names the argument, not as a shape error deep inside MXNet.
+
+Shape checks are free; value checks copy the (small, integer) inputs to the
+host once. Training loops that build batches themselves check them on the
+host and switch the model's checks off (`net.check_inputs = False`).
+"""
+import numpy as onp
+import mxnet as mx
+
+__all__ = ['check_encoder_inputs', 'check_pred_positions']
+
+
+def _host(name, array):
+    """`array` as a host NumPy array, or a ValueError naming `name`."""
+    if isinstance(array, mx.nd.NDArray):  # mxnet.np.ndarray is a subclass
+        array = array.asnumpy()
+    elif isinstance(array, (onp.ndarray, list, tuple)):
+        array = onp.asarray(array)
+    else:
+        raise ValueError(f'{name} must be an mxnet.np.ndarray, got '
+                         f'{type(array).__name__}')
+    if array.dtype.kind not in 'iuf':
+        raise ValueError(f'{name} must hold integer ids (an int or float '
+                         f'dtype with whole values), got dtype {array.dtype}')
+    if array.dtype.kind == 'f':
+        if not onp.all(onp.isfinite(array)) or onp.any(array != onp.round(array)):
+            raise ValueError(f'{name} must hold whole numbers, got '
+                             'non-integer values')
+    return array
+
+
+def _check_range(name, array, low, high, what):
+    if array.size and (array.min() < low or array.max() > high):
+        raise ValueError(f'{name} must be in [{low}, {high}] ({what}), got '
+                         f'values in [{array.min():g}, {array.max():g}]')
+
+
+def _shape(name, array):
+    shape = getattr(array, 'shape', None)
+    if shape is None:
+        raise ValueError(f'{name} must be an mxnet.np.ndarray, got '
+                         f'{type(array).__name__}')
+    return tuple(shape)
+
+
+def check_encoder_inputs(tokens, segments, valid_lens, vocab_size, max_len,
+                         num_segments=2, check_values=True):
+    """Check a batch for the encoder.
+
+    tokens: (batch size, sequence length) ids in [0, vocab_size).
+    segments: same shape as tokens, ids in [0, num_segments).
+    valid_lens: None or (batch size,), each in [1, sequence length].
+    """
+    tokens_shape = _shape('tokens', tokens)
+    if len(tokens_shape) != 2 or 0 in tokens_shape:
+        raise ValueError('tokens must have shape (batch size, sequence '
+                         f'length) with both > 0, got {tokens_shape}')
+    batch_size, seq_len = tokens_shape
+    if _shape('segments', segments) != tokens_shape:
+        raise ValueError(f'segments must have the shape of tokens '
+                         f'{tokens_shape}, got {_shape("segments", segments)}')
+    if seq_len > max_len:
+        raise ValueError(f'tokens has sequence length {seq_len}, beyond '
+                         f'max_len={max_len} of the position embedding')
+    if valid_lens is not None and _shape('valid_lens', valid_lens) != (batch_size,):
+        raise ValueError(f'valid_lens must be None or have shape '
+                         f'(batch size,) = ({batch_size},), got '
+                         f'{_shape("valid_lens", valid_lens)}')
+    if not check_values:
+        return
+    _check_range('tokens', _host('tokens', tokens), 0, vocab_size - 1,
+                 f'vocab_size={vocab_size}')
+    _check_range('segments', _host('segments', segments), 0,
+                 num_segments - 1, 'segment ids')
+    if valid_lens is not None:
+        _check_range('valid_lens', _host('valid_lens', valid_lens), 1,
+                     seq_len, 'at least 1 token, at most the sequence length')
+
+
+def check_pred_positions(pred_positions, batch_size, seq_len,
+                         check_values=True):
+    """pred_positions: (batch size, num predictions) in [0, seq_len)."""
+    shape = _shape('pred_positions', pred_positions)
+    if len(shape) != 2 or shape[0] != batch_size:
+        raise ValueError('pred_positions must have shape (batch size, '
+                         f'number of predictions) with batch size '
+                         f'{batch_size}, got {shape}')
+    if check_values:
+        _check_range('pred_positions', _host('pred_positions', pred_positions),
+                     0, seq_len - 1, 'positions inside the sequence')
+
+
+def check_encoded(name, X, num_hiddens=None):
+    """X: (batch size, sequence length, num_hiddens) from the encoder."""
+    shape = _shape(name, X)
+    if len(shape) != 3 or num_hiddens not in (None, shape[2]):
+        width = 'num_hiddens' if num_hiddens is None else num_hiddens
+        raise ValueError(f'{name} must have shape (batch size, sequence '
+                         f'length, {width}), got {shape}')
+    return shape

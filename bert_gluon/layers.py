@@ -1,0 +1,147 @@
+"""Hybridizable pieces of the BERT twin.
+
+Each block mirrors a d2l block's parameter names (`W_q`, `addnorm1.ln`,
+`ffn.dense1`, ...), so the twin and the book share one `.params` file.
+Legend for shape tags: B batch size, T sequence length, H num_hiddens,
+N num_heads, d = H / N, P prediction slots per sequence.
+Everything here avoids Python shapes so it hybridizes with static shapes.
+"""
+import math
+
+from mxnet.gluon import nn
+
+__all__ = ['Dense', 'MultiHeadSelfAttention', 'AddNorm', 'PositionWiseFFN',
+           'EncoderBlock', 'sinusoidal_positions', 'gather_rows']
+
+
+class Dense(nn.Dense):
+    """`nn.Dense` that also knows 'gelu' (the exact, erf form real BERT uses).
+
+    Same parameters as `nn.Dense`, so it can stand where the book has one.
+    """
+    def __init__(self, units, activation=None, **kwargs):
+        self._gelu = activation == 'gelu'
+        super().__init__(units, activation=None if self._gelu else activation,
+                         **kwargs)
+
+    def hybrid_forward(self, F, x, weight, bias=None):
+        out = super().hybrid_forward(F, x, weight, bias)
+        return F.npx.leaky_relu(out, act_type='gelu') if self._gelu else out
+
+
+def _split_heads(F, X, num_heads):
+    # (B, T, H) -> (B, T, N, d) -> (B, N, T, d) -> (B*N, T, d), as d2l.transpose_qkv
+    X = F.npx.reshape(X, (-2, -2, num_heads, -1))
+    X = F.np.transpose(X, (0, 2, 1, 3))
+    return F.npx.reshape(X, (-5, -2, -2))
+
+
+def _merge_heads(F, X, num_heads):
+    # (B*N, T, d) -> (B, N, T, d) -> (B, T, N, d) -> (B, T, H), as d2l.transpose_output
+    X = F.npx.reshape(X, (-6, -1, num_heads, -2, -2))
+    X = F.np.transpose(X, (0, 2, 1, 3))
+    return F.npx.reshape(X, (-2, -2, -1))
+
+
+class MultiHeadSelfAttention(nn.HybridBlock):
+    """d2l.MultiHeadAttention with queries = keys = values (all BERT needs)."""
+    def __init__(self, num_hiddens, num_heads, dropout, use_bias=False,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self._scale = 1.0 / math.sqrt(num_hiddens // num_heads)
+        with self.name_scope():
+            self.dropout = nn.Dropout(dropout)
+            for name in ('W_q', 'W_k', 'W_v', 'W_o'):
+                setattr(self, name, nn.Dense(num_hiddens, use_bias=use_bias,
+                                             flatten=False,
+                                             in_units=num_hiddens))
+
+    def hybrid_forward(self, F, X, valid_lens):
+        # X: (B, T, H); valid_lens: (B,), every row's count of real tokens
+        N = self.num_heads
+        queries = _split_heads(F, self.W_q(X), N)  # (B*N, T, d)
+        keys = _split_heads(F, self.W_k(X), N)
+        values = _split_heads(F, self.W_v(X), N)
+        scores = F.npx.batch_dot(queries, keys, transpose_b=True) * self._scale
+        # Softmax over the first valid_lens keys of every query: the same
+        # numbers as d2l's -1e6 mask, whose exponentials are exactly 0.
+        # Lengths per (row, query): (B, 1) + (T,) -> (B, T) -> (B*N, T)
+        lens = (F.np.expand_dims(valid_lens, -1)
+                + F.np.zeros_like(F.npx.arange_like(X, axis=1)))
+        lens = F.np.repeat(lens, N, axis=0).astype('int32')
+        weights = F.npx.softmax(scores, length=lens, use_length=True, axis=-1)
+        output = F.npx.batch_dot(self.dropout(weights), values)  # (B*N, T, d)
+        return self.W_o(_merge_heads(F, output, N))  # (B, T, H)
+
+
+class AddNorm(nn.HybridBlock):
+    """Residual connection followed by layer normalization (d2l.AddNorm)."""
+    def __init__(self, dropout, epsilon=1e-5, in_channels=0, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.dropout = nn.Dropout(dropout)
+            self.ln = nn.LayerNorm(epsilon=epsilon, in_channels=in_channels)
+
+    def hybrid_forward(self, F, X, Y):
+        return self.ln(self.dropout(Y) + X)
+
+
+class PositionWiseFFN(nn.HybridBlock):
+    """Position-wise feed-forward network (d2l.PositionWiseFFN)."""
+    def __init__(self, ffn_num_hiddens, ffn_num_outputs, activation='relu',
+                 use_bias=True, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.dense1 = Dense(ffn_num_hiddens, activation=activation,
+                                flatten=False, in_units=ffn_num_outputs)
+            self.dense2 = Dense(ffn_num_outputs, flatten=False,
+                                in_units=ffn_num_hiddens)
+
+    def hybrid_forward(self, F, X):
+        return self.dense2(self.dense1(X))
+
+
+class EncoderBlock(nn.HybridBlock):
+    """Transformer encoder block (d2l.EncoderBlock), post-LayerNorm."""
+    def __init__(self, num_hiddens, ffn_num_hiddens, num_heads, dropout,
+                 use_bias=False, activation='relu', layer_norm_eps=1e-5,
+                 **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.attention = MultiHeadSelfAttention(num_hiddens, num_heads,
+                                                    dropout, use_bias)
+            self.addnorm1 = AddNorm(dropout, layer_norm_eps, num_hiddens)
+            self.ffn = PositionWiseFFN(ffn_num_hiddens, num_hiddens,
+                                       activation)
+            self.addnorm2 = AddNorm(dropout, layer_norm_eps, num_hiddens)
+
+    def hybrid_forward(self, F, X, valid_lens):
+        Y = self.addnorm1(X, self.attention(X, valid_lens))
+        return self.addnorm2(Y, self.ffn(Y))
+
+
+def sinusoidal_positions(F, X, num_hiddens):
+    """d2l.PositionalEncoding's table for X's length, computed in the graph.
+
+    Returns P of shape (T, H): P[t, 2i] = sin(t / 10000^(2i/H)),
+    P[t, 2i+1] = cos(...), the same float32 arithmetic as d2l's table.
+    """
+    positions = F.np.expand_dims(F.npx.arange_like(X, axis=1), -1)  # (T, 1)
+    angles = positions / F.np.power(
+        10000, F.np.arange(0, num_hiddens, 2) / num_hiddens)  # (T, H/2)
+    # Interleave: stack to (T, H/2, 2), flatten to (T, H) = sin, cos, sin, ...
+    P = F.np.stack([F.np.sin(angles), F.np.cos(angles)], axis=-1)
+    return F.npx.reshape(P, (-2, -1))
+
+
+def gather_rows(F, X, pred_positions):
+    """X[b, pred_positions[b, j]] for every b, j, without advanced indexing.
+
+    X: (B, T, H); pred_positions: (B, P) -> (B, P, H).
+    batch_size=2, 3 positions -> batch_idx = [[0, 0, 0], [1, 1, 1]]
+    """
+    positions = pred_positions.astype('int32')
+    batch_idx = (F.np.expand_dims(F.npx.arange_like(positions, axis=0), -1)
+                 .astype('int32') + F.np.zeros_like(positions))
+    return F.npx.gather_nd(X, F.np.stack([batch_idx, positions]))

@@ -1,0 +1,195 @@
+"""The fast twin of the book's BERT: HybridBlocks with the same parameter tree.
+
+`HybridBERTModel.from_config(get_config('d2l.pretrain'))` builds the model;
+`hybridize(static_alloc=True, static_shape=True)` compiles it. A `.params`
+file saved from `book.BERTModel` loads into `HybridBERTModel` and back.
+Real-BERT configs add parameters (learned positions, biases, embedding
+LayerNorm) under the names d2l's pretrained checkpoints use.
+"""
+import mxnet as mx
+from mxnet.gluon import nn
+
+from .config import BERTConfig
+from .inputs import check_encoded, check_encoder_inputs, check_pred_positions
+from .layers import Dense, EncoderBlock, gather_rows, sinusoidal_positions
+
+__all__ = ['HybridBERTEncoder', 'HybridMaskLM', 'HybridNextSentencePred',
+           'HybridBERTModel']
+
+
+def _is_eager(x):
+    return isinstance(x, mx.nd.NDArray)
+
+
+def _full_lens(tokens):
+    # No valid_lens means every token is valid: one graph serves both cases.
+    return mx.np.full((tokens.shape[0],), tokens.shape[1], dtype='float32',
+                      ctx=tokens.ctx)
+
+
+class HybridBERTEncoder(nn.HybridBlock):
+    """BERT encoder (book.BERTEncoder's parameters, plus real-BERT options).
+
+    forward(tokens, segments, valid_lens=None):
+      tokens, segments: (B, T) ids; valid_lens: None or (B,).
+      Returns encoded_X: (B, T, H).
+    """
+    check_inputs = True  # set False when batches are checked upstream
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        H = config.num_hiddens
+        with self.name_scope():
+            self.token_embedding = nn.Embedding(config.vocab_size, H)
+            self.segment_embedding = nn.Embedding(config.num_segments, H)
+            if config.position_embedding == 'learned':
+                # d2l's checkpoints: a (1, max_len, H) parameter of this name
+                self.pos_embedding = self.params.get(
+                    'pos_embedding', shape=(1, config.max_len, H))
+            if config.embedding_layer_norm:
+                self.embedding_ln = nn.LayerNorm(
+                    epsilon=config.layer_norm_eps, in_channels=H)
+            self.embedding_dropout = nn.Dropout(config.dropout)
+            self.blks = nn.HybridSequential()
+            for _ in range(config.num_layers):
+                self.blks.add(EncoderBlock(
+                    H, config.ffn_num_hiddens, config.num_heads,
+                    config.dropout, config.use_bias, config.activation,
+                    config.layer_norm_eps))
+
+    def forward(self, tokens, segments, valid_lens=None):
+        if _is_eager(tokens):
+            check_encoder_inputs(tokens, segments, valid_lens,
+                                 self.config.vocab_size, self.config.max_len,
+                                 self.config.num_segments, self.check_inputs)
+            if valid_lens is None:
+                valid_lens = _full_lens(tokens)
+        return super().forward(tokens, segments, valid_lens)
+
+    def hybrid_forward(self, F, tokens, segments, valid_lens,
+                       pos_embedding=None):
+        # Shape of X: (batch size, max sequence length, num_hiddens)
+        X = self.token_embedding(tokens) + self.segment_embedding(segments)
+        if pos_embedding is None:
+            X = X + sinusoidal_positions(F, X, self.config.num_hiddens)
+        else:
+            positions = F.npx.arange_like(X, axis=1).astype('int32')  # (T,)
+            X = X + F.np.take(pos_embedding, positions, axis=1)  # + (1, T, H)
+        if self.config.embedding_layer_norm:
+            X = self.embedding_ln(X)
+        X = self.embedding_dropout(X)
+        for blk in self.blks:
+            X = blk(X, valid_lens)
+        return X
+
+
+class HybridMaskLM(nn.HybridBlock):
+    """The masked language model head (book.MaskLM's parameters).
+
+    forward(X, pred_positions): X (B, T, H), pred_positions (B, P)
+    -> mlm_Y_hat (B, P, vocab_size).
+    """
+    check_inputs = True
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        H = config.num_hiddens
+        self.num_hiddens = H
+        with self.name_scope():
+            self.mlp = nn.HybridSequential()
+            self.mlp.add(Dense(H, flatten=False, activation=config.activation,
+                               in_units=H))
+            self.mlp.add(nn.LayerNorm(epsilon=config.layer_norm_eps,
+                                      in_channels=H))
+            self.mlp.add(Dense(config.vocab_size, flatten=False, in_units=H))
+
+    def forward(self, X, pred_positions):
+        if _is_eager(X):
+            batch_size, seq_len, _ = check_encoded('X', X, self.num_hiddens)
+            check_pred_positions(pred_positions, batch_size, seq_len,
+                                 self.check_inputs)
+        return super().forward(X, pred_positions)
+
+    def hybrid_forward(self, F, X, pred_positions):
+        masked_X = gather_rows(F, X, pred_positions)  # (B, P, H)
+        return self.mlp(masked_X)
+
+
+class HybridNextSentencePred(nn.HybridBlock):
+    """The next sentence prediction head (book.NextSentencePred's parameters).
+
+    Its hidden layer is BERT's pooler. forward(X): X (B, T, H) -> (B, 2).
+    """
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        H = config.num_hiddens
+        self.num_hiddens = H
+        with self.name_scope():
+            self.mlp = nn.HybridSequential()
+            self.mlp.add(nn.Dense(H, activation='tanh', in_units=H))
+            self.mlp.add(nn.Dense(2, in_units=H))
+
+    def forward(self, X):
+        if _is_eager(X):
+            check_encoded('X', X, self.num_hiddens)
+        return super().forward(X)
+
+    def hybrid_forward(self, F, X):
+        # 0 is the index of the '<cls>' token; X[:, 0, :] is (B, H)
+        return self.mlp(X[:, 0, :])
+
+
+class HybridBERTModel(nn.HybridBlock):
+    """The BERT model: encoder, MLM head, NSP head (book.BERTModel's tree).
+
+    forward(tokens, segments, valid_lens=None, pred_positions=None)
+      -> (encoded_X (B, T, H), mlm_Y_hat (B, P, V) or None, nsp_Y_hat (B, 2)).
+    With pred_positions the whole model runs as one graph when hybridized;
+    without, the encoder and NSP graphs run.
+    """
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(config, BERTConfig):
+            raise ValueError('config must be a bert_gluon.BERTConfig, got '
+                             f'{type(config).__name__}')
+        self.config = config
+        with self.name_scope():
+            self.encoder = HybridBERTEncoder(config)
+            self.nsp = HybridNextSentencePred(config)
+            self.mlm = HybridMaskLM(config)
+
+    @classmethod
+    def from_config(cls, config, **changes):
+        from .config import get_config
+        return cls(get_config(config, **changes))
+
+    @property
+    def check_inputs(self):
+        return self.encoder.check_inputs
+
+    @check_inputs.setter
+    def check_inputs(self, value):
+        self.encoder.check_inputs = self.mlm.check_inputs = bool(value)
+
+    def forward(self, tokens, segments, valid_lens=None, pred_positions=None):
+        if not _is_eager(tokens):
+            return super().forward(tokens, segments, valid_lens,
+                                   pred_positions)
+        check_encoder_inputs(tokens, segments, valid_lens,
+                             self.config.vocab_size, self.config.max_len,
+                             self.config.num_segments, self.check_inputs)
+        if valid_lens is None:
+            valid_lens = _full_lens(tokens)
+        if pred_positions is None:
+            encoded_X = self.encoder(tokens, segments, valid_lens)
+            return encoded_X, None, self.nsp(encoded_X)
+        check_pred_positions(pred_positions, *tokens.shape,
+                             check_values=self.check_inputs)
+        return super().forward(tokens, segments, valid_lens, pred_positions)
+
+    def hybrid_forward(self, F, tokens, segments, valid_lens, pred_positions):
+        encoded_X = self.encoder(tokens, segments, valid_lens)
+        mlm_Y_hat = self.mlm(encoded_X, pred_positions)
+        nsp_Y_hat = self.nsp(encoded_X)
+        return encoded_X, mlm_Y_hat, nsp_Y_hat
