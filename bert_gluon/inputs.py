@@ -12,14 +12,8 @@ __all__ = ['check_encoder_inputs', 'check_pred_positions']
 
 
 def _host(name, array):
-    """`array` as a host NumPy array, or a ValueError naming `name`."""
-    if isinstance(array, mx.nd.NDArray):  # mxnet.np.ndarray is a subclass
-        array = array.asnumpy()
-    elif isinstance(array, (onp.ndarray, list, tuple)):
-        array = onp.asarray(array)
-    else:
-        raise ValueError(f'{name} must be an mxnet.np.ndarray, got '
-                         f'{type(array).__name__}')
+    """`array` (already shape-checked) as a host NumPy array."""
+    array = array.asnumpy()
     if array.dtype.kind not in 'iuf':
         raise ValueError(f'{name} must hold integer ids (an int or float '
                          f'dtype with whole values), got dtype {array.dtype}')
@@ -37,11 +31,10 @@ def _check_range(name, array, low, high, what):
 
 
 def _shape(name, array):
-    shape = getattr(array, 'shape', None)
-    if shape is None:
+    if not isinstance(array, mx.nd.NDArray):  # mxnet.np.ndarray is one
         raise ValueError(f'{name} must be an mxnet.np.ndarray, got '
-                         f'{type(array).__name__}')
-    return tuple(shape)
+                         f'{type(array).__module__}.{type(array).__name__}')
+    return tuple(array.shape)
 
 
 def check_encoder_inputs(tokens, segments, valid_lens, vocab_size, max_len,

@@ -18,7 +18,8 @@ __all__ = ['HybridBERTEncoder', 'HybridMaskLM', 'HybridNextSentencePred',
 
 
 def _is_eager(x):
-    return isinstance(x, mx.nd.NDArray)
+    # Anything but a Symbol is a call from the user, to be checked.
+    return not isinstance(x, mx.sym.Symbol)
 
 
 def _full_lens(tokens):

@@ -1,0 +1,153 @@
+"""Pretraining step and inference of d2l's small BERT: the book's blocks vs
+the hybridized twin, side by side, pairs/s.
+
+Workload: vocab 20256, 128 hidden, 256 FFN, 2 heads, 2 layers, max_len 64,
+10 prediction slots, the book's loss, Adam. Every contestant runs in its own
+process (MXNet reads OMP_NUM_THREADS only at import), with its thread count
+in the table.
+
+    python bench/bench_step.py                      # batches 128 and 512
+    python bench/bench_step.py --batch-sizes 128 --steps 5
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+CONTESTANTS = {
+    # name: (description, threads or None for MXNet's default, runner)
+    'seed-default': ('book blocks, eager, MXNet default threads', None, 'book'),
+    'seed': ('book blocks, eager', 'all', 'book'),
+    'twin': ('twin, hybridize(static_alloc, static_shape)', 'all', 'twin'),
+}
+
+
+def _synthetic_batch(np, batch_size, vocab_size=20256, max_len=64, num_pred=10,
+                     seed=0):
+    import numpy as onp
+    rng = onp.random.RandomState(seed)
+    lens = rng.randint(max_len // 2, max_len + 1, batch_size)
+    tokens = rng.randint(5, vocab_size, (batch_size, max_len))
+    segments = onp.zeros((batch_size, max_len))
+    for b, n in enumerate(lens):
+        tokens[b, n:] = 0
+        segments[b, n // 2:n] = 1
+    positions = onp.stack([rng.choice(n, num_pred, replace=False) for n in lens])
+    weights = onp.ones((batch_size, num_pred))
+    weights[:, -2:] = 0  # the book pads prediction slots with weight 0
+    arrays = (tokens, segments, lens, positions, weights,
+              rng.randint(5, vocab_size, (batch_size, num_pred)),
+              rng.randint(0, 2, batch_size))
+    dtypes = ('int32', 'int32', 'float32', 'int32', 'float32', 'int32', 'int32')
+    return [np.array(a, dtype=d) for a, d in zip(arrays, dtypes)]
+
+
+def run_worker(runner, batch_size, steps, warmup):
+    import mxnet as mx
+    from mxnet import autograd, gluon, np
+    import bert_gluon as bg
+
+    config = bg.get_config('d2l.pretrain')
+    batch = _synthetic_batch(np, batch_size)
+    tokens, segments, lens, positions, weights, mlm_Y, nsp_y = batch
+    mx.random.seed(0)
+    if runner == 'book':
+        net = bg.BERTModel.from_config(config)
+        loss = gluon.loss.SoftmaxCrossEntropyLoss()
+
+        def train_step():  # the book's _get_batch_loss_bert on one device
+            with autograd.record():
+                _, mlm_Y_hat, nsp_Y_hat = net(tokens, segments, lens, positions)
+                mlm_l = loss(mlm_Y_hat.reshape((-1, config.vocab_size)),
+                             mlm_Y.reshape(-1), weights.reshape((-1, 1)))
+                mlm_l = mlm_l.sum() / (weights.sum() + 1e-8)
+                nsp_l = loss(nsp_Y_hat, nsp_y).mean()
+                l = mlm_l + nsp_l
+            l.backward()
+            trainer.step(1)
+    else:
+        net = bg.HybridBERTModel(config)
+        net.check_inputs = False  # synthetic batch, checked by construction
+        loss = bg.loss.PretrainingLoss()
+        net.hybridize(static_alloc=True, static_shape=True)
+        loss.hybridize(static_alloc=True, static_shape=True)
+        num_weights, = weights.sum().asnumpy().reshape(1)
+
+        def train_step():
+            with autograd.record():
+                _, mlm_Y_hat, nsp_Y_hat = net(tokens, segments, lens, positions)
+                mlm_sum, nsp_sum = loss(mlm_Y_hat, nsp_Y_hat, mlm_Y, weights, nsp_y)
+                l = mlm_sum / float(num_weights) + nsp_sum / batch_size
+            l.backward()
+            trainer.step(1)
+    net.initialize(mx.init.Xavier())
+    net(tokens, segments, lens, positions)
+    trainer = gluon.Trainer(net.collect_params(), 'adam', {'learning_rate': 0.01})
+
+    def timed(fn, n):
+        for _ in range(warmup):
+            fn()
+        mx.nd.waitall()
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        mx.nd.waitall()
+        return batch_size * n / (time.perf_counter() - start)
+
+    train = timed(train_step, steps)
+    infer = timed(lambda: net(tokens, segments, lens, positions), steps * 3)
+    import resource
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {'train': train, 'infer': infer, 'peak_mb': peak_mb,
+            'threads': os.environ.get('OMP_NUM_THREADS', 'default')}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--batch-sizes', type=int, nargs='+', default=[128, 512])
+    parser.add_argument('--steps', type=int, default=5)
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--contestants', nargs='+', default=list(CONTESTANTS),
+                        choices=list(CONTESTANTS))
+    parser.add_argument('--worker', help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        runner, batch_size = args.worker.split(':')
+        print(json.dumps(run_worker(runner, int(batch_size), args.steps, args.warmup)))
+        return
+    cores = os.cpu_count()
+    results = {}
+    for batch_size in args.batch_sizes:
+        for name in args.contestants:
+            _, threads, runner = CONTESTANTS[name]
+            env = dict(os.environ)
+            env.pop('OMP_NUM_THREADS', None)
+            if threads == 'all':
+                env['OMP_NUM_THREADS'] = str(cores)
+            out = subprocess.run(
+                [sys.executable, __file__, '--worker', f'{runner}:{batch_size}',
+                 '--steps', str(args.steps), '--warmup', str(args.warmup)],
+                env=env, capture_output=True, text=True)
+            if out.returncode:
+                sys.exit(f'{name} failed:\n{out.stderr}')
+            results[name, batch_size] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f'  measured {name} batch {batch_size}', file=sys.stderr)
+    print(f'd2l small BERT (20256/128/256/2 heads/2 layers, max_len 64, 10 preds), '
+          f'{cores} cores, MXNet default threads = half the cores')
+    header = f'{"contestant":<14}{"threads":>8}{"batch":>7}{"train p/s":>11}' \
+             f'{"x seed":>8}{"infer p/s":>11}{"x seed":>8}{"peak MB":>9}  what'
+    print(header)
+    for batch_size in args.batch_sizes:
+        base = results.get(('seed', batch_size))
+        for name in args.contestants:
+            r = results[name, batch_size]
+            ratio = (lambda k: f'{r[k] / base[k]:.2f}' if base else '-')
+            print(f'{name:<14}{r["threads"]:>8}{batch_size:>7}{r["train"]:>11.1f}'
+                  f'{ratio("train"):>8}{r["infer"]:>11.1f}{ratio("infer"):>8}'
+                  f'{r["peak_mb"]:>9.0f}  {CONTESTANTS[name][0]}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,40 @@
+import mxnet as mx
+import numpy as onp
+import pytest
+
+import bert_gluon as bg
+
+# Small enough to run in milliseconds, big enough to exercise heads and layers.
+TINY = bg.get_config('d2l.pretrain', vocab_size=50, num_hiddens=16,
+                     ffn_num_hiddens=24, num_heads=4, num_layers=2)
+
+
+@pytest.fixture
+def tiny_config():
+    return TINY
+
+
+def make_batch(config=TINY, batch_size=3, seq_len=9, num_pred=4, seed=0):
+    """A batch like the book's: ids, segments 0 then 1, lengths, positions."""
+    rng = onp.random.RandomState(seed)
+    tokens = rng.randint(0, config.vocab_size, (batch_size, seq_len))
+    valid_lens = rng.randint(2, seq_len + 1, batch_size)
+    valid_lens[0] = seq_len
+    segments = onp.zeros((batch_size, seq_len), 'int32')
+    for b, n in enumerate(valid_lens):
+        segments[b, n // 2:n] = 1
+    pred_positions = onp.stack([rng.randint(0, n, num_pred) for n in valid_lens])
+    return (mx.np.array(tokens, dtype='int32'), mx.np.array(segments, dtype='int32'),
+            mx.np.array(valid_lens, dtype='float32'),
+            mx.np.array(pred_positions, dtype='int32'))
+
+
+def params_of(net):
+    return {name: p.data().asnumpy()
+            for name, p in net._collect_params_with_prefix().items()}
+
+
+def assert_close(actual, expected, atol=1e-5, rtol=1e-5):
+    onp.testing.assert_allclose(actual.asnumpy() if hasattr(actual, 'asnumpy') else actual,
+                                expected.asnumpy() if hasattr(expected, 'asnumpy') else expected,
+                                atol=atol, rtol=rtol)

@@ -1,0 +1,113 @@
+"""Bad input gets a ValueError that names the argument, in both model kinds."""
+import mxnet as mx
+import pytest
+from mxnet import np
+
+import bert_gluon as bg
+from conftest import TINY, make_batch
+
+
+def _models():
+    book = bg.BERTModel.from_config(TINY)
+    book.initialize()
+    twin = bg.HybridBERTModel(TINY)
+    twin.initialize()
+    hybrid = bg.HybridBERTModel(TINY)
+    hybrid.initialize()
+    hybrid.hybridize(static_alloc=True, static_shape=True)
+    return {'book': book, 'twin': twin, 'hybrid': hybrid}
+
+
+MODELS = _models()
+
+
+def _bad_cases():
+    tokens, segments, valid_lens, positions = make_batch()
+    B, T = tokens.shape
+    cases = {
+        'segments shape': ((tokens, segments[:, :-1], valid_lens, positions), 'segments'),
+        'tokens 1-D': ((tokens[0], segments[0], None, None), 'tokens'),
+        'non-integer tokens': ((tokens.astype('float32') + 0.5, segments, valid_lens, positions), 'tokens'),
+        'bool tokens': ((tokens > 3, segments, valid_lens, positions), 'tokens'),
+        'token id = vocab_size': ((np.full((B, T), TINY.vocab_size, dtype='int32'),
+                                   segments, valid_lens, positions), 'tokens'),
+        'negative token id': ((tokens - 100, segments, valid_lens, positions), 'tokens'),
+        'segment 2': ((tokens, segments + 1, valid_lens, positions), 'segments'),
+        'valid_lens length': ((tokens, segments, valid_lens[:-1], positions), 'valid_lens'),
+        'valid_lens 2-D': ((tokens, segments, valid_lens.reshape(-1, 1), positions), 'valid_lens'),
+        'valid_lens > T': ((tokens, segments, valid_lens + T, positions), 'valid_lens'),
+        'valid_lens 0': ((tokens, segments, valid_lens * 0, positions), 'valid_lens'),
+        'position = T': ((tokens, segments, valid_lens, positions * 0 + T), 'pred_positions'),
+        'negative position': ((tokens, segments, valid_lens, positions - T), 'pred_positions'),
+        'positions batch': ((tokens, segments, valid_lens, positions[:-1]), 'pred_positions'),
+        'numpy tokens': ((tokens.asnumpy(), segments, valid_lens, positions), 'tokens'),
+    }
+    return cases
+
+
+CASES = _bad_cases()
+
+
+@pytest.mark.parametrize('kind', sorted(MODELS))
+@pytest.mark.parametrize('case', sorted(CASES))
+def test_bad_input_names_the_argument(kind, case):
+    args, name = CASES[case]
+    with pytest.raises(ValueError, match=name):
+        MODELS[kind](*args)
+
+
+@pytest.mark.parametrize('kind', sorted(MODELS))
+def test_sequence_beyond_the_position_table(kind):
+    T = 1001  # d2l.PositionalEncoding covers 1000 positions
+    tokens = np.zeros((1, T), dtype='int32')
+    with pytest.raises(ValueError, match='max_len'):
+        MODELS[kind](tokens, np.zeros_like(tokens))
+
+
+def test_heads_check_their_inputs():
+    tokens, segments, valid_lens, positions = make_batch()
+    for mlm in (bg.MaskLM(TINY.vocab_size, TINY.num_hiddens), bg.HybridMaskLM(TINY)):
+        mlm.initialize()
+        with pytest.raises(ValueError, match='X'):
+            mlm(np.ones((3, 9)), positions)
+        with pytest.raises(ValueError, match='pred_positions'):
+            mlm(np.ones((3, 9, TINY.num_hiddens)), positions + 9)
+    with pytest.raises(ValueError, match='X'):
+        bg.HybridNextSentencePred(TINY)(np.ones((3, TINY.num_hiddens)))
+
+
+def test_checks_can_be_switched_off_for_prechecked_batches():
+    twin = bg.HybridBERTModel(TINY)
+    twin.initialize()
+    twin.check_inputs = False
+    tokens, segments, valid_lens, positions = make_batch()
+    twin(tokens, segments + 0.0, valid_lens, positions)  # no host copy, no error
+    with pytest.raises(ValueError, match='segments'):  # shapes are still checked
+        twin(tokens, segments[:, :-1], valid_lens, positions)
+
+
+@pytest.mark.parametrize('changes, name', [
+    ({'num_heads': 5}, 'num_heads'), ({'dropout': 1.0}, 'dropout'),
+    ({'vocab_size': 0}, 'vocab_size'), ({'activation': 'tanh'}, 'activation'),
+    ({'position_embedding': 'rotary'}, 'position_embedding'),
+    ({'layer_norm_eps': 0.0}, 'layer_norm_eps')])
+def test_bad_config_names_the_field(changes, name):
+    with pytest.raises(ValueError, match=name):
+        bg.get_config('d2l.pretrain', **changes)
+
+
+def test_named_configs():
+    assert bg.get_config('book.demo').num_hiddens == 768
+    small = bg.get_config('d2l.pretrain')
+    assert (small.num_hiddens, small.ffn_num_hiddens, small.num_heads,
+            small.num_layers) == (128, 256, 2, 2)
+    assert small.is_book and not bg.get_config('bert.small').is_book
+    base = bg.get_config('bert.base')
+    assert (base.num_hiddens, base.ffn_num_hiddens, base.num_heads,
+            base.num_layers) == (768, 3072, 12, 12)
+    assert bg.get_config('d2l.pretrain', vocab_size=7).vocab_size == 7
+    assert bg.BERTConfig.from_dict(base.to_dict()) == base
+    with pytest.raises(ValueError, match='unknown config name'):
+        bg.get_config('bert.huge')
+    with pytest.raises(ValueError, match='unknown BERTConfig fields'):
+        bg.BERTConfig.from_dict({'hidden_size': 3})

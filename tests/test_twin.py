@@ -1,0 +1,148 @@
+"""The fast twin: same parameter tree as the book, equal outputs, export."""
+import mxnet as mx
+import numpy as onp
+import pytest
+from mxnet import autograd, np
+
+import bert_gluon as bg
+from conftest import TINY, assert_close, make_batch, params_of
+from numpy_reference import bert_forward
+
+
+def _pair(tmp_path):
+    """A book model with random weights and a twin loaded from its file."""
+    book = bg.BERTModel.from_config(TINY)
+    book.initialize(mx.init.Normal(0.5))
+    tokens, segments, valid_lens, pred_positions = make_batch()
+    book(tokens, segments, valid_lens, pred_positions)  # finish deferred init
+    book.save_parameters(str(tmp_path / 'book.params'))
+    twin = bg.HybridBERTModel(TINY)
+    twin.load_parameters(str(tmp_path / 'book.params'))
+    return book, twin
+
+
+@pytest.mark.parametrize('hybridize', [False, True])
+@pytest.mark.parametrize('with_lens', [False, True])
+@pytest.mark.parametrize('with_positions', [False, True])
+def test_twin_equals_book(tmp_path, hybridize, with_lens, with_positions):
+    book, twin = _pair(tmp_path)
+    if hybridize:
+        twin.hybridize(static_alloc=True, static_shape=True)
+    tokens, segments, valid_lens, pred_positions = make_batch(seed=1)
+    args = (tokens, segments, valid_lens if with_lens else None,
+            pred_positions if with_positions else None)
+    expected, actual = book(*args), twin(*args)
+    for a, e in zip(actual, expected):
+        if e is None:
+            assert a is None
+        else:
+            assert a.shape == e.shape
+            assert_close(a, e, atol=1e-5)
+    # Twice: the hybridized graph is reused, not rebuilt wrongly.
+    assert_close(twin(*args)[2], expected[2], atol=1e-5)
+
+
+def test_twin_equals_numpy_reference():
+    twin = bg.HybridBERTModel(TINY)
+    twin.initialize(mx.init.Normal(0.5))
+    twin.hybridize(static_alloc=True, static_shape=True)
+    tokens, segments, valid_lens, pred_positions = make_batch()
+    outputs = twin(tokens, segments, valid_lens, pred_positions)
+    ref = bert_forward(params_of(twin), TINY.num_heads, tokens.asnumpy(),
+                       segments.asnumpy(), valid_lens.asnumpy(),
+                       pred_positions.asnumpy())
+    for ours, theirs in zip(outputs, ref):
+        assert_close(ours, theirs, atol=2e-5, rtol=1e-4)
+
+
+def test_parameters_cross_load_both_ways(tmp_path):
+    book, twin = _pair(tmp_path)
+    assert set(params_of(book)) == set(params_of(twin))
+    # twin -> book: perturb the twin, save, load into a fresh book model
+    for p in twin.collect_params().values():
+        p.set_data(p.data() + 0.01)
+    twin.save_parameters(str(tmp_path / 'twin.params'))
+    fresh_book = bg.BERTModel.from_config(TINY)
+    fresh_book.load_parameters(str(tmp_path / 'twin.params'))
+    twin_params, book_params = params_of(twin), params_of(fresh_book)
+    for name, value in twin_params.items():
+        onp.testing.assert_array_equal(book_params[name], value)
+    args = make_batch(seed=2)
+    assert_close(fresh_book(*args)[1], twin(*args)[1], atol=1e-5)
+
+
+@pytest.mark.parametrize('hybridize', [False, True])
+def test_padding_does_not_change_valid_positions(hybridize):
+    twin = bg.HybridBERTModel(TINY)
+    twin.initialize(mx.init.Normal(0.5))
+    if hybridize:
+        twin.hybridize(static_alloc=True, static_shape=True)
+    tokens, segments, valid_lens, pred_positions = make_batch()
+    lens = valid_lens.asnumpy().astype(int)
+    noisy = tokens.asnumpy().copy()
+    for b, n in enumerate(lens):
+        noisy[b, n:] = (noisy[b, n:] + 7) % TINY.vocab_size
+    a = twin(tokens, segments, valid_lens, pred_positions)
+    b = twin(np.array(noisy, dtype='int32'), segments, valid_lens,
+             pred_positions)
+    for row, n in enumerate(lens):
+        assert_close(a[0][row, :n], b[0][row, :n], atol=1e-6)
+    assert_close(a[2], b[2], atol=1e-6)
+    assert lens.min() < tokens.shape[1]  # the batch really has padding
+
+
+def test_learned_position_real_bert_config_runs_and_hybridizes():
+    config = bg.get_config('all-MiniLM-L6-v2', vocab_size=40, num_hiddens=24,
+                           ffn_num_hiddens=32, num_layers=2, max_len=16)
+    net = bg.HybridBERTModel(config)
+    net.initialize(mx.init.Normal(0.2))
+    tokens, segments, valid_lens, pred_positions = make_batch(config)
+    eager = net(tokens, segments, valid_lens, pred_positions)
+    net.hybridize(static_alloc=True, static_shape=True)
+    hybrid = net(tokens, segments, valid_lens, pred_positions)
+    for a, b in zip(eager, hybrid):
+        assert_close(a, b, atol=1e-5)
+    names = set(params_of(net))
+    assert {'encoder.pos_embedding', 'encoder.embedding_ln.gamma',
+            'encoder.blks.0.attention.W_q.bias'} <= names
+    # The learned table is really used: changing it changes the output (a
+    # random change: a constant shift would vanish in the LayerNorm).
+    pos = net.encoder.pos_embedding
+    pos.set_data(pos.data() + np.random.normal(0, 1, pos.shape))
+    assert not onp.allclose(net(tokens, segments, valid_lens)[0].asnumpy(),
+                            hybrid[0].asnumpy(), atol=1e-3)
+
+
+def test_gelu_is_the_erf_form():
+    dense = bg.layers.Dense(3, activation='gelu', in_units=2, flatten=False)
+    dense.initialize(mx.init.Normal(1.0))
+    x = np.array([[0.3, -1.2], [2.0, 0.5]])
+    pre = x.asnumpy() @ dense.weight.data().asnumpy().T + dense.bias.data().asnumpy()
+    from math import erf, sqrt
+    expected = onp.vectorize(lambda v: 0.5 * v * (1 + erf(v / sqrt(2))))(pre)
+    assert_close(dense(x), expected, atol=1e-5)
+
+
+def test_export_round_trip(tmp_path):
+    twin = bg.HybridBERTModel(TINY)
+    twin.initialize(mx.init.Normal(0.5))
+    args = make_batch()
+    expected = twin(*args)
+    prefix = str(tmp_path / 'export' / 'bert')
+    bg.export_model(twin, prefix)
+    loaded = bg.load_exported(prefix)
+    for a, e in zip(loaded(*args), expected):
+        assert_close(a, e, atol=1e-5)
+    with pytest.raises(ValueError, match='no exported file'):
+        bg.load_exported(str(tmp_path / 'missing'))
+
+
+def test_training_mode_dropout_is_active():
+    twin = bg.HybridBERTModel(TINY.replace(dropout=0.5))
+    twin.initialize()
+    twin.hybridize(static_alloc=True, static_shape=True)
+    args = make_batch()
+    with autograd.record():
+        a = twin(*args)[0]
+    b = twin(*args)[0]
+    assert not onp.allclose(a.asnumpy(), b.asnumpy())
