@@ -93,10 +93,10 @@ class BERTConfig:
 
 # The book's demo cell: vocab 10000, 768 hidden, 1024 FFN, 4 heads, 2 layers.
 BOOK_DEMO = BERTConfig()
-# d2l's pretraining model ("Pretraining BERT"); vocab_size comes from the data
-# (20256 for WikiText-2 with min_freq 5).
+# d2l's pretraining model ("Pretraining BERT", dropout 0.2 there); vocab_size
+# comes from the data (20256 for WikiText-2 with min_freq 5).
 D2L_PRETRAIN = BOOK_DEMO.replace(vocab_size=20256, num_hiddens=128,
-                                 ffn_num_hiddens=256, num_heads=2)
+                                 ffn_num_hiddens=256, num_heads=2, dropout=0.2)
 # d2l's released checkpoints, architecture only: learned positions, biased
 # projections ("Fine-Tuning BERT" loads them).
 BERT_SMALL = D2L_PRETRAIN.replace(num_hiddens=256, ffn_num_hiddens=512,

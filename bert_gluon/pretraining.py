@@ -1,0 +1,179 @@
+"""Pretraining BERT on WikiText-2, as the book's section "Pretraining BERT"
+does it, through the one training loop.
+
+    result = pretrain(num_steps=50, batch_size=512, max_len=64)
+
+prints the book's closing lines (MLM loss, NSP loss averaged over the steps;
+sentence pairs/sec on the devices), evaluates MLM loss/accuracy and NSP
+accuracy on wiki.valid.tokens, and leaves in `out_dir`: pretrained.params,
+vocab.json, config.json, metrics.json, loss.png and checkpoints/.
+"""
+import json
+from pathlib import Path
+
+import numpy as onp
+import mxnet as mx
+from mxnet import gluon
+
+from .checkpoint import atomic_write_json
+from .config import get_config
+from .data.wikitext import load_wiki_pretraining
+from .inputs import check_encoder_inputs, check_pred_positions
+from .loss import PretrainingLoss
+from .model import HybridBERTModel
+from .training import BatchStream, TrainLoop, parse_contexts, save_loss_plot
+
+__all__ = ['PretrainingTask', 'evaluate_pretraining', 'pretrain']
+
+
+class PretrainingTask:
+    """The book's loss: weighted MLM cross-entropy over the real prediction
+    slots of the whole batch + NSP cross-entropy, averaged over the batch."""
+    def __init__(self, hybridize=True):
+        self.loss = PretrainingLoss()
+        if hybridize:
+            self.loss.hybridize(static_alloc=True, static_shape=True)
+
+    @staticmethod
+    def batch_totals(batch):
+        return {'mlm': max(float(batch[4].sum()), 1e-8),
+                'nsp': float(len(batch[0]))}
+
+    def shard_loss(self, net, shard, totals):
+        tokens, segments, valid_lens, positions, weights, mlm_Y, nsp_y = shard
+        _, mlm_Y_hat, nsp_Y_hat = net(tokens, segments, valid_lens, positions)
+        mlm_sum, nsp_sum = self.loss(mlm_Y_hat, nsp_Y_hat, mlm_Y, weights, nsp_y)
+        loss = mlm_sum / totals['mlm'] + nsp_sum / totals['nsp']
+        return loss, {'mlm': mlm_sum, 'nsp': nsp_sum}
+
+
+def check_batch(dataset, config):
+    """Check a whole dataset's arrays on the host once, so the model's
+    per-call checks can be off while training."""
+    arrays = [mx.np.array(a[:1]) for a in dataset.arrays()]
+    check_encoder_inputs(*arrays[:3], config.vocab_size, config.max_len,
+                         config.num_segments, check_values=False)
+    check_pred_positions(arrays[3], 1, dataset.max_len, check_values=False)
+    if dataset.tokens.max() >= config.vocab_size or dataset.tokens.min() < 0:
+        raise ValueError(f'tokens: ids must be below vocab_size={config.vocab_size}')
+    if dataset.max_len > config.max_len:
+        raise ValueError(f'max_len {dataset.max_len} exceeds the config\'s '
+                         f'max_len {config.max_len}')
+
+
+def evaluate_pretraining(net, dataset, ctx=None, batch_size=512):
+    """Held-out MLM loss and accuracy (over real slots) and NSP accuracy."""
+    ctx = ctx or mx.cpu()
+    loss = PretrainingLoss()
+    mlm_sum = mlm_correct = mlm_count = nsp_correct = 0.0
+    arrays = dataset.arrays()
+    for start in range(0, len(dataset), batch_size):
+        batch = [mx.np.array(a[start:start + batch_size], ctx=ctx) for a in arrays]
+        tokens, segments, valid_lens, positions, weights, mlm_Y, nsp_y = batch
+        _, mlm_Y_hat, nsp_Y_hat = net(tokens, segments, valid_lens, positions)
+        mlm_l, _ = loss(mlm_Y_hat, nsp_Y_hat, mlm_Y, weights, nsp_y)
+        hits = (mlm_Y_hat.argmax(axis=-1) == mlm_Y.astype('int64')) * weights
+        mlm_sum += float(mlm_l)
+        mlm_correct += float(hits.sum())
+        mlm_count += float(weights.sum())
+        nsp_correct += float((nsp_Y_hat.argmax(axis=-1) == nsp_y.astype('int64')).sum())
+    return {'valid_mlm_loss': mlm_sum / mlm_count,
+            'valid_mlm_accuracy': mlm_correct / mlm_count,
+            'valid_nsp_accuracy': nsp_correct / len(dataset),
+            'valid_pairs': len(dataset)}
+
+
+def pretrain(num_steps=50, batch_size=512, max_len=64, lr=0.01,
+             config='d2l.pretrain', ctx=None, out_dir='runs/pretrain',
+             checkpoint_every=None, resume=False, seed=0, data_dir=None,
+             dynamic_masking=False, validate=True, hybridize=True,
+             progress=True):
+    """Pretrain on WikiText-2; returns a dict with the model, vocab and figures.
+
+    ctx: a Context, a list of them, or 'cpu:0,cpu:1' / 'gpu:0,gpu:1'.
+    config: a config name or BERTConfig; vocab_size comes from the data.
+    checkpoint_every: steps between checkpoints (default: num_steps // 5).
+    resume: continue from out_dir's newest checkpoint (same arguments).
+    dynamic_masking: draw fresh MLM masks every epoch (the book masks once).
+    """
+    for name, value in (('num_steps', num_steps), ('batch_size', batch_size),
+                        ('max_len', max_len)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f'{name} must be a positive int, got {value!r}')
+    if not lr > 0:
+        raise ValueError(f'lr must be > 0, got {lr!r}')
+    ctx_list = parse_contexts(ctx)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train_set = load_wiki_pretraining(max_len, data_dir, 'train', seed=seed)
+    config = get_config(config, vocab_size=len(train_set.vocab))
+    check_batch(train_set, config)
+    train_set.vocab.to_json(out_dir / 'vocab.json')
+    atomic_write_json(out_dir / 'config.json', config.to_dict())
+
+    mx.random.seed(seed)
+    net = HybridBERTModel(config)
+    net.initialize(mx.init.Xavier(), ctx=ctx_list)
+    net.check_inputs = False  # the dataset was checked whole above
+    if hybridize:
+        net.hybridize(static_alloc=True, static_shape=True)
+    trainer = gluon.Trainer(net.collect_params(), 'adam', {'learning_rate': lr})
+
+    def remask(epoch):
+        if dynamic_masking and epoch > 0:
+            train_set.mask(onp.random.default_rng([seed, epoch, 1]))
+    stream = BatchStream(train_set.arrays(), batch_size, seed, on_epoch=remask)
+    # arrays() are read per batch, so re-masking must update them in place
+    stream.arrays = _LiveArrays(train_set)
+    loop = TrainLoop(net, PretrainingTask(hybridize), stream, trainer, ctx_list,
+                     out_dir, checkpoint_every or max(1, num_steps // 5), seed,
+                     progress)
+    if resume:
+        if not loop.resume():
+            print(f'no checkpoint in {out_dir / "checkpoints"}: starting at step 0')
+        else:
+            print(f'resumed at step {loop.step} from {loop.checkpointer.latest()}')
+    history = loop.run(num_steps)
+    if loop.checkpointer.latest() is None or loop.step % loop.checkpoint_every:
+        loop.save()
+
+    mlm_l, nsp_l = onp.mean(history['mlm']), onp.mean(history['nsp'])
+    pairs_per_sec = loop.examples / max(loop.train_seconds, 1e-9)
+    print(f'MLM loss {mlm_l:.3f}, NSP loss {nsp_l:.3f}')
+    print(f'{pairs_per_sec:.1f} sentence pairs/sec on {ctx_list}')
+    metrics = {'steps': loop.step, 'mlm_loss': mlm_l, 'nsp_loss': nsp_l,
+               'final_mlm_loss': history['mlm'][-1],
+               'final_nsp_loss': history['nsp'][-1],
+               'pairs_per_sec': pairs_per_sec, 'batch_size': batch_size,
+               'max_len': max_len, 'lr': lr, 'seed': seed,
+               'contexts': [str(c) for c in ctx_list]}
+    if validate:
+        valid_set = load_wiki_pretraining(max_len, data_dir, 'valid',
+                                          vocab=train_set.vocab, seed=seed)
+        metrics.update(evaluate_pretraining(net, valid_set, ctx_list[0]))
+        print('valid: MLM loss {valid_mlm_loss:.3f}, MLM accuracy '
+              '{valid_mlm_accuracy:.3f}, NSP accuracy {valid_nsp_accuracy:.3f} '
+              '({valid_pairs} pairs)'.format(**metrics))
+    save_loss_plot(history, out_dir / 'loss.png',
+                   f'pretraining, batch {batch_size}, max_len {max_len}')
+    net.save_parameters(str(out_dir / 'pretrained.params.tmp'))
+    Path(out_dir / 'pretrained.params.tmp').replace(out_dir / 'pretrained.params')
+    atomic_write_json(out_dir / 'metrics.json', metrics)
+    return {'net': net, 'vocab': train_set.vocab, 'config': config,
+            'history': history, 'metrics': metrics}
+
+
+class _LiveArrays:
+    """The dataset's current arrays, read at every batch (dynamic masking
+    replaces some of them between epochs)."""
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __getitem__(self, i):
+        return getattr(self.dataset, self.dataset.FIELDS[i])
+
+    def __len__(self):
+        return len(self.dataset.FIELDS)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))

@@ -1,0 +1,192 @@
+"""The one training loop: any list of contexts, progress, checkpoints, exact
+resume. Pretraining (this module's `pretrain`) and fine-tuning plug a task
+into it.
+
+Exactness: the batch order of epoch e is a permutation drawn from (seed, e);
+MXNet's RNG (dropout) is re-seeded from (seed, step) before every step; the
+trainer's states and the stream's position go into every checkpoint. So a
+run killed after a checkpoint and resumed follows the same trajectory as one
+that never stopped.
+"""
+import time
+from pathlib import Path
+
+import numpy as onp
+import mxnet as mx
+from mxnet import autograd, gluon
+
+from .checkpoint import Checkpointer
+
+__all__ = ['BatchStream', 'TrainLoop', 'parse_contexts']
+
+
+def parse_contexts(spec):
+    """'cpu' / 'cpu:0,cpu:1' / 'gpu:0,gpu:1' / a list of Contexts -> list."""
+    if spec is None:
+        return [mx.cpu()]
+    if isinstance(spec, mx.Context):
+        return [spec]
+    if isinstance(spec, (list, tuple)) and all(isinstance(c, mx.Context) for c in spec):
+        if not spec:
+            raise ValueError('ctx: expected at least one context')
+        return list(spec)
+    contexts = []
+    for part in str(spec).split(','):
+        kind, _, index = part.strip().partition(':')
+        if kind not in ('cpu', 'gpu') or (index and not index.isdigit()):
+            raise ValueError(f"ctx: expected e.g. 'cpu', 'cpu:0,cpu:1' or "
+                             f"'gpu:0,gpu:1', got {spec!r}")
+        contexts.append(getattr(mx, kind)(int(index or 0)))
+    return contexts
+
+
+class BatchStream:
+    """Batches of a dataset's arrays in a seeded order, epoch after epoch.
+
+    The last partial batch of an epoch is dropped (the book keeps it): every
+    step then has the same shape, which static-shape graphs want. The state
+    is (epoch, cursor): two ints, all a checkpoint needs.
+    """
+    def __init__(self, arrays, batch_size, seed=0, on_epoch=None):
+        n = len(arrays[0])
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f'batch_size must be a positive int, got {batch_size!r}')
+        if batch_size > n:
+            raise ValueError(f'batch_size {batch_size} exceeds the dataset '
+                             f'size {n}')
+        self.arrays, self.batch_size, self.seed = arrays, batch_size, seed
+        self.on_epoch = on_epoch  # called with the epoch before its first batch
+        self.epoch, self.cursor = 0, 0
+        self._order = None
+
+    @property
+    def batches_per_epoch(self):
+        return len(self.arrays[0]) // self.batch_size
+
+    def _start_epoch(self):
+        if self.on_epoch is not None:
+            self.on_epoch(self.epoch)
+        rng = onp.random.default_rng([self.seed, self.epoch])
+        self._order = rng.permutation(len(self.arrays[0]))
+
+    def next(self):
+        if self.cursor >= self.batches_per_epoch:
+            self.epoch, self.cursor = self.epoch + 1, 0
+            self._order = None
+        if self._order is None:
+            self._start_epoch()
+        idx = self._order[self.cursor * self.batch_size:
+                          (self.cursor + 1) * self.batch_size]
+        self.cursor += 1
+        return [a[idx] for a in self.arrays]
+
+    def state(self):
+        return {'epoch': self.epoch, 'cursor': self.cursor}
+
+    def load_state(self, state):
+        self.epoch, self.cursor = int(state['epoch']), int(state['cursor'])
+        self._order = None
+
+
+class TrainLoop:
+    """Runs `task` for `num_steps` steps on `ctx_list`, checkpointing.
+
+    task.shard_loss(net, shard, totals) -> (loss to backward, dict of
+    on-device metric sums); `totals` are host-side batch totals from
+    task.batch_totals(batch), so shard losses add up to the one-device loss.
+    """
+    def __init__(self, net, task, stream, trainer, ctx_list, out_dir,
+                 checkpoint_every=None, seed=0, progress=True, log_every=10):
+        self.net, self.task, self.stream, self.trainer = net, task, stream, trainer
+        self.ctx_list = ctx_list
+        self.out_dir = Path(out_dir)
+        self.checkpointer = Checkpointer(self.out_dir / 'checkpoints')
+        self.checkpoint_every = checkpoint_every
+        self.seed, self.progress, self.log_every = seed, progress, log_every
+        self.step = 0
+        self.history = {}  # metric name -> per-step values
+        self.train_seconds = 0.0
+        self.examples = 0
+
+    def state(self):
+        return {'stream': self.stream.state(), 'history': self.history,
+                'train_seconds': self.train_seconds, 'examples': self.examples,
+                'seed': self.seed}
+
+    def save(self):
+        return self.checkpointer.save(self.step, self.net, self.trainer, self.state())
+
+    def resume(self):
+        """Continue from the newest checkpoint; False when there is none."""
+        if self.checkpointer.latest() is None:
+            return False
+        state = self.checkpointer.load(self.net, self.trainer, self.ctx_list)
+        if state.get('seed') != self.seed:
+            raise ValueError(f'seed {self.seed} differs from the checkpoint\'s '
+                             f'{state.get("seed")}: resume with the same seed')
+        self.step = int(state['step'])
+        self.stream.load_state(state['stream'])
+        self.history = {k: list(v) for k, v in state['history'].items()}
+        self.train_seconds = float(state['train_seconds'])
+        self.examples = int(state['examples'])
+        return True
+
+    def _one_step(self, batch):
+        mx.random.seed(self.seed * 1000003 + self.step)  # dropout of this step
+        totals = self.task.batch_totals(batch)
+        shards = [gluon.utils.split_and_load(onp.asarray(a), self.ctx_list,
+                                             even_split=False) for a in batch]
+        with autograd.record():
+            losses, metrics = [], []
+            for shard in zip(*shards):
+                loss, sums = self.task.shard_loss(self.net, shard, totals)
+                losses.append(loss)
+                metrics.append(sums)
+        for loss in losses:
+            loss.backward()
+        self.trainer.step(1)  # losses are already normalized by the totals
+        return {k: sum(m[k].as_in_ctx(mx.cpu()) for m in metrics) / totals[k]
+                for k in metrics[0]}
+
+    def run(self, num_steps):
+        """Train until `num_steps` steps are done; the history."""
+        from tqdm.auto import tqdm
+        bar = tqdm(total=num_steps, initial=self.step, disable=not self.progress,
+                   unit='step', dynamic_ncols=True)
+        pending = []
+        start = time.perf_counter()
+        while self.step < num_steps:
+            batch = self.stream.next()
+            pending.append(self._one_step(batch))
+            self.examples += len(batch[0])
+            self.step += 1
+            bar.update(1)
+            checkpoint = (self.checkpoint_every and self.step % self.checkpoint_every == 0)
+            if len(pending) >= self.log_every or checkpoint or self.step == num_steps:
+                for values in pending:  # the only host sync: every log_every steps
+                    for k, v in values.items():
+                        self.history.setdefault(k, []).append(float(v))
+                pending = []
+                self.train_seconds += time.perf_counter() - start
+                bar.set_postfix({k: f'{v[-1]:.3f}' for k, v in self.history.items()})
+                if checkpoint:
+                    self.save()
+                start = time.perf_counter()
+        bar.close()
+        return self.history
+
+
+def save_loss_plot(history, path, title):
+    import matplotlib
+    matplotlib.use('Agg')
+    from matplotlib import pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for name, values in history.items():
+        ax.plot(range(1, len(values) + 1), values, label=name)
+    ax.set_xlabel('step')
+    ax.set_ylabel('loss')
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
