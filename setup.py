@@ -16,5 +16,5 @@ setup(
     # CPU wheel over it. CPU users take the `cpu` extra.
     install_requires=['numpy<1.24', 'd2l==0.16.7', 'tqdm'],
     extras_require={'cpu': ['mxnet==1.9.1']},
-    entry_points={'console_scripts': ['bert-gluon=bert_gluon.cli:main']},
+    entry_points={'console_scripts': ['bert-gluon=bert_gluon.cli:entry']},
 )

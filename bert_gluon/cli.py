@@ -1,12 +1,38 @@
-"""`bert-gluon` command line: thin subcommands over the package's modules."""
+"""`bert-gluon` command line: thin subcommands over the package's modules.
+
+MXNet reads OMP_NUM_THREADS only when it is imported and, unset, uses half
+the cores; the command sets it to all cores when unset (and says so) by
+starting itself again before MXNet is imported.
+"""
 import argparse
+import os
 import sys
 
 __all__ = ['main']
 
 
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}')
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}')
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a positive number, got {text!r}')
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f'expected a positive number, got {text!r}')
+    return value
+
+
 def _demo(args):
-    """The book's cells, through the package: shapes and losses it prints."""
+    """The book's cells, through the package: the shapes it prints."""
     from mxnet import gluon, np
     from .book import BERTEncoder, MaskLM, NextSentencePred
 
@@ -38,19 +64,72 @@ def _demo(args):
     return 0
 
 
+def _pretrain(args):
+    from .pretraining import pretrain
+    from .training import parse_contexts
+    try:
+        ctx = parse_contexts(args.ctx)
+    except ValueError as exc:
+        raise SystemExit(f'bert-gluon pretrain: error: --{exc}')
+    pretrain(num_steps=args.steps, batch_size=args.batch_size,
+             max_len=args.max_len, lr=args.lr, config=args.config, ctx=ctx,
+             out_dir=args.out, checkpoint_every=args.checkpoint_every,
+             resume=args.resume, seed=args.seed, data_dir=args.data_dir,
+             dynamic_masking=args.dynamic_masking, validate=not args.no_valid,
+             progress=not args.no_progress)
+    return 0
+
+
 def build_parser():
+    from .config import list_configs
     parser = argparse.ArgumentParser(
         prog='bert-gluon', description='BERT as d2l teaches it, on MXNet Gluon')
     sub = parser.add_subparsers(dest='command', required=True)
     demo = sub.add_parser('demo', help="run the book's BERT cells and print "
                                        'their shapes')
     demo.set_defaults(func=_demo)
+
+    pre = sub.add_parser('pretrain', help='pretrain on WikiText-2 (the book\'s '
+                                          'defaults: 50 steps, batch 512, max_len 64)')
+    pre.add_argument('--steps', type=_positive_int, default=50)
+    pre.add_argument('--batch-size', type=_positive_int, default=512)
+    pre.add_argument('--max-len', type=_positive_int, default=64)
+    pre.add_argument('--lr', type=_positive_float, default=0.01)
+    pre.add_argument('--config', default='d2l.pretrain', choices=list_configs())
+    pre.add_argument('--ctx', default='cpu', help="'cpu', 'cpu:0,cpu:1', 'gpu:0,gpu:1'")
+    pre.add_argument('--out', default='runs/pretrain', help='output folder')
+    pre.add_argument('--checkpoint-every', type=_positive_int, default=None,
+                     help='steps between checkpoints (default: steps / 5)')
+    pre.add_argument('--resume', action='store_true',
+                     help="continue from the output folder's newest checkpoint")
+    pre.add_argument('--seed', type=int, default=0)
+    pre.add_argument('--data-dir', default=None,
+                     help='root holding wikitext-2/ (default: $BERT_GLUON_DATA, '
+                          'then the cache, then a download)')
+    pre.add_argument('--dynamic-masking', action='store_true',
+                     help='fresh MLM masks every epoch (the book masks once)')
+    pre.add_argument('--no-valid', action='store_true',
+                     help='skip the held-out evaluation on wiki.valid.tokens')
+    pre.add_argument('--no-progress', action='store_true')
+    pre.set_defaults(func=_pretrain)
     return parser
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     return args.func(args)
+
+
+def entry():
+    """Console script: give MXNet every core unless the user chose."""
+    if 'OMP_NUM_THREADS' not in os.environ:
+        os.environ['OMP_NUM_THREADS'] = str(os.cpu_count() or 1)
+        print(f'bert-gluon: OMP_NUM_THREADS unset, using all '
+              f'{os.environ["OMP_NUM_THREADS"]} cores', file=sys.stderr)
+        os.execv(sys.executable, [sys.executable, '-m', 'bert_gluon.cli',
+                                  *sys.argv[1:]])
+    sys.exit(main())
 
 
 if __name__ == '__main__':

@@ -1,8 +1,16 @@
+import os
+from pathlib import Path
+
 import mxnet as mx
 import numpy as onp
 import pytest
 
 import bert_gluon as bg
+
+# Real data: $BERT_GLUON_DATA, else the checkout's ../shared/data. Tests that
+# need it fail (never skip) without it, with find_dataset's message.
+DATA = os.environ.setdefault(
+    'BERT_GLUON_DATA', str(Path(__file__).resolve().parents[2] / 'shared' / 'data'))
 
 # Small enough to run in milliseconds, big enough to exercise heads and layers.
 TINY = bg.get_config('d2l.pretrain', vocab_size=50, num_hiddens=16,

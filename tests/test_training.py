@@ -1,0 +1,158 @@
+"""Pretraining loop: exact resume after SIGKILL, checkpoints, CLI checks."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mxnet as mx
+import numpy as onp
+import pytest
+
+import bert_gluon as bg
+from bert_gluon.checkpoint import Checkpointer
+from bert_gluon.pretraining import pretrain
+from bert_gluon.training import BatchStream, parse_contexts
+
+TINY_RUN = dict(num_steps=8, batch_size=16, max_len=24, checkpoint_every=2,
+                validate=False, progress=False)
+RUN_SCRIPT = """
+import sys, bert_gluon as bg
+from bert_gluon.pretraining import pretrain
+config = bg.get_config('d2l.pretrain', num_hiddens=16, ffn_num_hiddens=16,
+                       num_heads=2, num_layers=1)
+pretrain(config=config, out_dir=sys.argv[1], resume=sys.argv[2] == 'resume',
+         **{tiny_run!r})
+""".replace('{tiny_run!r}', repr(TINY_RUN))
+
+
+def _run(out_dir, mode='fresh', **popen):
+    return subprocess.Popen([sys.executable, '-c', RUN_SCRIPT, str(out_dir), mode],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, **popen)
+
+
+def _final_params(out_dir):
+    return {k: v.asnumpy() for k, v in mx.npx.load(str(Path(out_dir) / 'pretrained.params')).items()}
+
+
+def test_sigkill_then_resume_reaches_the_uninterrupted_parameters(tmp_path):
+    straight = _run(tmp_path / 'straight')
+    killed = _run(tmp_path / 'killed')
+    pointer = tmp_path / 'killed' / 'checkpoints' / 'latest.json'
+    deadline = time.time() + 120
+    while not pointer.exists() and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert killed.poll() is None, 'the run ended before it could be killed'
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    killed_at = json.loads(pointer.read_text())['step']
+    assert killed_at < TINY_RUN['num_steps']
+    assert not (tmp_path / 'killed' / 'pretrained.params').exists()
+    resumed = _run(tmp_path / 'killed', 'resume')
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    assert f'resumed at step {killed_at}' in out
+    straight_out, _ = straight.communicate(timeout=300)
+    assert straight.returncode == 0, straight_out
+    a, b = _final_params(tmp_path / 'straight'), _final_params(tmp_path / 'killed')
+    assert a.keys() == b.keys()
+    for name in a:
+        onp.testing.assert_allclose(b[name], a[name], rtol=0, atol=1e-6, err_msg=name)
+    # ... and the losses it reports over all steps are the same trajectory
+    ma = json.loads((tmp_path / 'straight' / 'metrics.json').read_text())
+    mb = json.loads((tmp_path / 'killed' / 'metrics.json').read_text())
+    assert abs(ma['mlm_loss'] - mb['mlm_loss']) < 1e-5
+
+
+def test_pretrain_writes_its_outputs_and_every_parameter_learns(tmp_path):
+    config = bg.get_config('d2l.pretrain', num_hiddens=16, ffn_num_hiddens=16,
+                           num_heads=2, num_layers=1)
+    result = pretrain(config=config, out_dir=tmp_path, **dict(TINY_RUN, validate=True))
+    for name in ('pretrained.params', 'vocab.json', 'config.json', 'metrics.json', 'loss.png'):
+        assert (tmp_path / name).is_file(), name
+    metrics = result['metrics']
+    assert 0 <= metrics['valid_mlm_accuracy'] <= 1 and metrics['valid_pairs'] > 100
+    assert len(result['history']['mlm']) == TINY_RUN['num_steps']
+    # No unreachable parameters: every one moved from its initial value
+    fresh = bg.HybridBERTModel(result['config'])
+    mx.random.seed(0)
+    fresh.initialize(mx.init.Xavier())
+    fresh(mx.np.zeros((1, 4), dtype='int32'), mx.np.zeros((1, 4), dtype='int32'),
+          None, mx.np.zeros((1, 1), dtype='int32'))
+    trained = result['net']._collect_params_with_prefix()
+    for name, p in fresh._collect_params_with_prefix().items():
+        assert not onp.allclose(p.data().asnumpy(), trained[name].data().asnumpy()), name
+    # The saved model reloads into the book's blocks
+    book = bg.BERTModel.from_config(result['config'])
+    book.load_parameters(str(tmp_path / 'pretrained.params'))
+
+
+def test_corrupt_checkpoint_names_the_file(tmp_path):
+    net = bg.HybridBERTModel(bg.get_config('d2l.pretrain', vocab_size=10, num_hiddens=8,
+                                           ffn_num_hiddens=8, num_layers=1))
+    net.initialize()
+    ck = Checkpointer(tmp_path)
+    saved = ck.save(3, net, None, {'stream': {}})
+    (saved / 'params.params').write_bytes(b'garbage')
+    with pytest.raises(ValueError, match='params.params'):
+        ck.load(net, None)
+    (tmp_path / 'latest.json').write_text('{"dir"')
+    with pytest.raises(ValueError, match='latest.json'):
+        ck.latest()
+
+
+def test_checkpoints_keep_the_newest_two(tmp_path):
+    net = bg.HybridBERTModel(bg.get_config('d2l.pretrain', vocab_size=10, num_hiddens=8,
+                                           ffn_num_hiddens=8, num_layers=1))
+    net.initialize()
+    ck = Checkpointer(tmp_path)
+    for step in (1, 2, 3):
+        ck.save(step, net, None, {})
+    assert sorted(p.name for p in tmp_path.glob('step-*')) == ['step-00000002', 'step-00000003']
+    assert ck.latest().name == 'step-00000003'
+
+
+def test_batch_stream_state_round_trip():
+    arrays = [onp.arange(10), onp.arange(10) * 2]
+    a = BatchStream(arrays, 3, seed=1)
+    seen = [a.next()[0].tolist() for _ in range(5)]  # crosses an epoch boundary
+    b = BatchStream(arrays, 3, seed=1)
+    for _ in range(2):
+        b.next()
+    c = BatchStream(arrays, 3, seed=1)
+    c.load_state(b.state())
+    assert [c.next()[0].tolist() for _ in range(3)] == seen[2:]
+    assert sorted(sum(seen[:3], [])) == sorted(set(sum(seen[:3], [])))  # no repeats in an epoch
+    with pytest.raises(ValueError, match='batch_size'):
+        BatchStream(arrays, 11)
+
+
+def test_contexts_parse_and_reject():
+    assert parse_contexts('cpu:0,cpu:1') == [mx.cpu(0), mx.cpu(1)]
+    assert parse_contexts(None) == [mx.cpu()]
+    with pytest.raises(ValueError, match='ctx'):
+        parse_contexts('tpu:0')
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--steps', '0'], 'argument --steps: expected a positive integer'),
+    (['--batch-size', 'x'], 'argument --batch-size: expected a positive integer'),
+    (['--lr', '-1'], 'argument --lr: expected a positive number'),
+    (['--ctx', 'gpu0'], '--ctx'),
+    (['--config', 'nope'], 'argument --config: invalid choice'),
+])
+def test_cli_rejects_bad_arguments(args, message):
+    out = subprocess.run([sys.executable, '-m', 'bert_gluon.cli', 'pretrain', *args],
+                         capture_output=True, text=True)
+    assert out.returncode != 0
+    assert message in out.stderr
+
+
+def test_pretrain_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match='num_steps'):
+        pretrain(num_steps=0, out_dir=tmp_path)
+    with pytest.raises(ValueError, match='lr'):
+        pretrain(lr=0, out_dir=tmp_path)
