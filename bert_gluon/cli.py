@@ -80,6 +80,42 @@ def _pretrain(args):
     return 0
 
 
+def _finetune(args):
+    from .finetuning import finetune
+    from .training import parse_contexts
+    try:
+        ctx = parse_contexts(args.ctx)
+    except ValueError as exc:
+        raise SystemExit(f'bert-gluon finetune: error: --{exc}')
+    try:
+        finetune(args.task, args.pretrained, num_epochs=args.epochs,
+                 batch_size=args.batch_size, max_len=args.max_len, lr=args.lr,
+                 freeze_encoder=args.freeze_encoder, ctx=ctx, out_dir=args.out,
+                 resume=args.resume, seed=args.seed, data_dir=args.data_dir,
+                 progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f'bert-gluon finetune: error: {exc}')
+    return 0
+
+
+def _encode(args):
+    import numpy as onp
+    from .pretrained import from_pretrained
+    from .represent import encode_batch
+    try:
+        net, tokenizer, _ = from_pretrained(args.pretrained)
+    except ValueError as exc:
+        raise SystemExit(f'bert-gluon encode: error: {exc}')
+    texts = [line.rstrip('\n') for line in open(args.input, encoding='utf-8')
+             if line.strip()]
+    texts = [tuple(t.split('\t', 1)) if '\t' in t else t for t in texts]
+    vectors = encode_batch(net, texts, tokenizer, max_len=args.max_len,
+                           pooling=args.pooling)
+    onp.save(args.output, vectors)
+    print(f'{len(texts)} texts -> {args.output} {vectors.shape}')
+    return 0
+
+
 def build_parser():
     from .config import list_configs
     parser = argparse.ArgumentParser(
@@ -112,6 +148,34 @@ def build_parser():
                      help='skip the held-out evaluation on wiki.valid.tokens')
     pre.add_argument('--no-progress', action='store_true')
     pre.set_defaults(func=_pretrain)
+
+    fin = sub.add_parser('finetune', help='fine-tune on a sentence-pair task '
+                                          '(dev accuracy and F1 every epoch)')
+    fin.add_argument('--task', required=True, choices=['MRPC', 'RTE', 'SNLI'])
+    fin.add_argument('--from', dest='pretrained', required=True,
+                     help="a pretrain output folder, 'all-MiniLM-L6-v2', "
+                          "'bert.small', 'bert.base' or a Hugging Face BERT folder")
+    fin.add_argument('--epochs', type=_positive_int, default=3)
+    fin.add_argument('--batch-size', type=_positive_int, default=32)
+    fin.add_argument('--max-len', type=_positive_int, default=128)
+    fin.add_argument('--lr', type=_positive_float, default=1e-4)
+    fin.add_argument('--freeze-encoder', action='store_true')
+    fin.add_argument('--ctx', default='cpu')
+    fin.add_argument('--out', default='runs/finetune')
+    fin.add_argument('--resume', action='store_true')
+    fin.add_argument('--seed', type=int, default=0)
+    fin.add_argument('--data-dir', default=None)
+    fin.add_argument('--no-progress', action='store_true')
+    fin.set_defaults(func=_finetune)
+
+    enc = sub.add_parser('encode', help='sentence (or tab-separated pair) '
+                                        'representations to a .npy file')
+    enc.add_argument('--from', dest='pretrained', required=True)
+    enc.add_argument('--input', required=True, help='UTF-8 text, one per line')
+    enc.add_argument('--output', required=True, help='.npy file to write')
+    enc.add_argument('--pooling', default='mean', choices=['cls', 'mean'])
+    enc.add_argument('--max-len', type=_positive_int, default=128)
+    enc.set_defaults(func=_encode)
     return parser
 
 

@@ -68,8 +68,7 @@ class HybridBERTEncoder(nn.HybridBlock):
                 valid_lens = _full_lens(tokens)
         return super().forward(tokens, segments, valid_lens)
 
-    def hybrid_forward(self, F, tokens, segments, valid_lens,
-                       pos_embedding=None):
+    def _embed(self, F, tokens, segments, pos_embedding):
         # Shape of X: (batch size, max sequence length, num_hiddens)
         X = self.token_embedding(tokens) + self.segment_embedding(segments)
         if pos_embedding is None:
@@ -79,10 +78,30 @@ class HybridBERTEncoder(nn.HybridBlock):
             X = X + F.np.take(pos_embedding, positions, axis=1)  # + (1, T, H)
         if self.config.embedding_layer_norm:
             X = self.embedding_ln(X)
-        X = self.embedding_dropout(X)
+        return self.embedding_dropout(X)
+
+    def hybrid_forward(self, F, tokens, segments, valid_lens,
+                       pos_embedding=None):
+        X = self._embed(F, tokens, segments, pos_embedding)
         for blk in self.blks:
             X = blk(X, valid_lens)
         return X
+
+    def hidden_states(self, tokens, segments, valid_lens=None):
+        """Every layer's output, eagerly: [embeddings, block 1, ..., block L],
+        each (B, T, H), as Hugging Face's `output_hidden_states`."""
+        check_encoder_inputs(tokens, segments, valid_lens, self.config.vocab_size,
+                             self.config.max_len, self.config.num_segments,
+                             self.check_inputs)
+        if valid_lens is None:
+            valid_lens = _full_lens(tokens)
+        pos = (self.pos_embedding.data(tokens.ctx)
+               if self.config.position_embedding == 'learned' else None)
+        states = [self._embed(mx.nd, tokens,
+                              segments, pos)]
+        for blk in self.blks:
+            states.append(blk(states[-1], valid_lens))
+        return states
 
 
 class HybridMaskLM(nn.HybridBlock):

@@ -46,3 +46,15 @@ def assert_close(actual, expected, atol=1e-5, rtol=1e-5):
     onp.testing.assert_allclose(actual.asnumpy() if hasattr(actual, 'asnumpy') else actual,
                                 expected.asnumpy() if hasattr(expected, 'asnumpy') else expected,
                                 atol=atol, rtol=rtol)
+
+
+@pytest.fixture(scope='session')
+def tiny_pretrained(tmp_path_factory):
+    """A folder from a short real pretraining run of a tiny model."""
+    from bert_gluon.pretraining import pretrain
+    folder = tmp_path_factory.mktemp('pretrained')
+    config = bg.get_config('d2l.pretrain', num_hiddens=16, ffn_num_hiddens=16,
+                           num_heads=2, num_layers=1)
+    pretrain(num_steps=4, batch_size=16, max_len=32, config=config, out_dir=folder,
+             validate=False, progress=False)
+    return folder

@@ -1,0 +1,146 @@
+"""Representations and fine-tuning on real sentence-pair data."""
+import mxnet as mx
+import numpy as onp
+import pytest
+
+import bert_gluon as bg
+from bert_gluon.data.pairs import encode_pairs, read_pairs, truncate_pair, word_tokenize
+from bert_gluon.finetuning import BERTClassifier, finetune
+from bert_gluon.pretrained import from_pretrained
+from bert_gluon.represent import encode_batch, get_bert_encoding
+
+
+def test_crane_example(tiny_pretrained):
+    net, vocab, config = from_pretrained(tiny_pretrained)
+    assert all(vocab[t] != vocab.unk for t in ('crane', 'flying', 'driver', 'came'))
+    tokens_a = ['a', 'crane', 'is', 'flying']
+    encoded_text = get_bert_encoding(net, tokens_a, vocab=vocab)
+    # Tokens: '<cls>', 'a', 'crane', 'is', 'flying', '<sep>'
+    assert encoded_text.shape == (1, 6, config.num_hiddens)
+    encoded_text_cls = encoded_text[:, 0, :]
+    encoded_text_crane = encoded_text[:, 2, :]
+    tokens_a, tokens_b = ['a', 'crane', 'driver', 'came'], ['he', 'just', 'left']
+    encoded_pair = get_bert_encoding(net, tokens_a, tokens_b, vocab=vocab)
+    # '<cls>', 'a', 'crane', 'driver', 'came', '<sep>', 'he', 'just', 'left', '<sep>'
+    assert encoded_pair.shape == (1, 10, config.num_hiddens)
+    encoded_pair_cls = encoded_pair[:, 0, :]
+    encoded_pair_crane = encoded_pair[:, 2, :]
+    assert encoded_text_cls.shape == encoded_pair_cls.shape == (1, config.num_hiddens)
+    # Context-sensitive: the same word, different vectors
+    assert onp.abs((encoded_text_crane - encoded_pair_crane).asnumpy()).max() > 1e-3
+    with pytest.raises(ValueError, match='vocab'):
+        get_bert_encoding(net, tokens_a)
+
+
+def test_encode_batch_matches_one_by_one(tiny_pretrained):
+    net, vocab, _ = from_pretrained(tiny_pretrained)
+    texts = [('a crane is flying', None), ('a crane driver came', 'he just left')]
+    cls = encode_batch(net, texts, vocab, max_len=16)
+    for i, (a, b) in enumerate(texts):
+        alone = get_bert_encoding(net, a.split(), b and b.split(), vocab=vocab)
+        onp.testing.assert_allclose(cls[i], alone[0, 0].asnumpy(), atol=1e-5)
+    rows = encode_batch(net, texts, vocab, max_len=16, pooling='none')
+    assert [r.shape[0] for r in rows] == [6, 10]
+
+
+@pytest.mark.parametrize('task, split, rows, positives', [
+    ('MRPC', 'train', 3668, 2474), ('MRPC', 'dev', 408, 279),
+    ('RTE', 'train', 2490, 1249), ('RTE', 'dev', 277, 146)])
+def test_readers_on_the_real_files(task, split, rows, positives):
+    first, second, labels = read_pairs(task, split)
+    assert len(first) == len(second) == len(labels) == rows
+    assert sum(labels) == positives  # label 1: paraphrase / entailment
+    assert not first[0].startswith('\ufeff')
+    assert any('"' in s for s in first + second)  # quotes kept, not parsed
+
+
+def test_reader_errors(tmp_path):
+    with pytest.raises(ValueError, match='task'):
+        read_pairs('QQP')
+    with pytest.raises(ValueError, match='split'):
+        read_pairs('MRPC', 'test')
+    with pytest.raises(FileNotFoundError, match='SNLI'):
+        read_pairs('SNLI', data_dir=tmp_path)
+
+
+def test_pair_truncation_the_books_way():
+    a, b = truncate_pair(list('abcdefgh'), list('xyz'), 10)
+    assert (a, b) == (list('abcd'), list('xyz'))  # the longer one shrinks first
+    a, b = truncate_pair(list('abc'), list('xyz'), 7)
+    assert (a, b) == (list('ab'), list('xy'))
+    vocab = bg.data.Vocab([['a', 'b']], reserved_tokens=['<pad>', '<mask>', '<cls>', '<sep>'])
+    tokens, segments, lens = encode_pairs([('a b a b a', 'b')], vocab, 6)
+    assert vocab.to_tokens(tokens[0].tolist()) == ['<cls>', 'a', 'b', '<sep>', 'b', '<sep>']
+    assert segments[0].tolist() == [0, 0, 0, 0, 1, 1] and lens[0] == 6
+    assert word_tokenize('He said "Hi," then left.') == ['he', 'said', '"', 'hi', ',', '"',
+                                                         'then', 'left', '.']
+
+
+def test_classifier_shape_and_books_calling_style(tiny_pretrained):
+    net, vocab, config = from_pretrained(tiny_pretrained)
+    clf = BERTClassifier(net, num_outputs=3)
+    clf.output.initialize()
+    arrays = [mx.np.array(a) for a in encode_pairs([('a b', 'c'), ('d', 'e f g')], vocab, 12)]
+    assert clf(*arrays).shape == (2, 3)
+    onp.testing.assert_allclose(clf(tuple(arrays)).asnumpy(), clf(*arrays).asnumpy())
+    with pytest.raises(ValueError, match='HybridBERTModel'):
+        BERTClassifier(bg.BERTModel.from_config(bg.get_config('d2l.pretrain')))
+
+
+def test_frozen_encoder_is_unchanged_and_head_learns(tiny_pretrained, tmp_path):
+    before = {k: v.data().asnumpy() for k, v in
+              from_pretrained(tiny_pretrained)[0]._collect_params_with_prefix().items()}
+    result = finetune('RTE', tiny_pretrained, num_epochs=1, batch_size=64, max_len=32,
+                      lr=1e-3, freeze_encoder=True, out_dir=tmp_path, progress=False)
+    after = result['net']._collect_params_with_prefix()
+    for name, value in before.items():
+        if name.startswith('encoder.'):
+            onp.testing.assert_array_equal(after[name].data().asnumpy(), value, err_msg=name)
+    assert not onp.allclose(after['hidden.weight'].data().asnumpy(), before['nsp.mlp.0.weight'])
+    epoch = result['epochs'][0]
+    assert epoch['examples'] == 277 and 0 <= epoch['accuracy'] <= 1
+    assert (tmp_path / 'metrics.json').is_file() and (tmp_path / 'loss.png').is_file()
+
+
+def test_finetune_resume_equals_straight_run(tiny_pretrained, tmp_path):
+    kwargs = dict(batch_size=128, max_len=32, lr=1e-3, progress=False)
+    straight = finetune('MRPC', tiny_pretrained, num_epochs=2, out_dir=tmp_path / 'a', **kwargs)
+    finetune('MRPC', tiny_pretrained, num_epochs=1, out_dir=tmp_path / 'b', **kwargs)
+    resumed = finetune('MRPC', tiny_pretrained, num_epochs=2, out_dir=tmp_path / 'b',
+                       resume=True, **kwargs)
+    a = straight['net']._collect_params_with_prefix()
+    b = resumed['net']._collect_params_with_prefix()
+    for name in a:
+        onp.testing.assert_allclose(b[name].data().asnumpy(), a[name].data().asnumpy(),
+                                    atol=1e-6, rtol=0, err_msg=name)
+    assert [e['accuracy'] for e in resumed['epochs']] == [e['accuracy'] for e in straight['epochs']]
+    assert 0 <= straight['epochs'][-1]['f1'] <= 1
+
+
+def test_finetune_rejects_bad_arguments(tiny_pretrained, tmp_path):
+    with pytest.raises(ValueError, match='task'):
+        finetune('CoLA', tiny_pretrained, out_dir=tmp_path)
+    with pytest.raises(ValueError, match='max_len'):
+        finetune('MRPC', tiny_pretrained, max_len=5000, out_dir=tmp_path)
+    with pytest.raises(ValueError, match='unknown pretrained'):
+        finetune('MRPC', tmp_path / 'nothing', out_dir=tmp_path)
+
+
+def test_cli_finetune_and_encode(tiny_pretrained, tmp_path):
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, '-m', 'bert_gluon.cli', 'finetune', '--task', 'RTE',
+                          '--from', str(tiny_pretrained), '--epochs', '1', '--max-len', '24',
+                          '--batch-size', '128', '--out', str(tmp_path / 'ft'), '--no-progress'],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert 'RTE epoch 1: train loss' in out.stdout and 'dev accuracy' in out.stdout
+    (tmp_path / 'in.txt').write_text('a crane is flying\na crane driver came\the left\n')
+    out = subprocess.run([sys.executable, '-m', 'bert_gluon.cli', 'encode', '--from',
+                          str(tiny_pretrained), '--input', str(tmp_path / 'in.txt'),
+                          '--output', str(tmp_path / 'v.npy')], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert onp.load(tmp_path / 'v.npy').shape == (2, 16)
+    bad = subprocess.run([sys.executable, '-m', 'bert_gluon.cli', 'finetune', '--task', 'RTE',
+                          '--from', str(tmp_path / 'none')], capture_output=True, text=True)
+    assert bad.returncode != 0 and 'unknown pretrained model' in bad.stderr

@@ -1,0 +1,121 @@
+"""Real checkpoints: all-MiniLM-L6-v2 equals Hugging Face, layer by layer."""
+import os
+
+import mxnet as mx
+import numpy as onp
+import pytest
+
+import bert_gluon as bg
+from bert_gluon.pretrained import (HF_TO_TWIN, _installed_minilm, from_pretrained,
+                                   list_pretrained, load_hf_bert)
+from bert_gluon.represent import encode_batch, mean_pool
+
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+
+PAIRS = [('A man is playing a guitar.', 'Someone plays music on a stage.'),
+         ('The cat sat on the mat near the window today.', 'No.'),
+         ('short', 'a much longer second sentence that goes on and on for a while, '
+                   'with commas, "quotes" and numbers like 1,000')]
+MAX_LEN = 40
+
+
+@pytest.fixture(scope='module')
+def minilm():
+    return from_pretrained('all-MiniLM-L6-v2')
+
+
+@pytest.fixture(scope='module')
+def reference():
+    import torch
+    from transformers import BertModel, BertTokenizer
+    folder = str(_installed_minilm())
+    model = BertModel.from_pretrained(folder).eval()
+    tokenizer = BertTokenizer.from_pretrained(folder)
+    enc = tokenizer([a for a, _ in PAIRS], [b for _, b in PAIRS], padding='max_length',
+                    max_length=MAX_LEN, truncation='longest_first', return_tensors='pt')
+    with torch.no_grad():
+        out = model(**enc, output_hidden_states=True)
+    return enc, out
+
+
+def test_minilm_config(minilm):
+    _, tokenizer, config = minilm
+    assert (config.num_layers, config.num_hiddens, config.num_heads,
+            config.ffn_num_hiddens) == (6, 384, 12, 1536)
+    assert config.activation == 'gelu' and config.layer_norm_eps == 1e-12
+    assert config.position_embedding == 'learned' and config.use_bias
+    assert tokenizer.vocab_size == config.vocab_size == 30522
+    assert 'all-MiniLM-L6-v2' in list_pretrained()
+
+
+def test_wordpiece_matches_hugging_face(minilm, reference):
+    _, tokenizer, _ = minilm
+    enc, _ = reference
+    tokens, segments, lens = tokenizer.encode_pairs(PAIRS, MAX_LEN)
+    onp.testing.assert_array_equal(tokens, enc['input_ids'].numpy())
+    onp.testing.assert_array_equal(segments, enc['token_type_ids'].numpy())
+    onp.testing.assert_array_equal(lens, enc['attention_mask'].numpy().sum(1))
+    assert len(set(lens)) == len(PAIRS)  # a padded batch of different lengths
+
+
+def test_every_layer_and_pooler_equal_hugging_face(minilm, reference):
+    net, tokenizer, _ = minilm
+    enc, out = reference
+    arrays = [mx.np.array(a) for a in tokenizer.encode_pairs(PAIRS, MAX_LEN)]
+    states = net.encoder.hidden_states(*arrays)
+    assert len(states) == len(out.hidden_states) == 7
+    lens = arrays[2].asnumpy().astype(int)
+    for layer, (ours, theirs) in enumerate(zip(states, out.hidden_states)):
+        for row, n in enumerate(lens):
+            onp.testing.assert_allclose(ours.asnumpy()[row, :n], theirs.numpy()[row, :n],
+                                        atol=1e-5, rtol=0, err_msg=f'layer {layer}')
+    net.hybridize(static_alloc=True, static_shape=True)
+    encoded_X, _, _ = net(*arrays)
+    pooled = net.nsp.mlp[0](encoded_X[:, 0, :])
+    onp.testing.assert_allclose(pooled.asnumpy(), out.pooler_output.numpy(), atol=1e-5, rtol=0)
+    for row, n in enumerate(lens):
+        onp.testing.assert_allclose(encoded_X.asnumpy()[row, :n],
+                                    out.last_hidden_state.numpy()[row, :n], atol=1e-5, rtol=0)
+
+
+def test_sentence_embeddings_equal_reference_mean_pooling(minilm, reference):
+    net, tokenizer, _ = minilm
+    enc, out = reference
+    ours = encode_batch(net, PAIRS, tokenizer, max_len=MAX_LEN, pooling='mean')
+    mask = enc['attention_mask'].numpy()[:, :, None].astype('float32')
+    theirs = (out.last_hidden_state.numpy() * mask).sum(1) / mask.sum(1)
+    onp.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
+    # similar sentences are closer than unrelated ones
+    single = encode_batch(net, ['A man plays a guitar.', 'Someone is playing music.',
+                                'The stock market fell sharply.'], tokenizer, pooling='mean')
+    unit = single / onp.linalg.norm(single, axis=1, keepdims=True)
+    assert unit[0] @ unit[1] > unit[0] @ unit[2] + 0.2
+
+
+def _write_hf_folder(folder, tensors):
+    from safetensors.numpy import save_file
+    import json
+    import shutil
+    src = _installed_minilm()
+    folder.mkdir()
+    shutil.copy(src / 'config.json', folder / 'config.json')
+    shutil.copy(src / 'vocab.txt', folder / 'vocab.txt')
+    save_file(tensors, str(folder / 'model.safetensors'))
+    return folder
+
+
+def test_converter_fails_on_unknown_or_missing_tensors(tmp_path):
+    from safetensors.numpy import load_file
+    tensors = load_file(str(_installed_minilm() / 'model.safetensors'))
+    extra = dict(tensors, **{'cls.predictions.bias': onp.zeros(3, 'float32')})
+    with pytest.raises(ValueError, match='neither used nor skipped.*cls.predictions.bias'):
+        load_hf_bert(_write_hf_folder(tmp_path / 'extra', extra))
+    missing = {k: v for k, v in tensors.items() if 'layer.3.output.dense.weight' not in k}
+    with pytest.raises(ValueError, match='encoder.blks.3.ffn.dense2.weight'):
+        load_hf_bert(_write_hf_folder(tmp_path / 'missing', missing))
+    assert len(HF_TO_TWIN) >= 16
+
+
+def test_unknown_pretrained_name():
+    with pytest.raises(ValueError, match='unknown pretrained model'):
+        from_pretrained('bert-huge-9000')
