@@ -29,6 +29,9 @@ class BERTConfig:
           (real BERT, the exact erf form).
       embedding_layer_norm [False]: LayerNorm + dropout after the summed
           embeddings (real BERT); the book has dropout only.
+      embedding_dropout [True]: dropout on the summed embeddings (the book's
+          PositionalEncoding and real BERT have it; d2l's learned-position
+          BERT, the one its checkpoints hold, does not).
       layer_norm_eps [1e-5]: epsilon of every LayerNorm (Gluon's default;
           real BERT checkpoints use 1e-12).
       num_segments [2]: segment (token type) ids.
@@ -44,6 +47,7 @@ class BERTConfig:
     use_bias: bool = False
     activation: str = 'relu'
     embedding_layer_norm: bool = False
+    embedding_dropout: bool = True
     layer_norm_eps: float = 1e-5
     num_segments: int = 2
 
@@ -74,6 +78,7 @@ class BERTConfig:
         return (self.position_embedding == 'sinusoidal' and not self.use_bias
                 and self.max_len == 1000
                 and self.activation == 'relu' and not self.embedding_layer_norm
+                and self.embedding_dropout
                 and self.layer_norm_eps == 1e-5 and self.num_segments == 2)
 
     def replace(self, **changes):
@@ -100,13 +105,15 @@ D2L_PRETRAIN = BOOK_DEMO.replace(vocab_size=20256, num_hiddens=128,
 # d2l's released checkpoints, architecture only: learned positions, biased
 # projections ("Fine-Tuning BERT" loads them).
 BERT_SMALL = D2L_PRETRAIN.replace(num_hiddens=256, ffn_num_hiddens=512,
-                                  num_heads=4, max_len=512,
-                                  position_embedding='learned', use_bias=True)
+                                  num_heads=4, max_len=512, dropout=0.1,
+                                  position_embedding='learned', use_bias=True,
+                                  embedding_dropout=False)
 BERT_BASE = BERT_SMALL.replace(num_hiddens=768, ffn_num_hiddens=3072,
                                num_heads=12, num_layers=12)
 # Google's BERT: everything real checkpoints need, on top of bert.base.
 GOOGLE_BERT_BASE = BERT_BASE.replace(vocab_size=30522, activation='gelu',
                                      embedding_layer_norm=True,
+                                     embedding_dropout=True,
                                      layer_norm_eps=1e-12)
 # sentence-transformers/all-MiniLM-L6-v2 (BERT architecture, 6 x 384).
 ALL_MINILM_L6_V2 = GOOGLE_BERT_BASE.replace(num_hiddens=384,

@@ -51,7 +51,8 @@ class HybridBERTEncoder(nn.HybridBlock):
             if config.embedding_layer_norm:
                 self.embedding_ln = nn.LayerNorm(
                     epsilon=config.layer_norm_eps, in_channels=H)
-            self.embedding_dropout = nn.Dropout(config.dropout)
+            self.embedding_dropout = nn.Dropout(
+                config.dropout if config.embedding_dropout else 0.0)
             self.blks = nn.HybridSequential()
             for _ in range(config.num_layers):
                 self.blks.add(EncoderBlock(

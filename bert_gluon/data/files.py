@@ -47,6 +47,15 @@ DATASETS = {
         {'train.tsv': 'ec2b246745bb5c9d92aee0800684c08902742730',
          'dev.tsv': 'ade75e0673862dcac9c653efb9f59f51be2749aa'},
         'https://dl.fbaipublicfiles.com/glue/data/RTE.zip', None, 'RTE'),
+    # d2l's pretrained checkpoints (book section "Fine-Tuning BERT")
+    'bert.small': DatasetFiles(
+        'bert.small', {'vocab.json': None, 'pretrained.params': None},
+        'http://d2l-data.s3-accelerate.amazonaws.com/bert.small.zip',
+        'a4e718a47137ccd1809c9107ab4f5edd317bae2c'),
+    'bert.base': DatasetFiles(
+        'bert.base', {'vocab.json': None, 'pretrained.params': None},
+        'http://d2l-data.s3-accelerate.amazonaws.com/bert.base.zip',
+        '7b3820b35da691042e5d34c0971ac3edbd80d3f4'),
     'SNLI': DatasetFiles(
         'snli_1.0',
         {'snli_1.0_train.txt': None, 'snli_1.0_test.txt': None},
@@ -108,7 +117,14 @@ def _download(name, spec, root):
                              f'wrong SHA-1 (expected {spec.url_sha1})')
         with zipfile.ZipFile(archive) as z:
             z.extractall(tmp)
-        extracted = Path(tmp) / (spec.archive_folder or '')
+        if spec.archive_folder:
+            extracted = Path(tmp) / spec.archive_folder
+        else:  # the archive's folder that holds the files, wherever it is
+            holders = [p.parent for p in Path(tmp).rglob(next(iter(spec.files)))]
+            if len(holders) != 1:
+                raise ValueError(f'the archive of {name} from {spec.url} does '
+                                 f'not hold one {next(iter(spec.files))}')
+            extracted = holders[0]
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(extracted, folder)  # appears whole or not at all
