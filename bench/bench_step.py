@@ -21,11 +21,14 @@ CONTESTANTS = {
     'seed-default': ('book blocks, eager, MXNet default threads', None, 'book'),
     'seed': ('book blocks, eager', 'all', 'book'),
     'twin': ('twin, hybridize(static_alloc, static_shape)', 'all', 'twin'),
+    'torch-eager': ('PyTorch 2.13 eager, same architecture', 'all', 'torch'),
+    'torch-compile': ('PyTorch 2.13 torch.compile', 'all', 'torch-compile'),
 }
 
 
 def _synthetic_batch(np, batch_size, vocab_size=20256, max_len=64, num_pred=10,
                      seed=0):
+    """The book's batch layout with random ids, as `np` (mxnet.np or numpy) arrays."""
     import numpy as onp
     rng = onp.random.RandomState(seed)
     lens = rng.randint(max_len // 2, max_len + 1, batch_size)
@@ -41,10 +44,58 @@ def _synthetic_batch(np, batch_size, vocab_size=20256, max_len=64, num_pred=10,
               rng.randint(5, vocab_size, (batch_size, num_pred)),
               rng.randint(0, 2, batch_size))
     dtypes = ('int32', 'int32', 'float32', 'int32', 'float32', 'int32', 'int32')
-    return [np.array(a, dtype=d) for a, d in zip(arrays, dtypes)]
+    return [np.array(a).astype(d) for a, d in zip(arrays, dtypes)]
+
+
+def run_torch_worker(runner, batch_size, steps, warmup):
+    import numpy as onp
+    import torch
+    from torch_bert import BERTModel, pretraining_loss
+    torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', os.cpu_count())))
+    torch.manual_seed(0)
+    batch = [torch.from_numpy(a) for a in _synthetic_batch(onp, batch_size)]
+    tokens, segments, lens, positions, weights, mlm_Y, nsp_y = batch
+    mlm_Y, nsp_y = mlm_Y.long(), nsp_y.long()
+    net = BERTModel(20256)
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
+
+    def loss_of(tokens, segments, lens, positions, weights, mlm_Y, nsp_y):
+        _, mlm_Y_hat, nsp_Y_hat = net(tokens, segments, lens, positions)
+        return pretraining_loss(mlm_Y_hat, nsp_Y_hat, mlm_Y, weights, nsp_y)
+    forward = net
+    if runner == 'torch-compile':
+        loss_of = torch.compile(loss_of)
+        forward = torch.compile(net)
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        loss_of(tokens, segments, lens, positions, weights, mlm_Y, nsp_y).backward()
+        optimizer.step()
+
+    def infer():
+        with torch.no_grad():
+            net.eval()
+            forward(tokens, segments, lens, positions)
+            net.train()
+
+    def timed(fn, n):
+        for _ in range(warmup):
+            fn()
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return batch_size * n / (time.perf_counter() - start)
+    train = timed(train_step, steps)
+    infer_rate = timed(infer, steps * 3)
+    import resource
+    return {'train': train, 'infer': infer_rate,
+            'peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            'threads': str(torch.get_num_threads())}
 
 
 def run_worker(runner, batch_size, steps, warmup):
+    if runner.startswith('torch'):
+        return run_torch_worker(runner, batch_size, steps, warmup)
     import mxnet as mx
     from mxnet import autograd, gluon, np
     import bert_gluon as bg

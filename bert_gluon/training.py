@@ -137,6 +137,8 @@ class TrainLoop:
 
     def _one_step(self, batch):
         mx.random.seed(self.seed * 1000003 + self.step)  # dropout of this step
+        if hasattr(self.task, 'prepare'):
+            batch = self.task.prepare(batch)
         totals = self.task.batch_totals(batch)
         shards = [gluon.utils.split_and_load(onp.asarray(a), self.ctx_list,
                                              even_split=False) for a in batch]

@@ -144,3 +144,16 @@ def test_cli_finetune_and_encode(tiny_pretrained, tmp_path):
     bad = subprocess.run([sys.executable, '-m', 'bert_gluon.cli', 'finetune', '--task', 'RTE',
                           '--from', str(tmp_path / 'none')], capture_output=True, text=True)
     assert bad.returncode != 0 and 'unknown pretrained model' in bad.stderr
+
+
+def test_trimmed_padding_gives_the_same_logits(tiny_pretrained):
+    from bert_gluon.finetuning import trim_padding
+    net, vocab, _ = from_pretrained(tiny_pretrained)
+    clf = BERTClassifier(net, num_outputs=2)
+    clf.output.initialize()
+    arrays = encode_pairs([('a b c', 'd'), ('e', 'f g')], vocab, 64)
+    trimmed = trim_padding(list(arrays))
+    assert trimmed[0].shape == (2, 16)
+    full = clf(*[mx.np.array(a) for a in arrays]).asnumpy()
+    short = clf(*[mx.np.array(a) for a in trimmed]).asnumpy()
+    onp.testing.assert_allclose(short, full, atol=1e-5)
