@@ -21,6 +21,7 @@ CONTESTANTS = {
     'seed-default': ('book blocks, eager, MXNet default threads', None, 'book'),
     'seed': ('book blocks, eager', 'all', 'book'),
     'twin': ('twin, hybridize(static_alloc, static_shape)', 'all', 'twin'),
+    'gluonnlp': ('GluonNLP 0.10 BERTModel, same sizes, hybridized', 'all', 'gluonnlp'),
     'torch-eager': ('PyTorch 2.13 eager, same architecture', 'all', 'torch'),
     'torch-compile': ('PyTorch 2.13 torch.compile', 'all', 'torch-compile'),
 }
@@ -78,7 +79,7 @@ def run_torch_worker(runner, batch_size, steps, warmup):
             forward(tokens, segments, lens, positions)
             net.train()
 
-    def timed(fn, n):
+    def timed(fn, n):  # PyTorch on the CPU is synchronous
         for _ in range(warmup):
             fn()
         start = time.perf_counter()
@@ -87,10 +88,60 @@ def run_torch_worker(runner, batch_size, steps, warmup):
         return batch_size * n / (time.perf_counter() - start)
     train = timed(train_step, steps)
     infer_rate = timed(infer, steps * 3)
-    import resource
-    return {'train': train, 'infer': infer_rate,
-            'peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    return {'train': train, 'infer': infer_rate, 'peak_mb': _peak_mb(),
             'threads': str(torch.get_num_threads())}
+
+
+def _timed(mx, fn, n, warmup, batch_size):
+    for _ in range(warmup):
+        fn()
+    mx.nd.waitall()
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    mx.nd.waitall()
+    return batch_size * n / (time.perf_counter() - start)
+
+
+def _peak_mb():
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_gluonnlp_worker(batch_size, steps, warmup):
+    """GluonNLP 0.10's BERT (legacy nd API) at d2l's small sizes, ReLU FFN."""
+    import mxnet as mx
+    from mxnet import autograd, gluon
+    import gluonnlp as nlp
+    arrays = _synthetic_batch(mx.nd, batch_size)
+    tokens, segments, lens, positions, weights, mlm_Y, nsp_y = arrays
+    encoder = nlp.model.BERTEncoder(num_layers=2, units=128, hidden_size=256,
+                                    max_length=64, num_heads=2, dropout=0.2,
+                                    output_attention=False, output_all_encodings=False,
+                                    activation='relu')
+    net = nlp.model.BERTModel(encoder, vocab_size=20256, token_type_vocab_size=2,
+                              units=128, embed_size=128, embed_dropout=0.2,
+                              use_pooler=True, use_decoder=True, use_classifier=True)
+    net.initialize(mx.init.Xavier())
+    net.hybridize(static_alloc=True, static_shape=True)
+    ce = gluon.loss.SoftmaxCELoss()
+    ce.hybridize(static_alloc=True, static_shape=True)
+    trainer = gluon.Trainer(net.collect_params(), 'adam', {'learning_rate': 0.01})
+    num_weights = float(weights.sum().asscalar())
+
+    def train_step():
+        with autograd.record():
+            _, _, nsp_Y_hat, mlm_Y_hat = net(tokens, segments, lens, positions)
+            mlm_l = ce(mlm_Y_hat.reshape((-1, 20256)), mlm_Y.reshape(-1),
+                       weights.reshape((-1, 1))).sum() / num_weights
+            l = mlm_l + ce(nsp_Y_hat, nsp_y).mean()
+        l.backward()
+        trainer.step(1)
+    train = _timed(mx, train_step, steps, warmup, batch_size)
+    infer = _timed(mx, lambda: net(tokens, segments, lens, positions), steps * 3,
+                   warmup, batch_size)
+    return {'train': train, 'infer': infer, 'peak_mb': _peak_mb(),
+            'threads': os.environ.get('OMP_NUM_THREADS', 'default')}
 
 
 def run_worker(runner, batch_size, steps, warmup):
@@ -100,6 +151,8 @@ def run_worker(runner, batch_size, steps, warmup):
     from mxnet import autograd, gluon, np
     import bert_gluon as bg
 
+    if runner == 'gluonnlp':
+        return run_gluonnlp_worker(batch_size, steps, warmup)
     config = bg.get_config('d2l.pretrain')
     batch = _synthetic_batch(np, batch_size)
     tokens, segments, lens, positions, weights, mlm_Y, nsp_y = batch
@@ -137,21 +190,10 @@ def run_worker(runner, batch_size, steps, warmup):
     net(tokens, segments, lens, positions)
     trainer = gluon.Trainer(net.collect_params(), 'adam', {'learning_rate': 0.01})
 
-    def timed(fn, n):
-        for _ in range(warmup):
-            fn()
-        mx.nd.waitall()
-        start = time.perf_counter()
-        for _ in range(n):
-            fn()
-        mx.nd.waitall()
-        return batch_size * n / (time.perf_counter() - start)
-
-    train = timed(train_step, steps)
-    infer = timed(lambda: net(tokens, segments, lens, positions), steps * 3)
-    import resource
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {'train': train, 'infer': infer, 'peak_mb': peak_mb,
+    train = _timed(mx, train_step, steps, warmup, batch_size)
+    infer = _timed(mx, lambda: net(tokens, segments, lens, positions), steps * 3,
+                   warmup, batch_size)
+    return {'train': train, 'infer': infer, 'peak_mb': _peak_mb(),
             'threads': os.environ.get('OMP_NUM_THREADS', 'default')}
 
 
