@@ -1,0 +1,40 @@
+"""The notebooks run top to bottom (small settings), as the book's CI does."""
+import os
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / 'notebooks'
+SMALL = {'NB_NUM_STEPS': '3', 'NB_BATCH_SIZE': '32', 'NB_NUM_EPOCHS': '1', 'NB_MAX_LEN': '32'}
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp('notebooks')  # shared: fine-tuning reuses runs/pretrain
+
+
+@pytest.mark.parametrize('name', ['bert.ipynb', 'bert-pretraining.ipynb',
+                                  'bert-finetuning.ipynb'])
+def test_notebook_runs_top_to_bottom(name, workdir, monkeypatch):
+    for key, value in SMALL.items():
+        monkeypatch.setenv(key, value)
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    NotebookClient(notebook, timeout=600, kernel_name='python3',
+                   resources={'metadata': {'path': str(workdir)}}).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == 'code'
+               for o in cell.get('outputs', [])]
+    assert not [o for o in outputs if o.get('output_type') == 'error']
+    text = '\n'.join(str(o.get('data', {}).get('text/plain', '')) + o.get('text', '')
+                     for o in outputs)
+    if name == 'bert.ipynb':
+        for shape in ('(2, 8, 768)', '(2, 3, 10000)', '(6,)', '(2, 2)', '(2,)'):
+            assert shape in text
+    elif name == 'bert-pretraining.ipynb':
+        assert 'MLM loss' in text and 'sentence pairs/sec' in text
+        assert '(1, 6, 128) (1, 10, 128)' in text
+        assert any('image/png' in o.get('data', {}) for o in outputs)
+    else:
+        assert 'MRPC epoch 1' in text and 'RTE epoch 1' in text
