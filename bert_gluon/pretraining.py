@@ -117,9 +117,8 @@ def pretrain(num_steps=50, batch_size=512, max_len=64, lr=0.01,
     def remask(epoch):
         if dynamic_masking and epoch > 0:
             train_set.mask(onp.random.default_rng([seed, epoch, 1]))
+    # mask() rewrites the arrays in place, so the stream sees new masks
     stream = BatchStream(train_set.arrays(), batch_size, seed, on_epoch=remask)
-    # arrays() are read per batch, so re-masking must update them in place
-    stream.arrays = _LiveArrays(train_set)
     loop = TrainLoop(net, PretrainingTask(hybridize), stream, trainer, ctx_list,
                      out_dir, checkpoint_every or max(1, num_steps // 5), seed,
                      progress)
@@ -157,18 +156,3 @@ def pretrain(num_steps=50, batch_size=512, max_len=64, lr=0.01,
     return {'net': net, 'vocab': train_set.vocab, 'config': config,
             'history': history, 'metrics': metrics}
 
-
-class _LiveArrays:
-    """The dataset's current arrays, read at every batch (dynamic masking
-    replaces some of them between epochs)."""
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __getitem__(self, i):
-        return getattr(self.dataset, self.dataset.FIELDS[i])
-
-    def __len__(self):
-        return len(self.dataset.FIELDS)
-
-    def __iter__(self):
-        return (self[i] for i in range(len(self)))

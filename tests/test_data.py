@@ -217,3 +217,11 @@ def test_bad_arguments():
         load_wiki_pretraining(64, split='valid')
     with pytest.raises(ValueError, match='max_len'):
         PretrainingDataset([['a b', 'c d']], 3)
+
+
+def test_dynamic_masking_updates_the_arrays_handed_out(train_set):
+    ds = load_wiki_pretraining(64)
+    arrays = ds.arrays()
+    before = arrays[0].copy()
+    ds.mask(onp.random.default_rng(9))
+    assert arrays[0] is ds.tokens and not onp.array_equal(arrays[0], before)

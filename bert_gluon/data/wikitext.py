@@ -124,10 +124,14 @@ class PretrainingDataset:
                              onp.where(draw < 0.9, labels, random_words))
         tokens = self.clean_tokens.copy()
         tokens[rows, positions] = onp.where(real, replaced, tokens[rows, positions])
-        self.tokens = tokens
-        self.pred_positions = positions
-        self.mlm_weights = real.astype(onp.float32)
-        self.mlm_labels = labels.astype(onp.int32)
+        masked = {'tokens': tokens, 'pred_positions': positions,
+                  'mlm_weights': real.astype(onp.float32),
+                  'mlm_labels': labels.astype(onp.int32)}
+        for name, value in masked.items():
+            if hasattr(self, name):  # in place: arrays() handed out stay current
+                getattr(self, name)[...] = value
+            else:
+                setattr(self, name, value)
 
     def __len__(self):
         return len(self.tokens)
