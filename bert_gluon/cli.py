@@ -66,15 +66,18 @@ def _demo(args):
     return 0
 
 
-def _pretrain(args):
-    from .pretraining import pretrain
+def _contexts(text):
     from .training import parse_contexts
     try:
-        ctx = parse_contexts(args.ctx)
+        return parse_contexts(text)
     except ValueError as exc:
-        raise SystemExit(f'bert-gluon pretrain: error: --{exc}')
+        raise argparse.ArgumentTypeError(str(exc).split(': ', 1)[-1])
+
+
+def _pretrain(args):
+    from .pretraining import pretrain
     pretrain(num_steps=args.steps, batch_size=args.batch_size,
-             max_len=args.max_len, lr=args.lr, config=args.config, ctx=ctx,
+             max_len=args.max_len, lr=args.lr, config=args.config, ctx=args.ctx,
              out_dir=args.out, checkpoint_every=args.checkpoint_every,
              resume=args.resume, seed=args.seed, data_dir=args.data_dir,
              dynamic_masking=args.dynamic_masking, validate=not args.no_valid,
@@ -84,19 +87,11 @@ def _pretrain(args):
 
 def _finetune(args):
     from .finetuning import finetune
-    from .training import parse_contexts
-    try:
-        ctx = parse_contexts(args.ctx)
-    except ValueError as exc:
-        raise SystemExit(f'bert-gluon finetune: error: --{exc}')
-    try:
-        finetune(args.task, args.pretrained, num_epochs=args.epochs,
-                 batch_size=args.batch_size, max_len=args.max_len, lr=args.lr,
-                 freeze_encoder=args.freeze_encoder, ctx=ctx, out_dir=args.out,
-                 resume=args.resume, seed=args.seed, data_dir=args.data_dir,
-                 progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as exc:
-        raise SystemExit(f'bert-gluon finetune: error: {exc}')
+    finetune(args.task, args.pretrained, num_epochs=args.epochs,
+             batch_size=args.batch_size, max_len=args.max_len, lr=args.lr,
+             freeze_encoder=args.freeze_encoder, ctx=args.ctx, out_dir=args.out,
+             resume=args.resume, seed=args.seed, data_dir=args.data_dir,
+             progress=not args.no_progress)
     return 0
 
 
@@ -104,10 +99,7 @@ def _encode(args):
     import numpy as onp
     from .pretrained import from_pretrained
     from .represent import encode_batch
-    try:
-        net, tokenizer, _ = from_pretrained(args.pretrained)
-    except ValueError as exc:
-        raise SystemExit(f'bert-gluon encode: error: {exc}')
+    net, tokenizer, _ = from_pretrained(args.pretrained)
     texts = [line.rstrip('\n') for line in open(args.input, encoding='utf-8')
              if line.strip()]
     texts = [tuple(t.split('\t', 1)) if '\t' in t else t for t in texts]
@@ -134,7 +126,8 @@ def build_parser():
     pre.add_argument('--max-len', type=_positive_int, default=64)
     pre.add_argument('--lr', type=_positive_float, default=0.01)
     pre.add_argument('--config', default='d2l.pretrain', choices=list_configs())
-    pre.add_argument('--ctx', default='cpu', help="'cpu', 'cpu:0,cpu:1', 'gpu:0,gpu:1'")
+    pre.add_argument('--ctx', type=_contexts, default='cpu',
+                     help="'cpu', 'cpu:0,cpu:1', 'gpu:0,gpu:1'")
     pre.add_argument('--out', default='runs/pretrain', help='output folder')
     pre.add_argument('--checkpoint-every', type=_positive_int, default=None,
                      help='steps between checkpoints (default: steps / 5)')
@@ -162,7 +155,7 @@ def build_parser():
     fin.add_argument('--max-len', type=_positive_int, default=128)
     fin.add_argument('--lr', type=_positive_float, default=1e-4)
     fin.add_argument('--freeze-encoder', action='store_true')
-    fin.add_argument('--ctx', default='cpu')
+    fin.add_argument('--ctx', type=_contexts, default='cpu')
     fin.add_argument('--out', default='runs/finetune')
     fin.add_argument('--resume', action='store_true')
     fin.add_argument('--seed', type=int, default=0)
@@ -184,7 +177,10 @@ def build_parser():
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:  # bad data, files, values
+        raise SystemExit(f'bert-gluon {args.command}: error: {exc}')
 
 
 def entry():

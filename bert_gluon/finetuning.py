@@ -14,7 +14,7 @@ from .checkpoint import atomic_write_json
 from .data.pairs import TASKS, encode_pairs, read_pairs
 from .inputs import check_encoder_inputs
 from .model import HybridBERTModel, _full_lens, _is_eager
-from .training import BatchStream, TrainLoop, parse_contexts, save_loss_plot
+from .training import BatchStream, TrainLoop, prepare_run, save_loss_plot
 
 __all__ = ['BERTClassifier', 'ClassificationTask', 'evaluate_classifier',
            'finetune']
@@ -120,15 +120,8 @@ def finetune(task, pretrained, num_epochs=3, batch_size=32, max_len=128,
     from .pretrained import from_pretrained
     if task not in TASKS:
         raise ValueError(f'task must be one of {sorted(TASKS)}, got {task!r}')
-    for name, value in (('num_epochs', num_epochs), ('batch_size', batch_size),
-                        ('max_len', max_len)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f'{name} must be a positive int, got {value!r}')
-    if not lr > 0:
-        raise ValueError(f'lr must be > 0, got {lr!r}')
-    ctx_list = parse_contexts(ctx)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx_list, out_dir = prepare_run(ctx, out_dir, lr, num_epochs=num_epochs,
+                                    batch_size=batch_size, max_len=max_len)
     if isinstance(pretrained, (str, Path)):
         bert, tokenizer, _ = from_pretrained(pretrained, ctx=ctx_list)
     else:

@@ -20,7 +20,7 @@ from .config import get_config
 from .data.wikitext import load_wiki_pretraining
 from .loss import PretrainingLoss
 from .model import HybridBERTModel
-from .training import BatchStream, TrainLoop, parse_contexts, save_loss_plot
+from .training import BatchStream, TrainLoop, prepare_run, save_loss_plot
 
 __all__ = ['PretrainingTask', 'evaluate_pretraining', 'pretrain']
 
@@ -91,15 +91,8 @@ def pretrain(num_steps=50, batch_size=512, max_len=64, lr=0.01,
     resume: continue from out_dir's newest checkpoint (same arguments).
     dynamic_masking: draw fresh MLM masks every epoch (the book masks once).
     """
-    for name, value in (('num_steps', num_steps), ('batch_size', batch_size),
-                        ('max_len', max_len)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f'{name} must be a positive int, got {value!r}')
-    if not lr > 0:
-        raise ValueError(f'lr must be > 0, got {lr!r}')
-    ctx_list = parse_contexts(ctx)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx_list, out_dir = prepare_run(ctx, out_dir, lr, num_steps=num_steps,
+                                    batch_size=batch_size, max_len=max_len)
     train_set = load_wiki_pretraining(max_len, data_dir, 'train', seed=seed)
     config = get_config(config, vocab_size=len(train_set.vocab))
     _check_dataset(train_set, config)

@@ -17,7 +17,7 @@ from mxnet import autograd, gluon
 
 from .checkpoint import Checkpointer
 
-__all__ = ['BatchStream', 'TrainLoop', 'parse_contexts']
+__all__ = ['BatchStream', 'TrainLoop', 'parse_contexts', 'prepare_run']
 
 
 def parse_contexts(spec):
@@ -38,6 +38,20 @@ def parse_contexts(spec):
                              f"'gpu:0,gpu:1', got {spec!r}")
         contexts.append(getattr(mx, kind)(int(index or 0)))
     return contexts
+
+
+def prepare_run(ctx, out_dir, lr, **counts):
+    """Check a run's arguments; (contexts, output folder, created).
+    counts: name=value pairs that must be positive ints."""
+    for name, value in counts.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f'{name} must be a positive int, got {value!r}')
+    if not lr > 0:
+        raise ValueError(f'lr must be > 0, got {lr!r}')
+    ctx_list = parse_contexts(ctx)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return ctx_list, out_dir
 
 
 class BatchStream:
