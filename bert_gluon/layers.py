@@ -64,13 +64,16 @@ class MultiHeadSelfAttention(nn.HybridBlock):
         keys = _split_heads(F, self.W_k(X), N)
         values = _split_heads(F, self.W_v(X), N)
         scores = F.npx.batch_dot(queries, keys, transpose_b=True) * self._scale
-        # Softmax over the first valid_lens keys of every query: the same
-        # numbers as d2l's -1e6 mask, whose exponentials are exactly 0.
-        # Lengths per (row, query): (B, 1) + (T,) -> (B, T) -> (B*N, T)
-        lens = (F.np.expand_dims(valid_lens, -1)
-                + F.np.zeros_like(F.npx.arange_like(X, axis=1)))
-        lens = F.np.repeat(lens, N, axis=0).astype('int32')
-        weights = F.npx.softmax(scores, length=lens, use_length=True, axis=-1)
+        # Keys past valid_lens get -1e6, whose exponentials are exactly 0: the
+        # numbers of d2l's masked_softmax. A (B, 1, 1, T) bias added to the
+        # (B, N, T, T) scores, then a plain softmax (MXNet's length-aware
+        # softmax is several times slower on the CPU).
+        key_positions = F.npx.arange_like(X, axis=1)  # (T,)
+        bias = (F.np.expand_dims(key_positions, 0) >= F.np.expand_dims(
+            valid_lens, -1)).astype('float32') * -1e6  # (B, T)
+        bias = F.np.expand_dims(F.np.expand_dims(bias, 1), 1)  # (B, 1, 1, T)
+        scores = F.npx.reshape(scores, (-6, -1, N, -2, -2)) + bias  # (B, N, T, T)
+        weights = F.npx.reshape(F.npx.softmax(scores, axis=-1), (-5, -2, -2))
         output = F.npx.batch_dot(self.dropout(weights), values)  # (B*N, T, d)
         return self.W_o(_merge_heads(F, output, N))  # (B, T, H)
 
