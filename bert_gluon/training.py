@@ -1,6 +1,6 @@
 """The one training loop: any list of contexts, progress, checkpoints, exact
-resume. Pretraining (this module's `pretrain`) and fine-tuning plug a task
-into it.
+resume. Pretraining (`pretraining.py`) and fine-tuning (`finetuning.py`) plug
+a task into it.
 
 Exactness: the batch order of epoch e is a permutation drawn from (seed, e);
 MXNet's RNG (dropout) is re-seeded from (seed, step) before every step; the
@@ -150,7 +150,8 @@ class TrainLoop:
         return True
 
     def _one_step(self, batch):
-        mx.random.seed(self.seed * 1000003 + self.step)  # dropout of this step
+        # dropout of this step: a function of (seed, step) alone
+        mx.random.seed((self.seed * 1000003 + self.step) % (2 ** 31))
         if hasattr(self.task, 'prepare'):
             batch = self.task.prepare(batch)
         totals = self.task.batch_totals(batch)
