@@ -10,6 +10,7 @@ import warnings
 import mxnet as mx
 from mxnet import gluon
 
+from . import kernels
 from .model import HybridBERTModel
 
 __all__ = ['export_model', 'load_exported', 'INPUT_NAMES']
@@ -20,22 +21,23 @@ INPUT_NAMES = ('data0', 'data1', 'data2', 'data3')
 def export_model(net, prefix, batch_size=1, seq_len=8, num_pred=1):
     """Write `prefix-symbol.json` and `prefix-0000.params`; return both paths.
 
-    The graph is traced on a dummy batch of the given sizes when `net` has
-    not run hybridized yet.
+    The graph is traced anew on a dummy batch of the given sizes, with
+    MXNet's own operators only, so the files load without this package.
+    The net is left hybridized.
     """
     if not isinstance(net, HybridBERTModel):
         raise ValueError('net must be a bert_gluon.HybridBERTModel, got '
                          f'{type(net).__name__}')
     ctx = net.encoder.token_embedding.weight.list_ctx()[0]
-    if not net._active or net._cached_graph == ():
-        net.hybridize(static_alloc=True, static_shape=True)
+    with kernels.portable():
+        net.hybridize(static_alloc=True, static_shape=True)  # drops old graphs
         tokens = mx.np.zeros((batch_size, seq_len), dtype='int32', ctx=ctx)
-        pred_positions = mx.np.zeros((batch_size, num_pred), dtype='int32',
-                                     ctx=ctx)
+        pred_positions = mx.np.zeros((batch_size, num_pred), dtype='int32', ctx=ctx)
         net(tokens, mx.np.zeros_like(tokens), None, pred_positions)
     folder = os.path.dirname(os.path.abspath(prefix))
     os.makedirs(folder, exist_ok=True)
     net.export(prefix)
+    net.hybridize(static_alloc=True, static_shape=True)  # fast kernels again
     return f'{prefix}-symbol.json', f'{prefix}-0000.params'
 
 

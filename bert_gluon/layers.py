@@ -10,8 +10,11 @@ import math
 
 from mxnet.gluon import nn
 
-__all__ = ['Dense', 'MultiHeadSelfAttention', 'AddNorm', 'PositionWiseFFN',
-           'EncoderBlock', 'sinusoidal_positions', 'gather_rows']
+from . import kernels
+
+__all__ = ['Dense', 'LayerNorm', 'MultiHeadSelfAttention', 'AddNorm',
+           'PositionWiseFFN', 'EncoderBlock', 'sinusoidal_positions',
+           'gather_rows']
 
 
 class Dense(nn.Dense):
@@ -27,6 +30,24 @@ class Dense(nn.Dense):
     def hybrid_forward(self, F, x, weight, bias=None):
         out = super().hybrid_forward(F, x, weight, bias)
         return F.npx.leaky_relu(out, act_type='gelu') if self._gelu else out
+
+
+class LayerNorm(nn.LayerNorm):
+    """`nn.LayerNorm` over the last axis (same parameters) that runs the
+    native CPU kernel when it is available and every parameter is on a CPU."""
+    def __init__(self, epsilon=1e-5, in_channels=0, **kwargs):
+        super().__init__(axis=-1, epsilon=epsilon, in_channels=in_channels, **kwargs)
+
+    def _native(self):
+        return (kernels.native_available()
+                and all(c.device_type == 'cpu' for c in self.gamma.list_ctx()))
+
+    def hybrid_forward(self, F, data, gamma, beta):
+        if not self._native():
+            return super().hybrid_forward(F, data, gamma, beta)
+        out = F.bert_layer_norm(data.as_nd_ndarray(), gamma.as_nd_ndarray(),
+                                beta.as_nd_ndarray(), eps=self._epsilon)
+        return out[0].as_np_ndarray()
 
 
 def _split_heads(F, X, num_heads):
@@ -84,7 +105,7 @@ class AddNorm(nn.HybridBlock):
         super().__init__(**kwargs)
         with self.name_scope():
             self.dropout = nn.Dropout(dropout)
-            self.ln = nn.LayerNorm(epsilon=epsilon, in_channels=in_channels)
+            self.ln = LayerNorm(epsilon=epsilon, in_channels=in_channels)
 
     def hybrid_forward(self, F, X, Y):
         return self.ln(self.dropout(Y) + X)

@@ -11,7 +11,8 @@ from mxnet.gluon import nn
 
 from .config import BERTConfig
 from .inputs import check_encoded, check_encoder_inputs, check_pred_positions
-from .layers import Dense, EncoderBlock, gather_rows, sinusoidal_positions
+from .layers import (Dense, EncoderBlock, LayerNorm, gather_rows,
+                     sinusoidal_positions)
 
 __all__ = ['HybridBERTEncoder', 'HybridMaskLM', 'HybridNextSentencePred',
            'HybridBERTModel']
@@ -49,8 +50,7 @@ class HybridBERTEncoder(nn.HybridBlock):
                 self.pos_embedding = self.params.get(
                     'pos_embedding', shape=(1, config.max_len, H))
             if config.embedding_layer_norm:
-                self.embedding_ln = nn.LayerNorm(
-                    epsilon=config.layer_norm_eps, in_channels=H)
+                self.embedding_ln = LayerNorm(config.layer_norm_eps, H)
             self.embedding_dropout = nn.Dropout(
                 config.dropout if config.embedding_dropout else 0.0)
             self.blks = nn.HybridSequential()
@@ -121,8 +121,7 @@ class HybridMaskLM(nn.HybridBlock):
             self.mlp = nn.HybridSequential()
             self.mlp.add(Dense(H, flatten=False, activation=config.activation,
                                in_units=H))
-            self.mlp.add(nn.LayerNorm(epsilon=config.layer_norm_eps,
-                                      in_channels=H))
+            self.mlp.add(LayerNorm(config.layer_norm_eps, H))
             self.mlp.add(Dense(config.vocab_size, flatten=False, in_units=H))
 
     def forward(self, X, pred_positions):

@@ -157,3 +157,19 @@ def test_trimmed_padding_gives_the_same_logits(tiny_pretrained):
     full = clf(*[mx.np.array(a) for a in arrays]).asnumpy()
     short = clf(*[mx.np.array(a) for a in trimmed]).asnumpy()
     onp.testing.assert_allclose(short, full, atol=1e-5)
+
+
+def test_snli_reader_the_books_way(tmp_path):
+    """SNLI is not shipped here; a file in its format, read as d2l reads it."""
+    folder = tmp_path / 'snli_1.0'
+    folder.mkdir()
+    header = 'gold_label\tsentence1_binary_parse\tsentence2_binary_parse\tother\n'
+    rows = ['entailment\t( ( A man ) ( is ( playing ( a guitar ) ) ) )\t( ( A person ) plays )\tx\n',
+            '-\t( no gold )\t( label )\tx\n',
+            'neutral\t( ( Two dogs ) run )\t( ( Dogs ) ( are happy ) )\tx\n']
+    for name in ('snli_1.0_train.txt', 'snli_1.0_test.txt'):
+        (folder / name).write_text(header + ''.join(rows))
+    premises, hypotheses, labels = read_pairs('SNLI', 'train', data_dir=tmp_path)
+    assert premises == ['A man is playing a guitar', 'Two dogs run']
+    assert hypotheses == ['A person plays', 'Dogs are happy']
+    assert labels == [0, 2]  # entailment, neutral; '-' rows dropped
