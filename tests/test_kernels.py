@@ -82,3 +82,28 @@ print('same')
                                            os.environ.get('PYTHONPATH', '')]))
     out = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True)
     assert out.returncode == 0 and 'same' in out.stdout, out.stderr[-2000:]
+
+
+def test_native_cross_entropy_equals_mxnet_forward_and_backward():
+    loss = bg.loss.PretrainingLoss()  # eager: picks the kernel at every call
+    mlm_Y_hat = np.random.normal(0, 3, (4, 5, 300))
+    nsp_Y_hat = np.random.normal(0, 1, (4, 2))
+    mlm_Y = np.random.randint(0, 300, (4, 5)).astype('int32')
+    weights = (np.random.uniform(0, 1, (4, 5)) > 0.3).astype('float32')
+    nsp_y = np.array([0, 1, 1, 0], dtype='int32')
+    results = []
+    for native in (True, False):
+        mlm_Y_hat.attach_grad()
+        with autograd.record():
+            if native:
+                mlm_sum, nsp_sum = loss(mlm_Y_hat, nsp_Y_hat, mlm_Y, weights, nsp_y)
+            else:
+                with kernels.portable():
+                    mlm_sum, nsp_sum = loss(mlm_Y_hat, nsp_Y_hat, mlm_Y, weights, nsp_y)
+            total = mlm_sum / 7.0 + nsp_sum
+        total.backward()
+        results.append((float(mlm_sum), mlm_Y_hat.grad.asnumpy()))
+    (native_sum, native_grad), (mx_sum, mx_grad) = results
+    assert abs(native_sum - mx_sum) < 1e-4 * abs(mx_sum)
+    onp.testing.assert_allclose(native_grad, mx_grad, atol=1e-6)
+    assert (native_grad[weights.asnumpy() == 0] == 0).all()  # padded slots: no gradient

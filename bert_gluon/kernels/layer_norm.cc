@@ -151,7 +151,3 @@ REGISTER_OP(bert_layer_norm)
 .setInferShape(infer_shape)
 .setForward(forward, "cpu")
 .setBackward(backward, "cpu");
-
-MXReturnValue initialize(int version) {
-  return version >= 10700 ? MX_SUCCESS : MX_FAIL;
-}
