@@ -26,6 +26,9 @@ __all__ = ['native_available', 'portable']
 _SOURCES = [Path(__file__).with_name(name)
             for name in ('library.cc', 'layer_norm.cc', 'cross_entropy.cc')]
 _state = {'loaded': None, 'portable': 0}
+# Fixed at import: later changes of $BERT_GLUON_CACHE (tests) do not rebuild.
+_BUILD_DIR = Path(os.environ.get('BERT_GLUON_CACHE',
+                                 Path.home() / '.cache' / 'bert_gluon')) / 'kernels'
 _lock = threading.Lock()
 
 
@@ -49,12 +52,11 @@ def _build(target):
 def _load():
     if os.environ.get('BERT_GLUON_NATIVE', '1') == '0':
         return False
-    from ..data.files import cache_dir
     digest = hashlib.sha1(mx.__version__.encode())
     for source in _SOURCES:
         digest.update(source.read_bytes())
     key = digest.hexdigest()[:12]
-    target = cache_dir() / 'kernels' / f'libbert_gluon_ops-{key}.so'
+    target = _BUILD_DIR / f'libbert_gluon_ops-{key}.so'
     try:
         if not target.is_file():
             _build(target)
