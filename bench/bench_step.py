@@ -1,13 +1,16 @@
-"""Pretraining step and inference of d2l's small BERT: the book's blocks vs
-the hybridized twin, side by side, pairs/s.
+"""Pretraining step and inference of d2l's small BERT, side by side, pairs/s:
+the book's blocks (as a user gets them, and with all cores), the hybridized
+twin, GluonNLP 0.10's BERT at the same sizes, and the same architecture in
+PyTorch 2.13 eager and torch.compile (bench/torch_bert.py).
 
 Workload: vocab 20256, 128 hidden, 256 FFN, 2 heads, 2 layers, max_len 64,
-10 prediction slots, the book's loss, Adam. Every contestant runs in its own
-process (MXNet reads OMP_NUM_THREADS only at import), with its thread count
-in the table.
+10 prediction slots (the last 2 padded, weight 0), the book's loss, Adam.
+Every contestant runs in its own process (MXNet reads OMP_NUM_THREADS only at
+import), with its thread count in the table, and with huge pages for large
+buffers unless --no-hugepages. Peak RSS is the process's maximum.
 
     python bench/bench_step.py                      # batches 128 and 512
-    python bench/bench_step.py --batch-sizes 128 --steps 5
+    python bench/bench_step.py --batch-sizes 128 --steps 5 --contestants seed twin
 """
 import argparse
 import json
