@@ -17,7 +17,7 @@ from mxnet import npx  # noqa: E402
 npx.set_np()
 
 from .book import BERTEncoder, BERTModel, MaskLM, NextSentencePred  # noqa: E402
-from . import layers, loss  # noqa: E402
+from . import layers, loss  # noqa: E402,F401  (bg.layers, bg.loss)
 from .export import export_model, load_exported  # noqa: E402
 from .config import BERTConfig, CONFIGS, get_config, list_configs  # noqa: E402
 from .model import (HybridBERTEncoder, HybridBERTModel, HybridMaskLM,  # noqa: E402

@@ -8,7 +8,6 @@ sentence pairs/sec on the devices), evaluates MLM loss/accuracy and NSP
 accuracy on wiki.valid.tokens, and leaves in `out_dir`: pretrained.params,
 vocab.json, config.json, metrics.json, loss.png and checkpoints/.
 """
-import json
 from pathlib import Path
 
 import numpy as onp

@@ -1,5 +1,4 @@
 """Bad input gets a ValueError that names the argument, in both model kinds."""
-import mxnet as mx
 import pytest
 from mxnet import np
 

@@ -1,6 +1,4 @@
 """The notebooks run top to bottom (small settings), as the book's CI does."""
-import os
-import shutil
 from pathlib import Path
 
 import nbformat

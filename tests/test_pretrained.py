@@ -5,10 +5,9 @@ import mxnet as mx
 import numpy as onp
 import pytest
 
-import bert_gluon as bg
 from bert_gluon.pretrained import (HF_TO_TWIN, _installed_minilm, from_pretrained,
                                    list_pretrained, load_hf_bert)
-from bert_gluon.represent import encode_batch, mean_pool
+from bert_gluon.represent import encode_batch
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
@@ -94,7 +93,6 @@ def test_sentence_embeddings_equal_reference_mean_pooling(minilm, reference):
 
 def _write_hf_folder(folder, tensors):
     from safetensors.numpy import save_file
-    import json
     import shutil
     src = _installed_minilm()
     folder.mkdir()

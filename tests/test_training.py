@@ -1,6 +1,5 @@
 """Pretraining loop: exact resume after SIGKILL, checkpoints, CLI checks."""
 import json
-import os
 import signal
 import subprocess
 import sys
