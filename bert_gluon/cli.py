@@ -2,8 +2,8 @@
 
 MXNet reads OMP_NUM_THREADS only when it is imported and, unset, uses half
 the cores; glibc gives large fresh buffers huge pages only when asked
-(GLIBC_TUNABLES=glibc.malloc.hugetlb=1, about 13% faster training steps
-here). The command sets whichever of the two is unset (and says so) by
+(GLIBC_TUNABLES=glibc.malloc.hugetlb=1; fresh large outputs page-fault
+without them). The command sets whichever of the two is unset (and says so) by
 starting itself again before MXNet is imported.
 """
 import argparse

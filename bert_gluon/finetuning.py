@@ -12,8 +12,7 @@ from mxnet.gluon import nn
 
 from .checkpoint import atomic_write_json
 from .data.pairs import TASKS, encode_pairs, read_pairs
-from .inputs import check_encoder_inputs
-from .model import HybridBERTModel, _full_lens, _is_eager
+from .model import HybridBERTModel, _checked, _is_eager, _prepare_inputs
 from .training import BatchStream, TrainLoop, prepare_run, save_loss_plot
 
 __all__ = ['BERTClassifier', 'ClassificationTask', 'evaluate_classifier',
@@ -44,14 +43,12 @@ class BERTClassifier(nn.HybridBlock):
     def forward(self, tokens, segments=None, valid_lens=None):
         if segments is None and isinstance(tokens, (list, tuple)):
             tokens, segments, valid_lens = tokens  # the book's calling style
-        if _is_eager(tokens):
-            check_encoder_inputs(tokens, segments, valid_lens,
-                                 self.config.vocab_size, self.config.max_len,
-                                 self.config.num_segments,
-                                 self.encoder.check_inputs)
-            if valid_lens is None:
-                valid_lens = _full_lens(tokens)
-        return super().forward(tokens, segments, valid_lens)
+        if not _is_eager(tokens):
+            return super().forward(tokens, segments, valid_lens)
+        valid_lens = _prepare_inputs(self.config, self.encoder.check_inputs,
+                                     tokens, segments, valid_lens)
+        with _checked():
+            return super().forward(tokens, segments, valid_lens)
 
     def hybrid_forward(self, F, tokens, segments, valid_lens):
         encoded_X = self.encoder(tokens, segments, valid_lens)

@@ -6,6 +6,9 @@ file saved from `book.BERTModel` loads into `HybridBERTModel` and back.
 Real-BERT configs add parameters (learned positions, biases, embedding
 LayerNorm) under the names d2l's pretrained checkpoints use.
 """
+import contextlib
+import contextvars
+
 import mxnet as mx
 from mxnet.gluon import nn
 
@@ -23,10 +26,30 @@ def _is_eager(x):
     return not isinstance(x, mx.sym.Symbol)
 
 
-def _full_lens(tokens):
-    # No valid_lens means every token is valid: one graph serves both cases.
-    return mx.np.full((tokens.shape[0],), tokens.shape[1], dtype='float32',
-                      ctx=tokens.ctx)
+# True while a parent block runs its children on inputs it already checked,
+# so an eager call checks (and copies to the host) once, not once per block.
+_inputs_checked = contextvars.ContextVar('inputs_checked', default=False)
+
+
+@contextlib.contextmanager
+def _checked():
+    token = _inputs_checked.set(True)
+    try:
+        yield
+    finally:
+        _inputs_checked.reset(token)
+
+
+def _prepare_inputs(config, check_values, tokens, segments, valid_lens):
+    """Check a user's batch (once per call) and fill a missing valid_lens:
+    no valid_lens means every token is valid, so one graph serves both."""
+    if not _inputs_checked.get():
+        check_encoder_inputs(tokens, segments, valid_lens, config.vocab_size,
+                             config.max_len, config.num_segments, check_values)
+    if valid_lens is None:
+        valid_lens = mx.np.full((tokens.shape[0],), tokens.shape[1],
+                                dtype='float32', ctx=tokens.ctx)
+    return valid_lens
 
 
 class HybridBERTEncoder(nn.HybridBlock):
@@ -61,13 +84,12 @@ class HybridBERTEncoder(nn.HybridBlock):
                     config.layer_norm_eps))
 
     def forward(self, tokens, segments, valid_lens=None):
-        if _is_eager(tokens):
-            check_encoder_inputs(tokens, segments, valid_lens,
-                                 self.config.vocab_size, self.config.max_len,
-                                 self.config.num_segments, self.check_inputs)
-            if valid_lens is None:
-                valid_lens = _full_lens(tokens)
-        return super().forward(tokens, segments, valid_lens)
+        if not _is_eager(tokens):
+            return super().forward(tokens, segments, valid_lens)
+        valid_lens = _prepare_inputs(self.config, self.check_inputs, tokens,
+                                     segments, valid_lens)
+        with _checked():
+            return super().forward(tokens, segments, valid_lens)
 
     def _embed(self, F, tokens, segments, pos_embedding):
         # Shape of X: (batch size, max sequence length, num_hiddens)
@@ -91,11 +113,8 @@ class HybridBERTEncoder(nn.HybridBlock):
     def hidden_states(self, tokens, segments, valid_lens=None):
         """Every layer's output, eagerly: [embeddings, block 1, ..., block L],
         each (B, T, H), as Hugging Face's `output_hidden_states`."""
-        check_encoder_inputs(tokens, segments, valid_lens, self.config.vocab_size,
-                             self.config.max_len, self.config.num_segments,
-                             self.check_inputs)
-        if valid_lens is None:
-            valid_lens = _full_lens(tokens)
+        valid_lens = _prepare_inputs(self.config, self.check_inputs, tokens,
+                                     segments, valid_lens)
         pos = (self.pos_embedding.data(tokens.ctx)
                if self.config.position_embedding == 'learned' else None)
         states = [self._embed(mx.nd, tokens,
@@ -125,7 +144,7 @@ class HybridMaskLM(nn.HybridBlock):
             self.mlp.add(Dense(config.vocab_size, flatten=False, in_units=H))
 
     def forward(self, X, pred_positions):
-        if _is_eager(X):
+        if _is_eager(X) and not _inputs_checked.get():
             batch_size, seq_len, _ = check_encoded('X', X, self.num_hiddens)
             check_pred_positions(pred_positions, batch_size, seq_len,
                                  self.check_inputs)
@@ -151,7 +170,7 @@ class HybridNextSentencePred(nn.HybridBlock):
             self.mlp.add(nn.Dense(2, in_units=H))
 
     def forward(self, X):
-        if _is_eager(X):
+        if _is_eager(X) and not _inputs_checked.get():
             check_encoded('X', X, self.num_hiddens)
         return super().forward(X)
 
@@ -196,17 +215,16 @@ class HybridBERTModel(nn.HybridBlock):
         if not _is_eager(tokens):
             return super().forward(tokens, segments, valid_lens,
                                    pred_positions)
-        check_encoder_inputs(tokens, segments, valid_lens,
-                             self.config.vocab_size, self.config.max_len,
-                             self.config.num_segments, self.check_inputs)
-        if valid_lens is None:
-            valid_lens = _full_lens(tokens)
-        if pred_positions is None:
-            encoded_X = self.encoder(tokens, segments, valid_lens)
-            return encoded_X, None, self.nsp(encoded_X)
-        check_pred_positions(pred_positions, *tokens.shape,
-                             check_values=self.check_inputs)
-        return super().forward(tokens, segments, valid_lens, pred_positions)
+        valid_lens = _prepare_inputs(self.config, self.check_inputs, tokens,
+                                     segments, valid_lens)
+        if pred_positions is not None:
+            check_pred_positions(pred_positions, *tokens.shape,
+                                 check_values=self.check_inputs)
+        with _checked():
+            if pred_positions is None:
+                encoded_X = self.encoder(tokens, segments, valid_lens)
+                return encoded_X, None, self.nsp(encoded_X)
+            return super().forward(tokens, segments, valid_lens, pred_positions)
 
     def hybrid_forward(self, F, tokens, segments, valid_lens, pred_positions):
         encoded_X = self.encoder(tokens, segments, valid_lens)

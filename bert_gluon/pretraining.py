@@ -59,21 +59,21 @@ def evaluate_pretraining(net, dataset, ctx=None, batch_size=512):
     """Held-out MLM loss and accuracy (over real slots) and NSP accuracy."""
     ctx = ctx or mx.cpu()
     loss = PretrainingLoss()
-    mlm_sum = mlm_correct = mlm_count = nsp_correct = 0.0
     arrays = dataset.arrays()
+    sums = []  # per batch, on the device: one host sync at the end
     for start in range(0, len(dataset), batch_size):
         batch = [mx.np.array(a[start:start + batch_size], ctx=ctx) for a in arrays]
         tokens, segments, valid_lens, positions, weights, mlm_Y, nsp_y = batch
         _, mlm_Y_hat, nsp_Y_hat = net(tokens, segments, valid_lens, positions)
         mlm_l, _ = loss(mlm_Y_hat, nsp_Y_hat, mlm_Y, weights, nsp_y)
         hits = (mlm_Y_hat.argmax(axis=-1) == mlm_Y.astype('int64')) * weights
-        mlm_sum += float(mlm_l)
-        mlm_correct += float(hits.sum())
-        mlm_count += float(weights.sum())
-        nsp_correct += float((nsp_Y_hat.argmax(axis=-1) == nsp_y.astype('int64')).sum())
-    return {'valid_mlm_loss': mlm_sum / mlm_count,
-            'valid_mlm_accuracy': mlm_correct / mlm_count,
-            'valid_nsp_accuracy': nsp_correct / len(dataset),
+        nsp_hits = (nsp_Y_hat.argmax(axis=-1) == nsp_y.astype('int64')).sum()
+        sums.append(mx.np.stack([mlm_l, hits.sum(), nsp_hits.astype('float32')]))
+    mlm_sum, mlm_correct, nsp_correct = mx.np.stack(sums).sum(axis=0).asnumpy()
+    mlm_count = float(dataset.mlm_weights.sum())  # known on the host
+    return {'valid_mlm_loss': float(mlm_sum) / mlm_count,
+            'valid_mlm_accuracy': float(mlm_correct) / mlm_count,
+            'valid_nsp_accuracy': float(nsp_correct) / len(dataset),
             'valid_pairs': len(dataset)}
 
 

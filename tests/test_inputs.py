@@ -110,3 +110,17 @@ def test_named_configs():
         bg.get_config('bert.huge')
     with pytest.raises(ValueError, match='unknown BERTConfig fields'):
         bg.BERTConfig.from_dict({'hidden_size': 3})
+
+
+def test_an_eager_call_checks_its_batch_once(monkeypatch):
+    import bert_gluon.model as model
+    calls = []
+    original = model.check_encoder_inputs
+    monkeypatch.setattr(model, 'check_encoder_inputs',
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    tokens, segments, valid_lens, positions = make_batch()
+    MODELS['twin'](tokens, segments, valid_lens, positions)
+    MODELS['twin'](tokens, segments, valid_lens)
+    assert len(calls) == 2  # one per call, not one per block
+    with pytest.raises(ValueError, match='tokens'):  # and nested blocks still check alone
+        MODELS['twin'].encoder(tokens + 1000, segments, valid_lens)
