@@ -11,7 +11,7 @@ setup(
     description='BERT as "Dive into Deep Learning" teaches it, on MXNet Gluon',
     packages=find_packages(include=['bert_gluon', 'bert_gluon.*']),
     # C++ sources compiled on first use (bert_gluon/kernels/__init__.py)
-    package_data={'bert_gluon.kernels': ['*.cc']},
+    package_data={'bert_gluon.kernels': ['*.cc', '*.h']},
     python_requires='>=3.8',
     # MXNet is not required here on purpose: GPU users install
     # mxnet-cu112==1.9.1 (or another CUDA build) and pip must not pull the

@@ -177,15 +177,14 @@ def run_worker(runner, batch_size, steps, warmup):
     else:
         net = bg.HybridBERTModel(config)
         net.check_inputs = False  # synthetic batch, checked by construction
-        loss = bg.loss.PretrainingLoss()
+        objective = bg.loss.PretrainingObjective(net)  # what pretrain() runs
         net.hybridize(static_alloc=True, static_shape=True)
-        loss.hybridize(static_alloc=True, static_shape=True)
+        objective.hybridize(static_alloc=True, static_shape=True)
         num_weights, = weights.sum().asnumpy().reshape(1)
 
         def train_step():
             with autograd.record():
-                _, mlm_Y_hat, nsp_Y_hat = net(tokens, segments, lens, positions)
-                mlm_sum, nsp_sum = loss(mlm_Y_hat, nsp_Y_hat, mlm_Y, weights, nsp_y)
+                mlm_sum, nsp_sum = objective(*batch)
                 l = mlm_sum / float(num_weights) + nsp_sum / batch_size
             l.backward()
             trainer.step(1)

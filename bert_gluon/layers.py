@@ -78,9 +78,21 @@ class MultiHeadSelfAttention(nn.HybridBlock):
                                              flatten=False,
                                              in_units=num_hiddens))
 
+    def _native(self):
+        return (kernels.has_op('bert_attention_scores')
+                and all(c.device_type == 'cpu' for c in self.W_q.weight.list_ctx()))
+
     def hybrid_forward(self, F, X, valid_lens):
         # X: (B, T, H); valid_lens: (B,), every row's count of real tokens
         N = self.num_heads
+        if self._native():  # heads read in place: no split/merge transposes
+            probs = F.bert_attention_scores(  # (B, N, T, T)
+                self.W_q(X).as_nd_ndarray(), self.W_k(X).as_nd_ndarray(),
+                valid_lens.as_nd_ndarray(), num_heads=N, scale=self._scale)
+            probs = self.dropout(probs.as_np_ndarray()).as_nd_ndarray()
+            output = F.bert_attention_context(probs, self.W_v(X).as_nd_ndarray(),
+                                              num_heads=N)
+            return self.W_o(output.as_np_ndarray())  # (B, T, H)
         queries = _split_heads(F, self.W_q(X), N)  # (B*N, T, d)
         keys = _split_heads(F, self.W_k(X), N)
         values = _split_heads(F, self.W_v(X), N)

@@ -12,8 +12,9 @@ import mxnet as mx
 from mxnet.gluon import nn
 
 from . import kernels
+from .layers import gather_rows
 
-__all__ = ['PretrainingLoss']
+__all__ = ['PretrainingLoss', 'PretrainingObjective']
 
 
 class PretrainingLoss(nn.HybridBlock):
@@ -45,4 +46,64 @@ class PretrainingLoss(nn.HybridBlock):
         else:
             mlm_l = -F.npx.pick(F.npx.log_softmax(mlm_Y_hat), mlm_Y, axis=-1) * mlm_weights
         nsp_l = -F.npx.pick(F.npx.log_softmax(nsp_Y_hat), nsp_y, axis=-1)
+        return F.np.sum(mlm_l), F.np.sum(nsp_l)
+
+
+def _on_cpu(param):
+    return all(c.device_type == 'cpu' for c in param.list_ctx())
+
+
+class MLMDecoderLoss(nn.HybridBlock):
+    """The MLM head's last Dense (the vocabulary projection) and the book's
+    weighted cross-entropy, sharing `decoder`'s weight and bias.
+
+    forward(hidden (B, P, H), mlm_Y (B, P), mlm_weights (B, P)) -> loss (B, P).
+    On the CPU with the native kernels it projects only the slots of nonzero
+    weight (same numbers: the others are multiplied by 0 in the book).
+    """
+    def __init__(self, decoder, **kwargs):
+        # The decoder's prefix and params: get() finds its Parameters
+        super().__init__(prefix=decoder.prefix, params=decoder.params, **kwargs)
+        self.vocab_size = decoder._units
+        self.weight = self.params.get('weight')
+        self.bias = self.params.get('bias')
+
+    def hybrid_forward(self, F, hidden, mlm_Y, mlm_weights, weight, bias):
+        if kernels.has_op('bert_packed_dense') and _on_cpu(self.weight):
+            mlm_weights = mlm_weights.as_nd_ndarray()
+            logits = F.bert_packed_dense(  # (B*P, V), weighted rows on top
+                hidden.as_nd_ndarray(), weight.as_nd_ndarray(),
+                bias.as_nd_ndarray(), mlm_weights)
+            return F.bert_softmax_ce(logits, mlm_Y.as_nd_ndarray(), mlm_weights,
+                                     packed=True)[0].as_np_ndarray()
+        logits = F.npx.fully_connected(hidden, weight, bias, flatten=False,
+                                       num_hidden=self.vocab_size)
+        return -F.npx.pick(F.npx.log_softmax(logits), mlm_Y, axis=-1) * mlm_weights
+
+
+class PretrainingObjective(nn.HybridBlock):
+    """A `HybridBERTModel` and the book's pretraining loss as one graph: what a
+    training step runs (the loss inside the hybridized graph).
+
+    forward(tokens, segments, valid_lens, pred_positions, mlm_weights, mlm_Y,
+            nsp_y) -> (mlm_l_sum (), nsp_l_sum ()), the sums PretrainingLoss
+    returns for net(tokens, segments, valid_lens, pred_positions). The
+    parameters are `net`'s own, so saving `net` saves the trained model.
+    """
+    def __init__(self, net, **kwargs):
+        super().__init__(prefix=net.prefix + 'objective_', **kwargs)
+        self.net = net
+        mlp = net.mlm.mlp
+        self.mlm_loss = MLMDecoderLoss(mlp[len(mlp) - 1])
+
+    def hybrid_forward(self, F, tokens, segments, valid_lens, pred_positions,
+                       mlm_weights, mlm_Y, nsp_y):
+        net = self.net
+        encoded_X = net.encoder(tokens, segments, valid_lens)
+        hidden = gather_rows(F, encoded_X, pred_positions)  # (B, P, H)
+        mlp = net.mlm.mlp
+        for i in range(len(mlp) - 1):  # the MLM head up to its decoder
+            hidden = mlp[i](hidden)
+        mlm_l = self.mlm_loss(hidden, mlm_Y, mlm_weights)
+        nsp_l = -F.npx.pick(F.npx.log_softmax(net.nsp(encoded_X)), nsp_y, axis=-1)
         return F.np.sum(mlm_l), F.np.sum(nsp_l)

@@ -17,7 +17,7 @@ from mxnet import gluon
 from .checkpoint import atomic_write_json
 from .config import get_config
 from .data.wikitext import load_wiki_pretraining
-from .loss import PretrainingLoss
+from .loss import PretrainingLoss, PretrainingObjective
 from .model import HybridBERTModel
 from .training import BatchStream, TrainLoop, prepare_run, save_loss_plot
 
@@ -26,11 +26,18 @@ __all__ = ['PretrainingTask', 'evaluate_pretraining', 'pretrain']
 
 class PretrainingTask:
     """The book's loss: weighted MLM cross-entropy over the real prediction
-    slots of the whole batch + NSP cross-entropy, averaged over the batch."""
+    slots of the whole batch + NSP cross-entropy, averaged over the batch.
+    Model and loss run as one graph (PretrainingObjective)."""
     def __init__(self, hybridize=True):
-        self.loss = PretrainingLoss()
-        if hybridize:
-            self.loss.hybridize(static_alloc=True, static_shape=True)
+        self.hybridize = hybridize
+        self._objective = None
+
+    def objective(self, net):
+        if self._objective is None or self._objective.net is not net:
+            self._objective = PretrainingObjective(net)
+            if self.hybridize:
+                self._objective.hybridize(static_alloc=True, static_shape=True)
+        return self._objective
 
     @staticmethod
     def batch_totals(batch):
@@ -38,9 +45,8 @@ class PretrainingTask:
                 'nsp': float(len(batch[0]))}
 
     def shard_loss(self, net, shard, totals):
-        tokens, segments, valid_lens, positions, weights, mlm_Y, nsp_y = shard
-        _, mlm_Y_hat, nsp_Y_hat = net(tokens, segments, valid_lens, positions)
-        mlm_sum, nsp_sum = self.loss(mlm_Y_hat, nsp_Y_hat, mlm_Y, weights, nsp_y)
+        # shard: tokens, segments, valid_lens, positions, weights, mlm_Y, nsp_y
+        mlm_sum, nsp_sum = self.objective(net)(*shard)
         loss = mlm_sum / totals['mlm'] + nsp_sum / totals['nsp']
         return loss, {'mlm': mlm_sum, 'nsp': nsp_sum}
 

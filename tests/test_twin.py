@@ -146,3 +146,43 @@ def test_training_mode_dropout_is_active():
         a = twin(*args)[0]
     b = twin(*args)[0]
     assert not onp.allclose(a.asnumpy(), b.asnumpy())
+
+
+@pytest.mark.parametrize('hybridize', [False, True])
+def test_twin_training_gradients_equal_book(tmp_path, hybridize):
+    """One step of the book's loss (`_get_batch_loss_bert`) on the book's
+    blocks and on the twin's training graph: same loss, same gradients."""
+    from mxnet import gluon
+    config = TINY.replace(dropout=0.0)
+    book = bg.BERTModel.from_config(config)
+    book.initialize(mx.init.Normal(0.5))
+    tokens, segments, valid_lens, positions = make_batch(config, seed=3)
+    book(tokens, segments, valid_lens, positions)
+    book.save_parameters(str(tmp_path / 'book.params'))
+    twin = bg.HybridBERTModel(config)
+    twin.load_parameters(str(tmp_path / 'book.params'))
+    objective = bg.loss.PretrainingObjective(twin)
+    if hybridize:
+        objective.hybridize(static_alloc=True, static_shape=True)
+    weights = np.array([[1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0]], dtype='float32')
+    mlm_Y = np.random.randint(0, config.vocab_size, positions.shape).astype('int32')
+    nsp_y = np.array([1, 0, 0], dtype='int32')
+    loss = gluon.loss.SoftmaxCrossEntropyLoss()
+    with autograd.record():  # the book's loss, verbatim
+        _, mlm_Y_hat, nsp_Y_hat = book(tokens, segments, valid_lens, positions)
+        mlm_l = loss(mlm_Y_hat.reshape((-1, config.vocab_size)), mlm_Y.reshape(-1),
+                     weights.reshape((-1, 1)))
+        mlm_l = mlm_l.sum() / (weights.sum() + 1e-8)
+        book_l = mlm_l + loss(nsp_Y_hat, nsp_y).mean()
+    book_l.backward()
+    with autograd.record():
+        mlm_sum, nsp_sum = objective(tokens, segments, valid_lens, positions,
+                                     weights, mlm_Y, nsp_y)
+        twin_l = mlm_sum / float(weights.sum()) + nsp_sum / 3
+    twin_l.backward()
+    assert abs(float(twin_l) - float(book_l)) < 1e-5 * abs(float(book_l))
+    book_grads = {k: p.grad() for k, p in book._collect_params_with_prefix().items()}
+    twin_grads = {k: p.grad() for k, p in twin._collect_params_with_prefix().items()}
+    assert set(book_grads) == set(twin_grads)
+    for name, grad in book_grads.items():
+        assert_close(twin_grads[name], grad, atol=2e-5, rtol=1e-4)

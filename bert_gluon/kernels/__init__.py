@@ -5,6 +5,11 @@ extension library (MXNet 1.9's lib_api).
 pass per row (MXNet's own CPU backward is ~10x slower than its forward).
 `cross_entropy.cc`: weighted softmax cross-entropy, vectorized, skipping
 rows of weight 0 (MXNet's log_softmax backward is ~10x slower).
+`packed_dense.cc`: the MLM vocabulary projection on rows of nonzero weight
+only, packed, through the OpenBLAS MXNet ships (built only where
+libopenblas.so.0 sits beside libmxnet.so; `has_op` says).
+`attention.cc`: self-attention scores (masked softmax) and context straight
+from the (B, T, H) projections, per head through sgemm: no head transposes.
 Built with the machine's g++ (-march=native: it is built where it runs) into
 the cache folder, keyed by the sources and MXNet version; without a compiler,
 or with BERT_GLUON_NATIVE=0, everything falls back to MXNet's operators with
@@ -21,10 +26,15 @@ from pathlib import Path
 
 import mxnet as mx
 
-__all__ = ['native_available', 'portable']
+__all__ = ['has_op', 'native_available', 'portable']
 
 _SOURCES = [Path(__file__).with_name(name)
             for name in ('library.cc', 'layer_norm.cc', 'cross_entropy.cc')]
+# Ops that call sgemm: linked against MXNet's own OpenBLAS when it has one
+_BLAS_SOURCES = [Path(__file__).with_name(name)
+                 for name in ('packed_dense.cc', 'attention.cc')]
+_HEADERS = [Path(__file__).with_name('packed_rows.h')]
+_OPENBLAS = Path(mx.__file__).parent / 'libopenblas.so.0'
 _state = {'loaded': None, 'portable': 0}
 # Fixed at import: later changes of $BERT_GLUON_CACHE (tests) do not rebuild.
 _BUILD_DIR = Path(os.environ.get('BERT_GLUON_CACHE',
@@ -38,9 +48,14 @@ def _build(target):
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix='.so', dir=target.parent)
     os.close(fd)
+    sources, libs = list(_SOURCES), ['-lmvec']
+    if _OPENBLAS.is_file():
+        sources += _BLAS_SOURCES
+        libs += [f'-L{_OPENBLAS.parent}', f'-l:{_OPENBLAS.name}',
+                 f'-Wl,-rpath,{_OPENBLAS.parent}']
     cmd = ['g++', '-shared', '-fPIC', '-O3', '-march=native', '-fopenmp',
-           '-std=c++17', f'-I{include}', '-o', tmp, *map(str, _SOURCES),
-           str(lib_api), '-lmvec']
+           '-std=c++17', f'-I{include}', '-o', tmp, *map(str, sources),
+           str(lib_api), *libs]
     try:
         subprocess.run(cmd, check=True, capture_output=True, text=True)
         os.replace(tmp, target)  # other processes see it whole or not at all
@@ -53,7 +68,8 @@ def _load():
     if os.environ.get('BERT_GLUON_NATIVE', '1') == '0':
         return False
     digest = hashlib.sha1(mx.__version__.encode())
-    for source in _SOURCES:
+    digest.update(str(_OPENBLAS.is_file()).encode())
+    for source in _SOURCES + _BLAS_SOURCES + _HEADERS:
         digest.update(source.read_bytes())
     key = digest.hexdigest()[:12]
     target = _BUILD_DIR / f'libbert_gluon_ops-{key}.so'
@@ -77,6 +93,11 @@ def native_available():
         if _state['loaded'] is None:
             _state['loaded'] = _load()
     return _state['loaded']
+
+
+def has_op(name):
+    """True when the native kernels are available and include op `name`."""
+    return native_available() and hasattr(mx.nd, name)
 
 
 @contextlib.contextmanager

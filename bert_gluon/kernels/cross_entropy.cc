@@ -4,8 +4,10 @@
 // forward and backward in one vectorized pass each and skips rows of weight 0
 // (the book's padded prediction slots).
 //
-// Op bert_softmax_ce(logits (N, V), labels (N,), weights (N,))
-//      -> (loss (N,) = weights * -log_softmax(logits)[label], lse (N,))
+// Op bert_softmax_ce(logits (R, V), labels (...), weights (...); packed=0)
+//      -> (loss (...) = weights * -log_softmax(logits)[label], lse (R,))
+// labels and weights hold R values each. With packed=1, logits row k belongs
+// to the k-th label of nonzero weight (bert_packed_dense's layout).
 // lse (log-sum-exp of each row) is an output only so the backward reuses it.
 #include <algorithm>
 #include <cstdint>
@@ -13,6 +15,7 @@
 #include <string>
 #include <vector>
 #include "mxnet/lib_api.h"
+#include "packed_rows.h"
 
 // glibc's libmvec holds vector expf/logf: declared so GCC vectorizes the
 // loops below without -ffast-math (whose other liberties we do not want).
@@ -45,16 +48,25 @@ static MXReturnValue ce_type(const std::unordered_map<std::string, std::string>&
   return MX_SUCCESS;
 }
 
+static bool is_packed(const std::unordered_map<std::string, std::string>& attrs) {
+  auto it = attrs.find("packed");
+  return it != attrs.end() && (it->second == "1" || it->second == "True");
+}
+
 static MXReturnValue ce_shape(const std::unordered_map<std::string, std::string>& attrs,
                               std::vector<std::vector<unsigned int>>* in_shapes,
                               std::vector<std::vector<unsigned int>>* out_shapes) {
   const auto& x = (*in_shapes)[0];
-  if (x.size() != 2 || (*in_shapes)[1].size() != 1 || (*in_shapes)[2].size() != 1
-      || (*in_shapes)[1][0] != x[0] || (*in_shapes)[2][0] != x[0]) {
-    MX_ERROR_MSG << "bert_softmax_ce: logits (N, V), labels (N,), weights (N,)";
+  const auto& labels = (*in_shapes)[1];
+  unsigned int R = 1;
+  for (unsigned int d : labels) R *= d;
+  if (x.size() != 2 || x[0] != R || (*in_shapes)[2] != labels) {
+    MX_ERROR_MSG << "bert_softmax_ce: logits (R, V), labels and weights of one "
+                    "shape with R values";
     return MX_FAIL;
   }
-  (*out_shapes)[0] = (*out_shapes)[1] = {x[0]};
+  (*out_shapes)[0] = labels;
+  (*out_shapes)[1] = {x[0]};
   return MX_SUCCESS;
 }
 
@@ -69,32 +81,34 @@ static int64_t label_at(const MXTensor& labels, int64_t i) {
 static MXReturnValue ce_forward(const std::unordered_map<std::string, std::string>& attrs,
                                 std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
                                 const OpResource& res) {
-  const int64_t N = (*inputs)[0].shape[0], V = (*inputs)[0].shape[1];
+  const int64_t R = (*inputs)[0].shape[0], V = (*inputs)[0].shape[1];
   const float* x = (*inputs)[0].data<float>();
   const float* w = (*inputs)[2].data<float>();
   float* loss = (*outputs)[0].data<float>();
   float* lse = (*outputs)[1].data<float>();
+  const bool packed = is_packed(attrs);
+  // padded slots (weight 0) contribute nothing
+  const std::vector<int64_t> rows = weighted_rows(w, R);
+  const int64_t n = rows.size();
+  std::fill(loss, loss + R, 0.f);
+  std::fill(lse, lse + R, 0.f);
   bool bad_label = false;
 #pragma omp parallel for schedule(dynamic, 8) reduction(||: bad_label)
-  for (int64_t i = 0; i < N; ++i) {
-    const int64_t y = label_at((*inputs)[1], i);
-    if (w[i] == 0.f) {  // a padded slot: contributes nothing
-      loss[i] = 0.f;
-      lse[i] = 0.f;
-      continue;
-    }
+  for (int64_t k = 0; k < n; ++k) {
+    const int64_t i = rows[k], y = label_at((*inputs)[1], i);
     if (y < 0 || y >= V) {
       bad_label = true;
       continue;
     }
-    const float* xi = x + i * V;
+    const float* xi = x + (packed ? k : i) * V;
     float m = xi[0];
+#pragma omp simd reduction(max: m)
     for (int64_t j = 1; j < V; ++j) m = std::max(m, xi[j]);
     float sum = 0.f;
 #pragma omp simd reduction(+: sum)
     for (int64_t j = 0; j < V; ++j) sum += expf(xi[j] - m);
     lse[i] = m + logf(sum);
-    loss[i] = w[i] * (lse[i] - xi[y]);
+    loss[i] = w[i] * (lse[i] - xi[y]);  // lse by label row, packed or not
   }
   if (bad_label) {
     MX_ERROR_MSG << "bert_softmax_ce: a label of a weighted row is outside [0, V)";
@@ -108,7 +122,7 @@ static MXReturnValue ce_forward(const std::unordered_map<std::string, std::strin
 static MXReturnValue ce_backward(const std::unordered_map<std::string, std::string>& attrs,
                                  std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
                                  const OpResource& res) {
-  const int64_t N = (*inputs)[2].shape[0], V = (*inputs)[2].shape[1];
+  const int64_t R = (*inputs)[2].shape[0], V = (*inputs)[2].shape[1];
   const float* dloss = (*inputs)[0].data<float>();
   const float* x = (*inputs)[2].data<float>();
   const float* w = (*inputs)[4].data<float>();
@@ -116,17 +130,20 @@ static MXReturnValue ce_backward(const std::unordered_map<std::string, std::stri
   float* dx = (*outputs)[0].data<float>();
   float* dw = (*outputs)[2].data<float>();
   const int64_t label_bytes = (*outputs)[1].dtype == kInt64 ? 8 : 4;
-  std::memset((*outputs)[1].data_ptr, 0, N * label_bytes);  // labels get no gradient
+  std::memset((*outputs)[1].data_ptr, 0, R * label_bytes);  // labels get no gradient
+  std::memset(dw, 0, R * sizeof(float));
+  const bool packed = is_packed(attrs);
+  const std::vector<int64_t> rows = weighted_rows(w, R);
+  const int64_t n = rows.size();
+  // rows of dlogits that no weighted label owns are zero
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < R; ++i)
+    if (packed ? i >= n : w[i] == 0.f) std::memset(dx + i * V, 0, V * sizeof(float));
 #pragma omp parallel for schedule(dynamic, 8)
-  for (int64_t i = 0; i < N; ++i) {
-    float* dxi = dx + i * V;
-    const float* xi = x + i * V;
-    const int64_t y = label_at((*inputs)[3], i);
-    if (w[i] == 0.f) {
-      std::memset(dxi, 0, V * sizeof(float));
-      dw[i] = 0.f;
-      continue;
-    }
+  for (int64_t k = 0; k < n; ++k) {
+    const int64_t i = rows[k], y = label_at((*inputs)[3], i);
+    float* dxi = dx + (packed ? k : i) * V;
+    const float* xi = x + (packed ? k : i) * V;
     const float scale = dloss[i] * w[i], l = lse[i];
 #pragma omp simd
     for (int64_t j = 0; j < V; ++j) dxi[j] = scale * expf(xi[j] - l);

@@ -1,0 +1,274 @@
+// Multi-head self-attention without the head split/merge transposes, for
+// MXNet 1.9 on the CPU (extension library). Queries, keys and values stay in
+// their (B, T, H) layout: head n of sequence b is the column block
+// [n*d, (n+1)*d) of rows b*T .. b*T+T-1, which sgemm reads with row stride H.
+// The two ops are d2l's DotProductAttention split around its dropout:
+//
+// Op bert_attention_scores(q (B, T, H), k (B, T, H), valid_lens (B,);
+//                          num_heads, scale) -> probs (B, N, T, T)
+//   masked_softmax(scale * Q K^T): keys at positions >= valid_lens[b] get
+//   -1e6 before the softmax (d2l's value, so their weights are exactly 0).
+// Op bert_attention_context(probs (B, N, T, T), v (B, T, H); num_heads)
+//   -> (B, T, H): each head's probs @ V, written into its column block.
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+#include <omp.h>
+#include "mxnet/lib_api.h"
+
+extern "C" {
+#pragma omp declare simd notinbranch
+float expf(float);
+void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k,
+                 float alpha, const float* a, int lda, const float* b, int ldb,
+                 float beta, float* c, int ldc);
+}
+
+using namespace mxnet::ext;
+using Attrs = std::unordered_map<std::string, std::string>;
+
+namespace {
+enum { kRowMajor = 101, kNoTrans = 111, kTrans = 112 };
+constexpr float kMasked = -1e6f;  // d2l.masked_softmax's fill value
+
+int heads_of(const Attrs& attrs) {
+  auto it = attrs.find("num_heads");
+  return it == attrs.end() ? 0 : std::atoi(it->second.c_str());
+}
+
+float scale_of(const Attrs& attrs) {
+  auto it = attrs.find("scale");
+  return it == attrs.end() ? 1.f : std::strtof(it->second.c_str(), nullptr);
+}
+
+float valid_len_at(const MXTensor& lens, int64_t b) {
+  return lens.dtype == kInt32 ? static_cast<float>(reinterpret_cast<const int32_t*>(lens.data_ptr)[b])
+                              : reinterpret_cast<const float*>(lens.data_ptr)[b];
+}
+
+struct Dims {
+  int64_t B, T, H, N, d;
+};
+
+Dims dims_of(const MXTensor& x, int num_heads) {
+  Dims s{x.shape[0], x.shape[1], x.shape[2], num_heads, x.shape[2] / num_heads};
+  return s;
+}
+
+bool check_heads(const Attrs& attrs, unsigned int H) {
+  const int N = heads_of(attrs);
+  if (N < 1 || H % N) {
+    MX_ERROR_MSG << "bert attention: num_heads must be >= 1 and divide H = " << H;
+    return false;
+  }
+  return true;
+}
+
+MXReturnValue all_float32(const char* op, std::vector<int>* in_types,
+                          std::vector<int>* out_types, int int_ok) {
+  for (size_t i = 0; i < in_types->size(); ++i) {
+    const int t = (*in_types)[i];
+    if (t != kFloat32 && !(static_cast<int>(i) == int_ok && t == kInt32)) {
+      MX_ERROR_MSG << op << " takes float32 inputs";
+      return MX_FAIL;
+    }
+  }
+  for (auto& t : *out_types) t = kFloat32;
+  return MX_SUCCESS;
+}
+}  // namespace
+
+// ---- bert_attention_scores ----
+
+static MXReturnValue scores_parse(const Attrs& attrs, int* num_in, int* num_out) {
+  *num_in = 3;
+  *num_out = 1;
+  return MX_SUCCESS;
+}
+
+static MXReturnValue scores_type(const Attrs& attrs, std::vector<int>* in_types,
+                                 std::vector<int>* out_types) {
+  return all_float32("bert_attention_scores", in_types, out_types, 2);
+}
+
+static MXReturnValue scores_shape(const Attrs& attrs,
+                                  std::vector<std::vector<unsigned int>>* in_shapes,
+                                  std::vector<std::vector<unsigned int>>* out_shapes) {
+  const auto& q = (*in_shapes)[0];
+  if (q.size() != 3 || (*in_shapes)[1] != q || (*in_shapes)[2].size() != 1
+      || (*in_shapes)[2][0] != q[0]) {
+    MX_ERROR_MSG << "bert_attention_scores: q and k (B, T, H), valid_lens (B,)";
+    return MX_FAIL;
+  }
+  if (!check_heads(attrs, q[2])) return MX_FAIL;
+  const unsigned int N = heads_of(attrs);
+  (*out_shapes)[0] = {q[0], N, q[1], q[1]};
+  return MX_SUCCESS;
+}
+
+static MXReturnValue scores_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                                    std::vector<MXTensor>* outputs, const OpResource& res) {
+  const Dims s = dims_of((*inputs)[0], heads_of(attrs));
+  const float scale = scale_of(attrs);
+  const float* q = (*inputs)[0].data<float>();
+  const float* k = (*inputs)[1].data<float>();
+  float* probs = (*outputs)[0].data<float>();
+  const MXTensor& lens = (*inputs)[2];
+#pragma omp parallel for schedule(static)
+  for (int64_t bn = 0; bn < s.B * s.N; ++bn) {
+    const int64_t b = bn / s.N, n = bn % s.N;
+    const float* Q = q + b * s.T * s.H + n * s.d;
+    const float* K = k + b * s.T * s.H + n * s.d;
+    float* P = probs + bn * s.T * s.T;
+    cblas_sgemm(kRowMajor, kNoTrans, kTrans, s.T, s.T, s.d, scale, Q, s.H, K, s.H,
+                0.f, P, s.T);
+    const float len = valid_len_at(lens, b);
+    for (int64_t i = 0; i < s.T; ++i) {
+      float* row = P + i * s.T;
+      for (int64_t j = 0; j < s.T; ++j)
+        if (!(j < len)) row[j] = kMasked;
+      float m = row[0];
+#pragma omp simd reduction(max: m)
+      for (int64_t j = 1; j < s.T; ++j) m = row[j] > m ? row[j] : m;
+      float sum = 0.f;
+#pragma omp simd reduction(+: sum)
+      for (int64_t j = 0; j < s.T; ++j) {
+        row[j] = expf(row[j] - m);
+        sum += row[j];
+      }
+      const float inv = 1.f / sum;
+#pragma omp simd
+      for (int64_t j = 0; j < s.T; ++j) row[j] *= inv;
+    }
+  }
+  return MX_SUCCESS;
+}
+
+// inputs: dprobs, q, k, valid_lens, probs.  outputs: dq, dk, dvalid_lens
+static MXReturnValue scores_backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                                     std::vector<MXTensor>* outputs, const OpResource& res) {
+  const Dims s = dims_of((*inputs)[1], heads_of(attrs));
+  const float scale = scale_of(attrs);
+  const float* dprobs = (*inputs)[0].data<float>();
+  const float* q = (*inputs)[1].data<float>();
+  const float* k = (*inputs)[2].data<float>();
+  const MXTensor& lens = (*inputs)[3];
+  const float* probs = (*inputs)[4].data<float>();
+  float* dq = (*outputs)[0].data<float>();
+  float* dk = (*outputs)[1].data<float>();
+  std::memset((*outputs)[2].data_ptr, 0, s.B * 4);  // valid_lens: no gradient
+  const int threads = omp_get_max_threads();
+  // one (T, T) buffer of score gradients per thread
+  float* scratch = static_cast<float*>(res.alloc_cpu(threads * s.T * s.T * sizeof(float)));
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t bn = 0; bn < s.B * s.N; ++bn) {
+    const int64_t b = bn / s.N, n = bn % s.N;
+    float* dS = scratch + omp_get_thread_num() * s.T * s.T;
+    const float* P = probs + bn * s.T * s.T;
+    const float* dP = dprobs + bn * s.T * s.T;
+    const float len = valid_len_at(lens, b);
+    for (int64_t i = 0; i < s.T; ++i) {
+      const float* p = P + i * s.T;
+      const float* dp = dP + i * s.T;
+      float* ds = dS + i * s.T;
+      float dot = 0.f;
+#pragma omp simd reduction(+: dot)
+      for (int64_t j = 0; j < s.T; ++j) dot += p[j] * dp[j];
+      // softmax backward, times the scale; masked scores were constants
+      for (int64_t j = 0; j < s.T; ++j)
+        ds[j] = j < len ? scale * p[j] * (dp[j] - dot) : 0.f;
+    }
+    const int64_t offset = b * s.T * s.H + n * s.d;
+    cblas_sgemm(kRowMajor, kNoTrans, kNoTrans, s.T, s.d, s.T, 1.f, dS, s.T,
+                k + offset, s.H, 0.f, dq + offset, s.H);
+    cblas_sgemm(kRowMajor, kTrans, kNoTrans, s.T, s.d, s.T, 1.f, dS, s.T,
+                q + offset, s.H, 0.f, dk + offset, s.H);
+  }
+  return MX_SUCCESS;
+}
+
+// ---- bert_attention_context ----
+
+static MXReturnValue context_parse(const Attrs& attrs, int* num_in, int* num_out) {
+  *num_in = 2;
+  *num_out = 1;
+  return MX_SUCCESS;
+}
+
+static MXReturnValue context_type(const Attrs& attrs, std::vector<int>* in_types,
+                                  std::vector<int>* out_types) {
+  return all_float32("bert_attention_context", in_types, out_types, -1);
+}
+
+static MXReturnValue context_shape(const Attrs& attrs,
+                                   std::vector<std::vector<unsigned int>>* in_shapes,
+                                   std::vector<std::vector<unsigned int>>* out_shapes) {
+  const auto& p = (*in_shapes)[0];
+  const auto& v = (*in_shapes)[1];
+  if (v.size() != 3 || !check_heads(attrs, v[2])) {
+    if (v.size() != 3) MX_ERROR_MSG << "bert_attention_context: v (B, T, H)";
+    return MX_FAIL;
+  }
+  const unsigned int N = heads_of(attrs);
+  if (p != std::vector<unsigned int>{v[0], N, v[1], v[1]}) {
+    MX_ERROR_MSG << "bert_attention_context: probs (B, num_heads, T, T) for v (B, T, H)";
+    return MX_FAIL;
+  }
+  (*out_shapes)[0] = v;
+  return MX_SUCCESS;
+}
+
+static MXReturnValue context_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                                     std::vector<MXTensor>* outputs, const OpResource& res) {
+  const Dims s = dims_of((*inputs)[1], heads_of(attrs));
+  const float* probs = (*inputs)[0].data<float>();
+  const float* v = (*inputs)[1].data<float>();
+  float* out = (*outputs)[0].data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t bn = 0; bn < s.B * s.N; ++bn) {
+    const int64_t b = bn / s.N, n = bn % s.N;
+    const int64_t offset = b * s.T * s.H + n * s.d;
+    cblas_sgemm(kRowMajor, kNoTrans, kNoTrans, s.T, s.d, s.T, 1.f,
+                probs + bn * s.T * s.T, s.T, v + offset, s.H, 0.f, out + offset, s.H);
+  }
+  return MX_SUCCESS;
+}
+
+// inputs: dout, probs, v, out.  outputs: dprobs, dv
+static MXReturnValue context_backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                                      std::vector<MXTensor>* outputs, const OpResource& res) {
+  const Dims s = dims_of((*inputs)[2], heads_of(attrs));
+  const float* dout = (*inputs)[0].data<float>();
+  const float* probs = (*inputs)[1].data<float>();
+  const float* v = (*inputs)[2].data<float>();
+  float* dprobs = (*outputs)[0].data<float>();
+  float* dv = (*outputs)[1].data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t bn = 0; bn < s.B * s.N; ++bn) {
+    const int64_t b = bn / s.N, n = bn % s.N;
+    const int64_t offset = b * s.T * s.H + n * s.d;
+    const float* P = probs + bn * s.T * s.T;
+    cblas_sgemm(kRowMajor, kNoTrans, kTrans, s.T, s.T, s.d, 1.f, dout + offset, s.H,
+                v + offset, s.H, 0.f, dprobs + bn * s.T * s.T, s.T);
+    cblas_sgemm(kRowMajor, kTrans, kNoTrans, s.T, s.d, s.T, 1.f, P, s.T,
+                dout + offset, s.H, 0.f, dv + offset, s.H);
+  }
+  return MX_SUCCESS;
+}
+
+REGISTER_OP(bert_attention_scores)
+.setParseAttrs(scores_parse)
+.setInferType(scores_type)
+.setInferShape(scores_shape)
+.setForward(scores_forward, "cpu")
+.setBackward(scores_backward, "cpu");
+
+REGISTER_OP(bert_attention_context)
+.setParseAttrs(context_parse)
+.setInferType(context_type)
+.setInferShape(context_shape)
+.setForward(context_forward, "cpu")
+.setBackward(context_backward, "cpu");
