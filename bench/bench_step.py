@@ -29,6 +29,8 @@ CONTESTANTS = {
     'torch-compile': ('PyTorch 2.13 torch.compile', 'all', 'torch-compile'),
 }
 
+KINDS = ('train', 'infer', 'encode')
+
 
 def _synthetic_batch(np, batch_size, vocab_size=20256, max_len=64, num_pred=10,
                      seed=0):
@@ -66,10 +68,10 @@ def run_torch_worker(runner, batch_size, steps, warmup):
     def loss_of(tokens, segments, lens, positions, weights, mlm_Y, nsp_y):
         _, mlm_Y_hat, nsp_Y_hat = net(tokens, segments, lens, positions)
         return pretraining_loss(mlm_Y_hat, nsp_Y_hat, mlm_Y, weights, nsp_y)
-    forward = net
+    forward, encode = net, net.encode
     if runner == 'torch-compile':
         loss_of = torch.compile(loss_of)
-        forward = torch.compile(net)
+        forward, encode = torch.compile(net), torch.compile(net.encode)
 
     def train_step():
         optimizer.zero_grad(set_to_none=True)
@@ -82,6 +84,12 @@ def run_torch_worker(runner, batch_size, steps, warmup):
             forward(tokens, segments, lens, positions)
             net.train()
 
+    def encode_only():
+        with torch.no_grad():
+            net.eval()
+            encode(tokens, segments, lens)
+            net.train()
+
     def timed(fn, n):  # PyTorch on the CPU is synchronous
         for _ in range(warmup):
             fn()
@@ -90,8 +98,9 @@ def run_torch_worker(runner, batch_size, steps, warmup):
             fn()
         return batch_size * n / (time.perf_counter() - start)
     train = timed(train_step, steps)
-    infer_rate = timed(infer, steps * 3)
-    return {'train': train, 'infer': infer_rate, 'peak_mb': _peak_mb(),
+    peak = _peak_mb()  # of the training step
+    return {'train': train, 'infer': timed(infer, steps * 3),
+            'encode': timed(encode_only, steps * 3), 'peak_mb': peak,
             'threads': str(torch.get_num_threads())}
 
 
@@ -141,9 +150,12 @@ def run_gluonnlp_worker(batch_size, steps, warmup):
         l.backward()
         trainer.step(1)
     train = _timed(mx, train_step, steps, warmup, batch_size)
+    peak = _peak_mb()
     infer = _timed(mx, lambda: net(tokens, segments, lens, positions), steps * 3,
                    warmup, batch_size)
-    return {'train': train, 'infer': infer, 'peak_mb': _peak_mb(),
+    encode = _timed(mx, lambda: net._encode_sequence(tokens, segments, lens)[0],
+                    steps * 3, warmup, batch_size)
+    return {'train': train, 'infer': infer, 'encode': encode, 'peak_mb': peak,
             'threads': os.environ.get('OMP_NUM_THREADS', 'default')}
 
 
@@ -193,9 +205,12 @@ def run_worker(runner, batch_size, steps, warmup):
     trainer = gluon.Trainer(net.collect_params(), 'adam', {'learning_rate': 0.01})
 
     train = _timed(mx, train_step, steps, warmup, batch_size)
+    peak = _peak_mb()
     infer = _timed(mx, lambda: net(tokens, segments, lens, positions), steps * 3,
                    warmup, batch_size)
-    return {'train': train, 'infer': infer, 'peak_mb': _peak_mb(),
+    encode = _timed(mx, lambda: net.encoder(tokens, segments, lens), steps * 3,
+                    warmup, batch_size)
+    return {'train': train, 'infer': infer, 'encode': encode, 'peak_mb': peak,
             'threads': os.environ.get('OMP_NUM_THREADS', 'default')}
 
 
@@ -237,16 +252,22 @@ def main():
     print(f'd2l small BERT (20256/128/256/2 heads/2 layers, max_len 64, 10 preds), '
           f'{cores} cores, MXNet default threads = half the cores, '
           f'huge pages {"off" if args.no_hugepages else "on"} for every contestant')
-    header = f'{"contestant":<14}{"threads":>8}{"batch":>7}{"train p/s":>11}' \
-             f'{"x seed":>8}{"infer p/s":>11}{"x seed":>8}{"peak MB":>9}  what'
+    print('train: forward, loss, backward, Adam update; infer: the whole model '
+          'forward (encoder, MLM and NSP heads); encode: the encoder forward. '
+          'Pairs/s, and x eager = ratio to PyTorch eager in this run. '
+          'Peak MB: the training step\'s peak resident memory.')
+    header = (f'{"contestant":<14}{"threads":>8}{"batch":>6}'
+              + ''.join(f'{k + " p/s":>12}{"x eager":>8}' for k in KINDS)
+              + f'{"peak MB":>9}  what')
     print(header)
     for batch_size in args.batch_sizes:
-        base = results.get(('seed', batch_size))
+        base = results.get(('torch-eager', batch_size))
         for name in args.contestants:
             r = results[name, batch_size]
-            ratio = (lambda k: f'{r[k] / base[k]:.2f}' if base else '-')
-            print(f'{name:<14}{r["threads"]:>8}{batch_size:>7}{r["train"]:>11.1f}'
-                  f'{ratio("train"):>8}{r["infer"]:>11.1f}{ratio("infer"):>8}'
+            cells = ''.join(f'{r[k]:>12.1f}'
+                            + (f'{r[k] / base[k]:>8.2f}' if base else f'{"-":>8}')
+                            for k in KINDS)
+            print(f'{name:<14}{r["threads"]:>8}{batch_size:>6}{cells}'
                   f'{r["peak_mb"]:>9.0f}  {CONTESTANTS[name][0]}')
 
 

@@ -63,13 +63,17 @@ class BERTModel(nn.Module):
         self.nsp = nn.Sequential(nn.Linear(num_hiddens, num_hiddens), nn.Tanh(),
                                  nn.Linear(num_hiddens, 2))
 
-    def forward(self, tokens, segments, valid_lens, pred_positions):
+    def encode(self, tokens, segments, valid_lens):
         T = tokens.shape[1]
         X = self.token_embedding(tokens) + self.segment_embedding(segments)
         X = self.dropout(X + self.P[:, :T, :])
         key_mask = torch.arange(T)[None, :] < valid_lens[:, None]
         for blk in self.blks:
             X = blk(X, key_mask)
+        return X
+
+    def forward(self, tokens, segments, valid_lens, pred_positions):
+        X = self.encode(tokens, segments, valid_lens)
         rows = torch.arange(X.shape[0])[:, None]
         mlm_Y_hat = self.mlm(X[rows, pred_positions])
         return X, mlm_Y_hat, self.nsp(X[:, 0, :])

@@ -6,13 +6,15 @@ Legend for shape tags: B batch size, T sequence length, H num_hiddens,
 N num_heads, d = H / N, P prediction slots per sequence.
 Everything here avoids Python shapes so it hybridizes with static shapes.
 """
+import contextlib
+import contextvars
 import math
 
 from mxnet.gluon import nn
 
 from . import kernels
 
-__all__ = ['Dense', 'LayerNorm', 'MultiHeadSelfAttention', 'AddNorm',
+__all__ = ['Dense', 'Dropout', 'training_graph', 'LayerNorm', 'MultiHeadSelfAttention', 'AddNorm',
            'PositionWiseFFN', 'EncoderBlock', 'sinusoidal_positions',
            'gather_rows']
 
@@ -21,15 +23,52 @@ class Dense(nn.Dense):
     """`nn.Dense` that also knows 'gelu' (the exact, erf form real BERT uses).
 
     Same parameters as `nn.Dense`, so it can stand where the book has one.
+    blas=True (a wide projection with a bias, flatten=False) runs the native
+    sgemm op on the CPU: faster than MXNet's FullyConnected on the MLM
+    head's 20k-word output.
     """
-    def __init__(self, units, activation=None, **kwargs):
+    def __init__(self, units, activation=None, blas=False, **kwargs):
         self._gelu = activation == 'gelu'
         super().__init__(units, activation=None if self._gelu else activation,
                          **kwargs)
+        self._blas = blas and self._flatten is False and self.bias is not None
 
     def hybrid_forward(self, F, x, weight, bias=None):
-        out = super().hybrid_forward(F, x, weight, bias)
+        if (self._blas and kernels.has_op('bert_dense')
+                and all(c.device_type == 'cpu' for c in self.weight.list_ctx())):
+            out = F.bert_dense(x.as_nd_ndarray(), weight.as_nd_ndarray(),
+                               bias.as_nd_ndarray()).as_np_ndarray()
+            if self.act is not None:
+                out = self.act(out)
+        else:
+            out = super().hybrid_forward(F, x, weight, bias)
         return F.npx.leaky_relu(out, act_type='gelu') if self._gelu else out
+
+
+# Set while a graph that only ever runs training steps is traced.
+_training_graph = contextvars.ContextVar('training_graph', default=False)
+
+
+@contextlib.contextmanager
+def training_graph(enabled=True):
+    """Trace the twin's dropout as the native always-on op (CPU): for graphs
+    that run only inside training steps, such as PretrainingObjective.
+    Extension ops cannot see autograd's train mode, so the caller vouches."""
+    token = _training_graph.set(enabled)
+    try:
+        yield
+    finally:
+        _training_graph.reset(token)
+
+
+class Dropout(nn.Dropout):
+    """`nn.Dropout`; inside `training_graph()` it runs the native kernel
+    (a hashed-counter mask, ~10x faster than MXNet's on the CPU)."""
+    def hybrid_forward(self, F, x):
+        if (self._rate > 0 and not self._axes and _training_graph.get()
+                and kernels.has_op('bert_dropout')):
+            return F.bert_dropout(x.as_nd_ndarray(), p=self._rate)[0].as_np_ndarray()
+        return super().hybrid_forward(F, x)
 
 
 class LayerNorm(nn.LayerNorm):
@@ -72,7 +111,7 @@ class MultiHeadSelfAttention(nn.HybridBlock):
         self.num_heads = num_heads
         self._scale = 1.0 / math.sqrt(num_hiddens // num_heads)
         with self.name_scope():
-            self.dropout = nn.Dropout(dropout)
+            self.dropout = Dropout(dropout)
             for name in ('W_q', 'W_k', 'W_v', 'W_o'):
                 setattr(self, name, nn.Dense(num_hiddens, use_bias=use_bias,
                                              flatten=False,
@@ -116,7 +155,7 @@ class AddNorm(nn.HybridBlock):
     def __init__(self, dropout, epsilon=1e-5, in_channels=0, **kwargs):
         super().__init__(**kwargs)
         with self.name_scope():
-            self.dropout = nn.Dropout(dropout)
+            self.dropout = Dropout(dropout)
             self.ln = LayerNorm(epsilon=epsilon, in_channels=in_channels)
 
     def hybrid_forward(self, F, X, Y):

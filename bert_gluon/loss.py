@@ -9,10 +9,11 @@ and the caller divides by the global counts, so the sum over shards is the
 book's one-device loss exactly.
 """
 import mxnet as mx
+from mxnet import autograd
 from mxnet.gluon import nn
 
 from . import kernels
-from .layers import gather_rows
+from .layers import gather_rows, training_graph
 
 __all__ = ['PretrainingLoss', 'PretrainingObjective']
 
@@ -39,10 +40,8 @@ class PretrainingLoss(nn.HybridBlock):
         # Cross-entropy as gluon's SoftmaxCrossEntropyLoss: -log_softmax[label]
         if self._on_cpu and kernels.native_available():
             # (B, P, V) -> (B*P, V); labels and weights (B*P,)
-            mlm_l = F.bert_softmax_ce(
-                F.npx.reshape(mlm_Y_hat, (-5, -2)).as_nd_ndarray(),
-                F.npx.reshape(mlm_Y, (-1,)).as_nd_ndarray(),
-                F.npx.reshape(mlm_weights, (-1,)).as_nd_ndarray())[0].as_np_ndarray()
+            mlm_l = F.bert_softmax_ce(mlm_Y_hat.as_nd_ndarray(), mlm_Y.as_nd_ndarray(),
+                                      mlm_weights.as_nd_ndarray())[0].as_np_ndarray()
         else:
             mlm_l = -F.npx.pick(F.npx.log_softmax(mlm_Y_hat), mlm_Y, axis=-1) * mlm_weights
         nsp_l = -F.npx.pick(F.npx.log_softmax(nsp_Y_hat), nsp_y, axis=-1)
@@ -69,11 +68,11 @@ class MLMDecoderLoss(nn.HybridBlock):
         self.bias = self.params.get('bias')
 
     def hybrid_forward(self, F, hidden, mlm_Y, mlm_weights, weight, bias):
-        if kernels.has_op('bert_packed_dense') and _on_cpu(self.weight):
+        if kernels.has_op('bert_dense') and _on_cpu(self.weight):
             mlm_weights = mlm_weights.as_nd_ndarray()
-            logits = F.bert_packed_dense(  # (B*P, V), weighted rows on top
+            logits = F.bert_dense(  # (B, P, V), weighted rows packed on top
                 hidden.as_nd_ndarray(), weight.as_nd_ndarray(),
-                bias.as_nd_ndarray(), mlm_weights)
+                bias.as_nd_ndarray(), mlm_weights, packed=True)
             return F.bert_softmax_ce(logits, mlm_Y.as_nd_ndarray(), mlm_weights,
                                      packed=True)[0].as_np_ndarray()
         logits = F.npx.fully_connected(hidden, weight, bias, flatten=False,
@@ -89,15 +88,34 @@ class PretrainingObjective(nn.HybridBlock):
             nsp_y) -> (mlm_l_sum (), nsp_l_sum ()), the sums PretrainingLoss
     returns for net(tokens, segments, valid_lens, pred_positions). The
     parameters are `net`'s own, so saving `net` saves the trained model.
+    Its graph is for training steps: dropout is always on in it (natively on
+    the CPU); called outside autograd's train mode it runs `net` and
+    PretrainingLoss instead, dropout off.
     """
     def __init__(self, net, **kwargs):
         super().__init__(prefix=net.prefix + 'objective_', **kwargs)
         self.net = net
         mlp = net.mlm.mlp
         self.mlm_loss = MLMDecoderLoss(mlp[len(mlp) - 1])
+        self._predict_loss = PretrainingLoss()
+
+    def forward(self, tokens, segments, valid_lens, pred_positions, mlm_weights,
+                mlm_Y, nsp_y):
+        if isinstance(tokens, mx.nd.NDArray) and not autograd.is_training():
+            _, mlm_Y_hat, nsp_Y_hat = self.net(tokens, segments, valid_lens,
+                                               pred_positions)
+            return self._predict_loss(mlm_Y_hat, nsp_Y_hat, mlm_Y, mlm_weights, nsp_y)
+        return super().forward(tokens, segments, valid_lens, pred_positions,
+                               mlm_weights, mlm_Y, nsp_y)
 
     def hybrid_forward(self, F, tokens, segments, valid_lens, pred_positions,
                        mlm_weights, mlm_Y, nsp_y):
+        with training_graph(_on_cpu(self.mlm_loss.weight)):
+            return self._losses(F, tokens, segments, valid_lens, pred_positions,
+                                mlm_weights, mlm_Y, nsp_y)
+
+    def _losses(self, F, tokens, segments, valid_lens, pred_positions,
+                mlm_weights, mlm_Y, nsp_y):
         net = self.net
         encoded_X = net.encoder(tokens, segments, valid_lens)
         hidden = gather_rows(F, encoded_X, pred_positions)  # (B, P, H)

@@ -14,7 +14,7 @@ from mxnet.gluon import nn
 
 from .config import BERTConfig
 from .inputs import check_encoded, check_encoder_inputs, check_pred_positions
-from .layers import (Dense, EncoderBlock, LayerNorm, gather_rows,
+from .layers import (Dense, Dropout, EncoderBlock, LayerNorm, gather_rows,
                      sinusoidal_positions)
 
 __all__ = ['HybridBERTEncoder', 'HybridMaskLM', 'HybridNextSentencePred',
@@ -74,7 +74,7 @@ class HybridBERTEncoder(nn.HybridBlock):
                     'pos_embedding', shape=(1, config.max_len, H))
             if config.embedding_layer_norm:
                 self.embedding_ln = LayerNorm(config.layer_norm_eps, H)
-            self.embedding_dropout = nn.Dropout(
+            self.embedding_dropout = Dropout(
                 config.dropout if config.embedding_dropout else 0.0)
             self.blks = nn.HybridSequential()
             for _ in range(config.num_layers):
@@ -141,7 +141,8 @@ class HybridMaskLM(nn.HybridBlock):
             self.mlp.add(Dense(H, flatten=False, activation=config.activation,
                                in_units=H))
             self.mlp.add(LayerNorm(config.layer_norm_eps, H))
-            self.mlp.add(Dense(config.vocab_size, flatten=False, in_units=H))
+            self.mlp.add(Dense(config.vocab_size, flatten=False, in_units=H,
+                               blas=True))
 
     def forward(self, X, pred_positions):
         if _is_eager(X) and not _inputs_checked.get():

@@ -187,7 +187,7 @@ def _objective_and_reference(hybridize, weights):
 @pytest.mark.parametrize('hybridize', [False, True])
 def test_pretraining_objective_equals_model_and_loss(hybridize):
     weights = np.array([[1, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]], dtype='float32')
-    assert kernels.has_op('bert_packed_dense')
+    assert kernels.has_op('bert_dense')
     (mlm, nsp, grads), (mlm_ref, nsp_ref, grads_ref) = _objective_and_reference(
         hybridize, weights)
     assert abs(mlm - mlm_ref) < 1e-4 * abs(mlm_ref) and abs(nsp - nsp_ref) < 1e-5
@@ -203,3 +203,48 @@ def test_pretraining_objective_with_no_weighted_slot():
     (mlm, _, grads), (mlm_ref, _, grads_ref) = _objective_and_reference(True, weights)
     assert mlm == mlm_ref == 0
     assert not grads['mlm.mlp.2.weight'].any() and not grads['mlm.mlp.2.bias'].any()
+
+
+def test_native_dropout_rate_scale_backward_and_seeding():
+    from bert_gluon.layers import Dropout, training_graph
+    drop = Dropout(0.3)
+    x = np.ones((1000, 100))
+    x.attach_grad()
+
+    def run(seed=None):
+        if seed is not None:
+            mx.random.seed(seed)
+        with training_graph(), autograd.record():
+            y = drop(x)
+        y.backward()
+        return y.asnumpy(), x.grad.asnumpy()
+    y, dx = run(5)
+    kept = y != 0
+    assert abs(kept.mean() - 0.7) < 0.01
+    onp.testing.assert_allclose(y[kept], 1 / 0.7, rtol=1e-6)
+    onp.testing.assert_array_equal(dx, y)  # the backward rebuilds the same mask
+    onp.testing.assert_array_equal(run(5)[0], y)  # mx.random.seed repeats it
+    assert (run()[0] != y).any()  # the next call draws a new mask
+    # Rows and columns are not correlated: each row keeps about 70 of 100
+    assert abs(kept.mean(axis=1) - 0.7).max() < 0.2
+    # Outside training_graph() it is MXNet's own, mode-aware Dropout
+    onp.testing.assert_array_equal(drop(x).asnumpy(), x.asnumpy())
+
+
+def test_objective_dropout_is_on_in_training_and_off_outside():
+    config = TINY.replace(dropout=0.3)
+    net = bg.HybridBERTModel(config)
+    net.initialize(mx.init.Normal(0.5))
+    objective = bg.loss.PretrainingObjective(net)
+    objective.hybridize(static_alloc=True, static_shape=True)
+    tokens, segments, valid_lens, positions = make_batch(config)
+    weights = np.ones(positions.shape)
+    args = (tokens, segments, valid_lens, positions, weights,
+            np.zeros(positions.shape, dtype='int32'), np.zeros((3,), dtype='int32'))
+    with autograd.record():
+        a = float(objective(*args)[0])
+        b = float(objective(*args)[0])
+    assert a != b  # fresh dropout masks
+    _, mlm_Y_hat, nsp_Y_hat = net(*args[:4])  # predict mode: no dropout
+    expected = bg.loss.PretrainingLoss()(mlm_Y_hat, nsp_Y_hat, args[5], weights, args[6])
+    assert float(objective(*args)[0]) == pytest.approx(float(expected[0]), rel=1e-6)

@@ -5,9 +5,11 @@ extension library (MXNet 1.9's lib_api).
 pass per row (MXNet's own CPU backward is ~10x slower than its forward).
 `cross_entropy.cc`: weighted softmax cross-entropy, vectorized, skipping
 rows of weight 0 (MXNet's log_softmax backward is ~10x slower).
-`packed_dense.cc`: the MLM vocabulary projection on rows of nonzero weight
-only, packed, through the OpenBLAS MXNet ships (built only where
-libopenblas.so.0 sits beside libmxnet.so; `has_op` says).
+`dropout.cc`: dropout from a hashed counter instead of a draw per element,
+for training graphs (it cannot see autograd's train mode).
+`dense.cc`: the MLM vocabulary projection through the OpenBLAS MXNet ships,
+optionally on rows of nonzero weight only, packed (the BLAS ops are built
+only where libopenblas.so.0 sits beside libmxnet.so; `has_op` says).
 `attention.cc`: self-attention scores (masked softmax) and context straight
 from the (B, T, H) projections, per head through sgemm: no head transposes.
 Built with the machine's g++ (-march=native: it is built where it runs) into
@@ -29,10 +31,11 @@ import mxnet as mx
 __all__ = ['has_op', 'native_available', 'portable']
 
 _SOURCES = [Path(__file__).with_name(name)
-            for name in ('library.cc', 'layer_norm.cc', 'cross_entropy.cc')]
+            for name in ('library.cc', 'layer_norm.cc', 'cross_entropy.cc',
+                         'dropout.cc')]
 # Ops that call sgemm: linked against MXNet's own OpenBLAS when it has one
 _BLAS_SOURCES = [Path(__file__).with_name(name)
-                 for name in ('packed_dense.cc', 'attention.cc')]
+                 for name in ('dense.cc', 'attention.cc')]
 _HEADERS = [Path(__file__).with_name('packed_rows.h')]
 _OPENBLAS = Path(mx.__file__).parent / 'libopenblas.so.0'
 _state = {'loaded': None, 'portable': 0}

@@ -44,9 +44,13 @@ float scale_of(const Attrs& attrs) {
   return it == attrs.end() ? 1.f : std::strtof(it->second.c_str(), nullptr);
 }
 
-float valid_len_at(const MXTensor& lens, int64_t b) {
-  return lens.dtype == kInt32 ? static_cast<float>(reinterpret_cast<const int32_t*>(lens.data_ptr)[b])
-                              : reinterpret_cast<const float*>(lens.data_ptr)[b];
+// Number of leading keys that position j < valid_lens[b] keeps, in [0, T]
+int64_t kept_keys(const MXTensor& lens, int64_t b, int64_t T) {
+  const float len = lens.dtype == kInt32
+      ? static_cast<float>(reinterpret_cast<const int32_t*>(lens.data_ptr)[b])
+      : reinterpret_cast<const float*>(lens.data_ptr)[b];
+  const float first_masked = std::ceil(len);
+  return first_masked <= 0.f ? 0 : first_masked >= T ? T : static_cast<int64_t>(first_masked);
 }
 
 struct Dims {
@@ -125,11 +129,10 @@ static MXReturnValue scores_forward(const Attrs& attrs, std::vector<MXTensor>* i
     float* P = probs + bn * s.T * s.T;
     cblas_sgemm(kRowMajor, kNoTrans, kTrans, s.T, s.T, s.d, scale, Q, s.H, K, s.H,
                 0.f, P, s.T);
-    const float len = valid_len_at(lens, b);
+    const int64_t kept = kept_keys(lens, b, s.T);
     for (int64_t i = 0; i < s.T; ++i) {
       float* row = P + i * s.T;
-      for (int64_t j = 0; j < s.T; ++j)
-        if (!(j < len)) row[j] = kMasked;
+      for (int64_t j = kept; j < s.T; ++j) row[j] = kMasked;
       float m = row[0];
 #pragma omp simd reduction(max: m)
       for (int64_t j = 1; j < s.T; ++j) m = row[j] > m ? row[j] : m;
@@ -169,7 +172,7 @@ static MXReturnValue scores_backward(const Attrs& attrs, std::vector<MXTensor>* 
     float* dS = scratch + omp_get_thread_num() * s.T * s.T;
     const float* P = probs + bn * s.T * s.T;
     const float* dP = dprobs + bn * s.T * s.T;
-    const float len = valid_len_at(lens, b);
+    const int64_t kept = kept_keys(lens, b, s.T);
     for (int64_t i = 0; i < s.T; ++i) {
       const float* p = P + i * s.T;
       const float* dp = dP + i * s.T;
@@ -178,8 +181,9 @@ static MXReturnValue scores_backward(const Attrs& attrs, std::vector<MXTensor>* 
 #pragma omp simd reduction(+: dot)
       for (int64_t j = 0; j < s.T; ++j) dot += p[j] * dp[j];
       // softmax backward, times the scale; masked scores were constants
-      for (int64_t j = 0; j < s.T; ++j)
-        ds[j] = j < len ? scale * p[j] * (dp[j] - dot) : 0.f;
+#pragma omp simd
+      for (int64_t j = 0; j < kept; ++j) ds[j] = scale * p[j] * (dp[j] - dot);
+      for (int64_t j = kept; j < s.T; ++j) ds[j] = 0.f;
     }
     const int64_t offset = b * s.T * s.H + n * s.d;
     cblas_sgemm(kRowMajor, kNoTrans, kNoTrans, s.T, s.d, s.T, 1.f, dS, s.T,

@@ -4,10 +4,11 @@
 // forward and backward in one vectorized pass each and skips rows of weight 0
 // (the book's padded prediction slots).
 //
-// Op bert_softmax_ce(logits (R, V), labels (...), weights (...); packed=0)
+// Op bert_softmax_ce(logits (..., V), labels (...), weights (...); packed=0)
 //      -> (loss (...) = weights * -log_softmax(logits)[label], lse (R,))
-// labels and weights hold R values each. With packed=1, logits row k belongs
-// to the k-th label of nonzero weight (bert_packed_dense's layout).
+// for the R rows of logits; labels and weights hold R values each. With
+// packed=1, logits row k belongs to the k-th label of nonzero weight
+// (bert_dense's packed layout).
 // lse (log-sum-exp of each row) is an output only so the backward reuses it.
 #include <algorithm>
 #include <cstdint>
@@ -58,15 +59,16 @@ static MXReturnValue ce_shape(const std::unordered_map<std::string, std::string>
                               std::vector<std::vector<unsigned int>>* out_shapes) {
   const auto& x = (*in_shapes)[0];
   const auto& labels = (*in_shapes)[1];
-  unsigned int R = 1;
+  unsigned int R = 1, rows = 1;
   for (unsigned int d : labels) R *= d;
-  if (x.size() != 2 || x[0] != R || (*in_shapes)[2] != labels) {
-    MX_ERROR_MSG << "bert_softmax_ce: logits (R, V), labels and weights of one "
-                    "shape with R values";
+  for (size_t i = 0; i + 1 < x.size(); ++i) rows *= x[i];
+  if (x.size() < 2 || rows != R || (*in_shapes)[2] != labels) {
+    MX_ERROR_MSG << "bert_softmax_ce: logits (..., V) of R rows, labels and "
+                    "weights of one shape with R values";
     return MX_FAIL;
   }
   (*out_shapes)[0] = labels;
-  (*out_shapes)[1] = {x[0]};
+  (*out_shapes)[1] = {R};
   return MX_SUCCESS;
 }
 
@@ -81,7 +83,7 @@ static int64_t label_at(const MXTensor& labels, int64_t i) {
 static MXReturnValue ce_forward(const std::unordered_map<std::string, std::string>& attrs,
                                 std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
                                 const OpResource& res) {
-  const int64_t R = (*inputs)[0].shape[0], V = (*inputs)[0].shape[1];
+  const int64_t V = (*inputs)[0].shape.back(), R = (*inputs)[0].size() / V;
   const float* x = (*inputs)[0].data<float>();
   const float* w = (*inputs)[2].data<float>();
   float* loss = (*outputs)[0].data<float>();
@@ -103,7 +105,7 @@ static MXReturnValue ce_forward(const std::unordered_map<std::string, std::strin
     const float* xi = x + (packed ? k : i) * V;
     float m = xi[0];
 #pragma omp simd reduction(max: m)
-    for (int64_t j = 1; j < V; ++j) m = std::max(m, xi[j]);
+    for (int64_t j = 1; j < V; ++j) m = xi[j] > m ? xi[j] : m;
     float sum = 0.f;
 #pragma omp simd reduction(+: sum)
     for (int64_t j = 0; j < V; ++j) sum += expf(xi[j] - m);
@@ -122,7 +124,7 @@ static MXReturnValue ce_forward(const std::unordered_map<std::string, std::strin
 static MXReturnValue ce_backward(const std::unordered_map<std::string, std::string>& attrs,
                                  std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
                                  const OpResource& res) {
-  const int64_t R = (*inputs)[2].shape[0], V = (*inputs)[2].shape[1];
+  const int64_t V = (*inputs)[2].shape.back(), R = (*inputs)[2].size() / V;
   const float* dloss = (*inputs)[0].data<float>();
   const float* x = (*inputs)[2].data<float>();
   const float* w = (*inputs)[4].data<float>();

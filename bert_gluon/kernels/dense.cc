@@ -1,14 +1,16 @@
-// The MLM head's vocabulary projection on the prediction slots that count,
-// for MXNet 1.9 on the CPU (extension library). The projection is most of a
-// pretraining step's FLOPs, and the book pads every sequence to 10 slots, of
-// which ~30% have weight 0 on WikiText-2. This op projects only the rows of
-// nonzero weight, packed at the top of its output, through the OpenBLAS that
-// MXNet ships; bert_softmax_ce(..., packed=True) reads that layout.
+// The MLM head's vocabulary projection, for MXNet 1.9 on the CPU (extension
+// library), through the OpenBLAS that MXNet ships: on this (rows, 128) x
+// (128, 20256) shape it runs ~1.3x MXNet's oneDNN FullyConnected.
+// The projection is most of a pretraining step's FLOPs, and the book pads
+// every sequence to 10 slots, of which ~30% have weight 0 on WikiText-2; with
+// packed=1 the op projects only the rows of nonzero weight, packed at the top
+// of its output (bert_softmax_ce(..., packed=1) reads that layout).
 //
-// Op bert_packed_dense(X (..., H), W (V, H), b (V,), weights (...))
-//      -> Y (R, V), R = rows of X: Y[k] = X[r_k] W^T + b for the k-th row
-//         r_k of nonzero weight; rows past the last r_k are unspecified.
-// weights get no gradient.
+// Op bert_dense(X (..., H), W (V, H), b (V,)[, weights (...)]; packed=0)
+//      -> Y (..., V) = X W^T + b.
+//   packed=1 takes weights and, in row-major order over the leading axes,
+//   writes row k = X[r_k] W^T + b for the k-th row r_k of nonzero weight;
+//   later rows are unspecified. weights get no gradient.
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -36,9 +38,14 @@ void gather(const float* x, const std::vector<int64_t>& rows, int64_t H, float* 
 }
 }  // namespace
 
+static bool is_packed(const std::unordered_map<std::string, std::string>& attrs) {
+  auto it = attrs.find("packed");
+  return it != attrs.end() && (it->second == "1" || it->second == "True");
+}
+
 static MXReturnValue pd_parse(const std::unordered_map<std::string, std::string>& attrs,
                               int* num_in, int* num_out) {
-  *num_in = 4;
+  *num_in = is_packed(attrs) ? 4 : 3;
   *num_out = 1;
   return MX_SUCCESS;
 }
@@ -47,7 +54,7 @@ static MXReturnValue pd_type(const std::unordered_map<std::string, std::string>&
                              std::vector<int>* in_types, std::vector<int>* out_types) {
   for (int t : *in_types) {
     if (t != kFloat32) {
-      MX_ERROR_MSG << "bert_packed_dense takes float32 inputs";
+      MX_ERROR_MSG << "bert_dense takes float32 inputs";
       return MX_FAIL;
     }
   }
@@ -60,16 +67,15 @@ static MXReturnValue pd_shape(const std::unordered_map<std::string, std::string>
                               std::vector<std::vector<unsigned int>>* out_shapes) {
   const auto& x = (*in_shapes)[0];
   const auto& w = (*in_shapes)[1];
+  std::vector<unsigned int> lead(x.begin(), x.end() - (x.empty() ? 0 : 1));
   if (x.size() < 2 || w.size() != 2 || w[1] != x.back() || (*in_shapes)[2].size() != 1
-      || (*in_shapes)[2][0] != w[0]
-      || (*in_shapes)[3] != std::vector<unsigned int>(x.begin(), x.end() - 1)) {
-    MX_ERROR_MSG << "bert_packed_dense: X (..., H), W (V, H), b (V,), weights of "
-                    "X's leading shape";
+      || (*in_shapes)[2][0] != w[0] || (is_packed(attrs) && (*in_shapes)[3] != lead)) {
+    MX_ERROR_MSG << "bert_dense: X (..., H), W (V, H), b (V,), weights of X's "
+                    "leading shape";
     return MX_FAIL;
   }
-  unsigned int R = 1;
-  for (size_t i = 0; i + 1 < x.size(); ++i) R *= x[i];
-  (*out_shapes)[0] = {R, w[0]};
+  lead.push_back(w[0]);
+  (*out_shapes)[0] = lead;
   return MX_SUCCESS;
 }
 
@@ -79,21 +85,26 @@ static MXReturnValue pd_forward(const std::unordered_map<std::string, std::strin
   MXTensor& X = (*inputs)[0];
   const int64_t H = X.shape.back(), R = X.size() / H, V = (*inputs)[1].shape[0];
   const float* b = (*inputs)[2].data<float>();
-  const std::vector<int64_t> rows = weighted_rows((*inputs)[3].data<float>(), R);
-  const int64_t n = rows.size();
+  const bool packed = is_packed(attrs);
+  const std::vector<int64_t> rows = packed ? weighted_rows((*inputs)[3].data<float>(), R)
+                                           : std::vector<int64_t>();
+  const int64_t n = packed ? rows.size() : R;
   if (n == 0) return MX_SUCCESS;
   float* Y = (*outputs)[0].data<float>();
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) std::memcpy(Y + i * V, b, V * sizeof(float));
-  // alloc_cpu hands out MXNet's temp space: one buffer per op call
-  float* Xv = static_cast<float*>(res.alloc_cpu(n * H * sizeof(float)));
-  gather(X.data<float>(), rows, H, Xv);
+  const float* Xv = X.data<float>();
+  if (packed) {  // alloc_cpu hands out MXNet's temp space: one buffer per op call
+    float* gathered = static_cast<float*>(res.alloc_cpu(n * H * sizeof(float)));
+    gather(X.data<float>(), rows, H, gathered);
+    Xv = gathered;
+  }
   cblas_sgemm(kRowMajor, kNoTrans, kTrans, n, V, H, 1.f, Xv, H,
               (*inputs)[1].data<float>(), H, 1.f, Y, V);
   return MX_SUCCESS;
 }
 
-// inputs: dY, X, W, b, weights, Y.  outputs: dX, dW, db, dweights
+// inputs: dY, X, W, b, [weights,] Y.  outputs: dX, dW, db[, dweights]
 static MXReturnValue pd_backward(const std::unordered_map<std::string, std::string>& attrs,
                                  std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
                                  const OpResource& res) {
@@ -103,10 +114,14 @@ static MXReturnValue pd_backward(const std::unordered_map<std::string, std::stri
   float* dX = (*outputs)[0].data<float>();
   float* dW = (*outputs)[1].data<float>();
   float* db = (*outputs)[2].data<float>();
-  std::memset((*outputs)[3].data_ptr, 0, R * sizeof(float));
-  std::memset(dX, 0, R * H * sizeof(float));
-  const std::vector<int64_t> rows = weighted_rows((*inputs)[4].data<float>(), R);
-  const int64_t n = rows.size();
+  const bool packed = is_packed(attrs);
+  std::vector<int64_t> rows;
+  if (packed) {
+    std::memset((*outputs)[3].data_ptr, 0, R * sizeof(float));
+    std::memset(dX, 0, R * H * sizeof(float));
+    rows = weighted_rows((*inputs)[4].data<float>(), R);
+  }
+  const int64_t n = packed ? rows.size() : R;
   if (n == 0) {
     std::memset(dW, 0, V * H * sizeof(float));
     std::memset(db, 0, V * sizeof(float));
@@ -123,18 +138,23 @@ static MXReturnValue pd_backward(const std::unordered_map<std::string, std::stri
       for (int64_t j = j0; j < j1; ++j) db[j] += di[j];
     }
   }
-  float* Xv = static_cast<float*>(res.alloc_cpu(2 * n * H * sizeof(float)));
-  float* dXv = Xv + n * H;
-  gather(X.data<float>(), rows, H, Xv);
+  const float* Xv = X.data<float>();
+  float* dXv = dX;
+  if (packed) {  // gather the weighted rows; scatter their gradient after
+    float* scratch = static_cast<float*>(res.alloc_cpu(2 * n * H * sizeof(float)));
+    gather(X.data<float>(), rows, H, scratch);
+    Xv = scratch;
+    dXv = scratch + n * H;
+  }
   cblas_sgemm(kRowMajor, kNoTrans, kNoTrans, n, H, V, 1.f, dY, V,
               (*inputs)[2].data<float>(), H, 0.f, dXv, H);
   cblas_sgemm(kRowMajor, kTrans, kNoTrans, V, H, n, 1.f, dY, V, Xv, H, 0.f, dW, H);
-  for (int64_t i = 0; i < n; ++i)
+  for (int64_t i = 0; packed && i < n; ++i)
     std::memcpy(dX + rows[i] * H, dXv + i * H, H * sizeof(float));
   return MX_SUCCESS;
 }
 
-REGISTER_OP(bert_packed_dense)
+REGISTER_OP(bert_dense)
 .setParseAttrs(pd_parse)
 .setInferType(pd_type)
 .setInferShape(pd_shape)
