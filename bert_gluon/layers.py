@@ -73,7 +73,10 @@ class Dropout(nn.Dropout):
 
 class LayerNorm(nn.LayerNorm):
     """`nn.LayerNorm` over the last axis (same parameters) that runs the
-    native CPU kernel when it is available and every parameter is on a CPU."""
+    native CPU kernel when it is available and every parameter is on a CPU.
+
+    ln(data, residual) is ln(data + residual), the sum fused into the kernel.
+    """
     def __init__(self, epsilon=1e-5, in_channels=0, **kwargs):
         super().__init__(axis=-1, epsilon=epsilon, in_channels=in_channels, **kwargs)
 
@@ -81,11 +84,16 @@ class LayerNorm(nn.LayerNorm):
         return (kernels.native_available()
                 and all(c.device_type == 'cpu' for c in self.gamma.list_ctx()))
 
-    def hybrid_forward(self, F, data, gamma, beta):
+    def hybrid_forward(self, F, data, residual=None, gamma=None, beta=None):
         if not self._native():
+            if residual is not None:
+                data = data + residual
             return super().hybrid_forward(F, data, gamma, beta)
-        out = F.bert_layer_norm(data.as_nd_ndarray(), gamma.as_nd_ndarray(),
-                                beta.as_nd_ndarray(), eps=self._epsilon)
+        inputs = [data.as_nd_ndarray(), gamma.as_nd_ndarray(), beta.as_nd_ndarray()]
+        if residual is not None:
+            inputs.append(residual.as_nd_ndarray())
+        out = F.bert_layer_norm(*inputs, eps=self._epsilon,
+                                residual=residual is not None)
         return out[0].as_np_ndarray()
 
 
@@ -159,7 +167,7 @@ class AddNorm(nn.HybridBlock):
             self.ln = LayerNorm(epsilon=epsilon, in_channels=in_channels)
 
     def hybrid_forward(self, F, X, Y):
-        return self.ln(self.dropout(Y) + X)
+        return self.ln(self.dropout(Y), X)  # LayerNorm(dropout(Y) + X)
 
 
 class PositionWiseFFN(nn.HybridBlock):

@@ -3,11 +3,15 @@
 // one fused pass per row instead of MXNet's generic broadcast/reduce kernels,
 // which run ~15x slower than the forward on (8192, 128).
 //
-// Op bert_layer_norm(x, gamma, beta; eps) -> (y, mean, rstd)
+// Op bert_layer_norm(x, gamma, beta[, residual]; eps, residual=0)
+//      -> (y, mean, rstd)
 //   x: (..., H); gamma, beta: (H,); y like x; mean, rstd: x.shape[:-1].
+//   With residual=1, y = LayerNorm(x + residual) (d2l's AddNorm) without
+//   materializing the sum; both addends get the same gradient.
 // mean and rstd are outputs only so the backward can reuse them.
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 #include <omp.h>
@@ -20,9 +24,23 @@ static float eps_of(const std::unordered_map<std::string, std::string>& attrs) {
   return it == attrs.end() ? 1e-5f : std::strtof(it->second.c_str(), nullptr);
 }
 
+static bool has_residual(const std::unordered_map<std::string, std::string>& attrs) {
+  auto it = attrs.find("residual");
+  return it != attrs.end() && (it->second == "1" || it->second == "True");
+}
+
+// Row i of x (+ residual), into buf
+static inline const float* row_of(const float* x, const float* r, int64_t i, int64_t H,
+                                  float* buf) {
+  if (!r) return x + i * H;
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) buf[j] = x[i * H + j] + r[i * H + j];
+  return buf;
+}
+
 MXReturnValue parse_attrs(const std::unordered_map<std::string, std::string>& attrs,
                           int* num_in, int* num_out) {
-  *num_in = 3;
+  *num_in = has_residual(attrs) ? 4 : 3;
   *num_out = 3;
   return MX_SUCCESS;
 }
@@ -43,8 +61,8 @@ MXReturnValue infer_shape(const std::unordered_map<std::string, std::string>& at
                           std::vector<std::vector<unsigned int>>* in_shapes,
                           std::vector<std::vector<unsigned int>>* out_shapes) {
   const auto& x = (*in_shapes)[0];
-  if (x.empty()) {
-    MX_ERROR_MSG << "bert_layer_norm: x needs at least one axis";
+  if (x.empty() || (has_residual(attrs) && (*in_shapes)[3] != x)) {
+    MX_ERROR_MSG << "bert_layer_norm: x needs at least one axis, residual x's shape";
     return MX_FAIL;
   }
   std::vector<unsigned int> rows(x.begin(), x.end() - 1);
@@ -68,9 +86,13 @@ MXReturnValue forward(const std::unordered_map<std::string, std::string>& attrs,
   float* y = (*outputs)[0].data<float>();
   float* mean = (*outputs)[1].data<float>();
   float* rstd = (*outputs)[2].data<float>();
-#pragma omp parallel for schedule(static)
+  const float* r = has_residual(attrs) ? (*inputs)[3].data<float>() : nullptr;
+#pragma omp parallel
+  {
+  std::vector<float> buf(H);
+#pragma omp for schedule(static)
   for (int64_t i = 0; i < N; ++i) {
-    const float* xi = x + i * H;
+    const float* xi = row_of(x, r, i, H, buf.data());
     float* yi = y + i * H;
     float sum = 0.f;
     for (int64_t j = 0; j < H; ++j) sum += xi[j];
@@ -80,16 +102,17 @@ MXReturnValue forward(const std::unordered_map<std::string, std::string>& attrs,
       const float c = xi[j] - mu;
       sq += c * c;
     }
-    const float r = 1.f / std::sqrt(sq / H + eps);
-    for (int64_t j = 0; j < H; ++j) yi[j] = (xi[j] - mu) * r * gamma[j] + beta[j];
+    const float rs = 1.f / std::sqrt(sq / H + eps);
+    for (int64_t j = 0; j < H; ++j) yi[j] = (xi[j] - mu) * rs * gamma[j] + beta[j];
     mean[i] = mu;
-    rstd[i] = r;
+    rstd[i] = rs;
+  }
   }
   return MX_SUCCESS;
 }
 
-// inputs: dy, dmean, drstd (ignored), x, gamma, beta, y, mean, rstd
-// outputs: dx, dgamma, dbeta
+// inputs: dy, dmean, drstd (ignored), x, gamma, beta, [residual,] y, mean, rstd
+// outputs: dx, dgamma, dbeta[, dresidual]
 MXReturnValue backward(const std::unordered_map<std::string, std::string>& attrs,
                        std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
                        const OpResource& res) {
@@ -99,8 +122,10 @@ MXReturnValue backward(const std::unordered_map<std::string, std::string>& attrs
   const float* dy = (*inputs)[0].data<float>();
   const float* x = (*inputs)[3].data<float>();
   const float* gamma = (*inputs)[4].data<float>();
-  const float* mean = (*inputs)[7].data<float>();
-  const float* rstd = (*inputs)[8].data<float>();
+  const bool residual = has_residual(attrs);
+  const float* rin = residual ? (*inputs)[6].data<float>() : nullptr;
+  const float* mean = (*inputs)[residual ? 8 : 7].data<float>();
+  const float* rstd = (*inputs)[residual ? 9 : 8].data<float>();
   float* dx = (*outputs)[0].data<float>();
   float* dgamma = (*outputs)[1].data<float>();
   float* dbeta = (*outputs)[2].data<float>();
@@ -111,9 +136,10 @@ MXReturnValue backward(const std::unordered_map<std::string, std::string>& attrs
   {
     float* dg = partial.data() + static_cast<size_t>(omp_get_thread_num()) * 2 * H;
     float* db = dg + H;
+    std::vector<float> buf(H);
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < N; ++i) {
-      const float* xi = x + i * H;
+      const float* xi = row_of(x, rin, i, H, buf.data());
       const float* dyi = dy + i * H;
       float* dxi = dx + i * H;
       const float mu = mean[i], r = rstd[i];
@@ -142,6 +168,8 @@ MXReturnValue backward(const std::unordered_map<std::string, std::string>& attrs
     dgamma[j] = g;
     dbeta[j] = b;
   }
+  if (residual)  // the sum's two addends share its gradient
+    std::memcpy((*outputs)[3].data<float>(), dx, N * H * sizeof(float));
   return MX_SUCCESS;
 }
 
