@@ -26,6 +26,8 @@ def main():
     parser.add_argument('--batch-size', type=int, default=128)
     parser.add_argument('--steps', type=int, default=3)
     parser.add_argument('--infer', action='store_true', help='profile inference')
+    parser.add_argument('--encode', action='store_true',
+                        help='profile the encoder forward alone')
     parser.add_argument('--top', type=int, default=25)
     args = parser.parse_args()
     config = bg.get_config('d2l.pretrain')
@@ -41,6 +43,8 @@ def main():
     num_weights = float(weights.sum())
 
     def step():
+        if args.encode:
+            return net.encoder(tokens, segments, lens)
         if args.infer:
             return net(tokens, segments, lens, positions)
         with autograd.record():
@@ -66,7 +70,7 @@ def main():
     rows.sort(reverse=True)
     total = sum(r[0] for r in rows if r[2] == 'operator')
     print(f'batch {args.batch_size}, threads {os.environ.get("OMP_NUM_THREADS")}, '
-          f'{"inference" if args.infer else "train step"}: operators {total:.1f} ms/step')
+          f'{"encoder" if args.encode else "inference" if args.infer else "train step"}: operators {total:.1f} ms/step')
     for ms, count, domain, name in rows[:args.top]:
         print(f'{ms:9.2f} ms {count:6.0f}x  {domain:<10} {name}')
 

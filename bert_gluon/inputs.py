@@ -92,3 +92,21 @@ def check_encoded(name, X, num_hiddens=None):
         raise ValueError(f'{name} must have shape (batch size, sequence '
                          f'length, {width}), got {shape}')
     return shape
+
+
+def check_pretraining_targets(mlm_weights, mlm_Y, nsp_y, pred_shape, vocab_size,
+                              check_values=True):
+    """mlm_weights, mlm_Y: pred_positions' shape (batch size, P); nsp_y:
+    (batch size,); labels of weighted slots in [0, vocab_size), nsp_y 0 or 1."""
+    for name, array in (('mlm_weights', mlm_weights), ('mlm_Y', mlm_Y)):
+        if _shape(name, array) != tuple(pred_shape):
+            raise ValueError(f'{name} must have the shape of pred_positions '
+                             f'{tuple(pred_shape)}, got {_shape(name, array)}')
+    if _shape('nsp_y', nsp_y) != (pred_shape[0],):
+        raise ValueError(f'nsp_y must have shape (batch size,) = '
+                         f'({pred_shape[0]},), got {_shape("nsp_y", nsp_y)}')
+    if check_values:
+        weighted = _host('mlm_Y', mlm_Y)[mlm_weights.asnumpy() != 0]
+        _check_range('mlm_Y', weighted, 0, vocab_size - 1,
+                     f'vocab_size={vocab_size} (slots of nonzero weight)')
+        _check_range('nsp_y', _host('nsp_y', nsp_y), 0, 1, 'labels 0 or 1')

@@ -14,8 +14,8 @@ from mxnet.gluon import nn
 
 from . import kernels
 
-__all__ = ['Dense', 'Dropout', 'training_graph', 'LayerNorm', 'MultiHeadSelfAttention', 'AddNorm',
-           'PositionWiseFFN', 'EncoderBlock', 'sinusoidal_positions',
+__all__ = ['Dense', 'Dropout', 'training_graph', 'LayerNorm',
+           'MultiHeadSelfAttention', 'AddNorm', 'PositionWiseFFN', 'EncoderBlock', 'sinusoidal_positions',
            'gather_rows']
 
 

@@ -13,7 +13,9 @@ from mxnet import autograd
 from mxnet.gluon import nn
 
 from . import kernels
+from .inputs import check_pred_positions, check_pretraining_targets
 from .layers import gather_rows, training_graph
+from .model import _checked, _prepare_inputs
 
 __all__ = ['PretrainingLoss', 'PretrainingObjective']
 
@@ -39,9 +41,9 @@ class PretrainingLoss(nn.HybridBlock):
                        nsp_y):
         # Cross-entropy as gluon's SoftmaxCrossEntropyLoss: -log_softmax[label]
         if self._on_cpu and kernels.native_available():
-            # (B, P, V) -> (B*P, V); labels and weights (B*P,)
-            mlm_l = F.bert_softmax_ce(mlm_Y_hat.as_nd_ndarray(), mlm_Y.as_nd_ndarray(),
-                                      mlm_weights.as_nd_ndarray())[0].as_np_ndarray()
+            mlm_l = F.bert_softmax_ce(  # (B, P, V) logits, (B, P) labels
+                mlm_Y_hat.as_nd_ndarray(), mlm_Y.as_nd_ndarray(),
+                mlm_weights.as_nd_ndarray())[0].as_np_ndarray()
         else:
             mlm_l = -F.npx.pick(F.npx.log_softmax(mlm_Y_hat), mlm_Y, axis=-1) * mlm_weights
         nsp_l = -F.npx.pick(F.npx.log_softmax(nsp_Y_hat), nsp_y, axis=-1)
@@ -101,12 +103,22 @@ class PretrainingObjective(nn.HybridBlock):
 
     def forward(self, tokens, segments, valid_lens, pred_positions, mlm_weights,
                 mlm_Y, nsp_y):
-        if isinstance(tokens, mx.nd.NDArray) and not autograd.is_training():
-            _, mlm_Y_hat, nsp_Y_hat = self.net(tokens, segments, valid_lens,
-                                               pred_positions)
-            return self._predict_loss(mlm_Y_hat, nsp_Y_hat, mlm_Y, mlm_weights, nsp_y)
-        return super().forward(tokens, segments, valid_lens, pred_positions,
-                               mlm_weights, mlm_Y, nsp_y)
+        args = (tokens, segments, valid_lens, pred_positions, mlm_weights, mlm_Y, nsp_y)
+        if not isinstance(tokens, mx.nd.NDArray):  # traced inside a parent graph
+            return super().forward(*args)
+        check, config = self.net.check_inputs, self.net.config
+        valid_lens = _prepare_inputs(config, check, tokens, segments, valid_lens)
+        check_pred_positions(pred_positions, *tokens.shape, check_values=check)
+        check_pretraining_targets(mlm_weights, mlm_Y, nsp_y, pred_positions.shape,
+                                  config.vocab_size, check)
+        with _checked():
+            if not autograd.is_training():
+                _, mlm_Y_hat, nsp_Y_hat = self.net(tokens, segments, valid_lens,
+                                                   pred_positions)
+                return self._predict_loss(mlm_Y_hat, nsp_Y_hat, mlm_Y, mlm_weights,
+                                          nsp_y)
+            return super().forward(tokens, segments, valid_lens, pred_positions,
+                                   mlm_weights, mlm_Y, nsp_y)
 
     def hybrid_forward(self, F, tokens, segments, valid_lens, pred_positions,
                        mlm_weights, mlm_Y, nsp_y):

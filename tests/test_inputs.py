@@ -124,3 +124,23 @@ def test_an_eager_call_checks_its_batch_once(monkeypatch):
     assert len(calls) == 2  # one per call, not one per block
     with pytest.raises(ValueError, match='tokens'):  # and nested blocks still check alone
         MODELS['twin'].encoder(tokens + 1000, segments, valid_lens)
+
+
+def test_pretraining_objective_names_bad_targets():
+    net = bg.HybridBERTModel(TINY)
+    net.initialize()
+    objective = bg.loss.PretrainingObjective(net)
+    tokens, segments, valid_lens, positions = make_batch()
+    good = dict(mlm_weights=np.ones(positions.shape),
+                mlm_Y=np.zeros(positions.shape, dtype='int32'),
+                nsp_y=np.zeros((3,), dtype='int32'))
+    for name, bad, match in (
+            ('mlm_weights', np.ones((3, 2)), 'mlm_weights must have the shape'),
+            ('mlm_Y', np.full(positions.shape, TINY.vocab_size, dtype='int32'),
+             r'mlm_Y must be in \[0, 49\]'),
+            ('nsp_y', np.array([0, 2, 1], dtype='int32'), 'nsp_y must be in'),
+            ('nsp_y', np.zeros((4,), dtype='int32'), r'nsp_y must have shape')):
+        kwargs = dict(good, **{name: bad})
+        with pytest.raises(ValueError, match=match):
+            objective(tokens, segments, valid_lens, positions, kwargs['mlm_weights'],
+                      kwargs['mlm_Y'], kwargs['nsp_y'])

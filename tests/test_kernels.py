@@ -248,3 +248,25 @@ def test_objective_dropout_is_on_in_training_and_off_outside():
     _, mlm_Y_hat, nsp_Y_hat = net(*args[:4])  # predict mode: no dropout
     expected = bg.loss.PretrainingLoss()(mlm_Y_hat, nsp_Y_hat, args[5], weights, args[6])
     assert float(objective(*args)[0]) == pytest.approx(float(expected[0]), rel=1e-6)
+
+
+def test_native_layer_norm_of_a_sum_equals_mxnet():
+    """ln(x, residual) = LayerNorm(x + residual); both addends get the gradient."""
+    ln = LayerNorm(epsilon=1e-5, in_channels=16)
+    ln.initialize(mx.init.Normal(1.0))
+    ln.hybridize(static_alloc=True, static_shape=True)
+    x, r, dy = (np.random.normal(0, 2, (5, 3, 16)) for _ in range(3))
+    x.attach_grad()
+    r.attach_grad()
+    with autograd.record():
+        y = ln(x, r)
+    y.backward(dy)
+    g, b = ln.gamma.data(), ln.beta.data()
+    s = x + r
+    s.attach_grad()
+    with autograd.record():
+        y_ref = npx.layer_norm(s, g, b, axis=-1, eps=1e-5)
+    y_ref.backward(dy)
+    onp.testing.assert_allclose(y.asnumpy(), y_ref.asnumpy(), rtol=1e-5, atol=2e-5)
+    onp.testing.assert_allclose(x.grad.asnumpy(), s.grad.asnumpy(), rtol=1e-5, atol=2e-5)
+    onp.testing.assert_allclose(r.grad.asnumpy(), s.grad.asnumpy(), rtol=1e-5, atol=2e-5)

@@ -36,7 +36,7 @@ _SOURCES = [Path(__file__).with_name(name)
 # Ops that call sgemm: linked against MXNet's own OpenBLAS when it has one
 _BLAS_SOURCES = [Path(__file__).with_name(name)
                  for name in ('dense.cc', 'attention.cc')]
-_HEADERS = [Path(__file__).with_name('packed_rows.h')]
+_HEADERS = [Path(__file__).with_name('common.h')]
 _OPENBLAS = Path(mx.__file__).parent / 'libopenblas.so.0'
 _state = {'loaded': None, 'portable': 0}
 # Fixed at import: later changes of $BERT_GLUON_CACHE (tests) do not rebuild.

@@ -18,20 +18,17 @@
 #include <vector>
 #include <omp.h>
 #include "mxnet/lib_api.h"
+#include "common.h"
 
 extern "C" {
 #pragma omp declare simd notinbranch
 float expf(float);
-void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k,
-                 float alpha, const float* a, int lda, const float* b, int ldb,
-                 float beta, float* c, int ldc);
 }
 
 using namespace mxnet::ext;
 using Attrs = std::unordered_map<std::string, std::string>;
 
 namespace {
-enum { kRowMajor = 101, kNoTrans = 111, kTrans = 112 };
 constexpr float kMasked = -1e6f;  // d2l.masked_softmax's fill value
 
 int heads_of(const Attrs& attrs) {

@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 #include "mxnet/lib_api.h"
-#include "packed_rows.h"
+#include "common.h"
 
 // glibc's libmvec holds vector expf/logf: declared so GCC vectorizes the
 // loops below without -ffast-math (whose other liberties we do not want).
@@ -47,11 +47,6 @@ static MXReturnValue ce_type(const std::unordered_map<std::string, std::string>&
   }
   (*out_types)[0] = (*out_types)[1] = kFloat32;
   return MX_SUCCESS;
-}
-
-static bool is_packed(const std::unordered_map<std::string, std::string>& attrs) {
-  auto it = attrs.find("packed");
-  return it != attrs.end() && (it->second == "1" || it->second == "True");
 }
 
 static MXReturnValue ce_shape(const std::unordered_map<std::string, std::string>& attrs,
@@ -88,7 +83,7 @@ static MXReturnValue ce_forward(const std::unordered_map<std::string, std::strin
   const float* w = (*inputs)[2].data<float>();
   float* loss = (*outputs)[0].data<float>();
   float* lse = (*outputs)[1].data<float>();
-  const bool packed = is_packed(attrs);
+  const bool packed = flag_of(attrs, "packed");
   // padded slots (weight 0) contribute nothing
   const std::vector<int64_t> rows = weighted_rows(w, R);
   const int64_t n = rows.size();
@@ -134,7 +129,7 @@ static MXReturnValue ce_backward(const std::unordered_map<std::string, std::stri
   const int64_t label_bytes = (*outputs)[1].dtype == kInt64 ? 8 : 4;
   std::memset((*outputs)[1].data_ptr, 0, R * label_bytes);  // labels get no gradient
   std::memset(dw, 0, R * sizeof(float));
-  const bool packed = is_packed(attrs);
+  const bool packed = flag_of(attrs, "packed");
   const std::vector<int64_t> rows = weighted_rows(w, R);
   const int64_t n = rows.size();
   // rows of dlogits that no weighted label owns are zero

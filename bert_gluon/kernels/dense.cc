@@ -16,20 +16,11 @@
 #include <string>
 #include <vector>
 #include "mxnet/lib_api.h"
-#include "packed_rows.h"
-
-extern "C" {
-// OpenBLAS, the copy MXNet itself links (libopenblas.so.0 beside libmxnet.so)
-void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k,
-                 float alpha, const float* a, int lda, const float* b, int ldb,
-                 float beta, float* c, int ldc);
-}
+#include "common.h"
 
 using namespace mxnet::ext;
 
 namespace {
-enum { kRowMajor = 101, kNoTrans = 111, kTrans = 112 };
-
 void gather(const float* x, const std::vector<int64_t>& rows, int64_t H, float* out) {
   const int64_t n = rows.size();
 #pragma omp parallel for schedule(static)
@@ -38,14 +29,9 @@ void gather(const float* x, const std::vector<int64_t>& rows, int64_t H, float* 
 }
 }  // namespace
 
-static bool is_packed(const std::unordered_map<std::string, std::string>& attrs) {
-  auto it = attrs.find("packed");
-  return it != attrs.end() && (it->second == "1" || it->second == "True");
-}
-
 static MXReturnValue pd_parse(const std::unordered_map<std::string, std::string>& attrs,
                               int* num_in, int* num_out) {
-  *num_in = is_packed(attrs) ? 4 : 3;
+  *num_in = flag_of(attrs, "packed") ? 4 : 3;
   *num_out = 1;
   return MX_SUCCESS;
 }
@@ -69,7 +55,7 @@ static MXReturnValue pd_shape(const std::unordered_map<std::string, std::string>
   const auto& w = (*in_shapes)[1];
   std::vector<unsigned int> lead(x.begin(), x.end() - (x.empty() ? 0 : 1));
   if (x.size() < 2 || w.size() != 2 || w[1] != x.back() || (*in_shapes)[2].size() != 1
-      || (*in_shapes)[2][0] != w[0] || (is_packed(attrs) && (*in_shapes)[3] != lead)) {
+      || (*in_shapes)[2][0] != w[0] || (flag_of(attrs, "packed") && (*in_shapes)[3] != lead)) {
     MX_ERROR_MSG << "bert_dense: X (..., H), W (V, H), b (V,), weights of X's "
                     "leading shape";
     return MX_FAIL;
@@ -85,7 +71,7 @@ static MXReturnValue pd_forward(const std::unordered_map<std::string, std::strin
   MXTensor& X = (*inputs)[0];
   const int64_t H = X.shape.back(), R = X.size() / H, V = (*inputs)[1].shape[0];
   const float* b = (*inputs)[2].data<float>();
-  const bool packed = is_packed(attrs);
+  const bool packed = flag_of(attrs, "packed");
   const std::vector<int64_t> rows = packed ? weighted_rows((*inputs)[3].data<float>(), R)
                                            : std::vector<int64_t>();
   const int64_t n = packed ? rows.size() : R;
@@ -114,7 +100,7 @@ static MXReturnValue pd_backward(const std::unordered_map<std::string, std::stri
   float* dX = (*outputs)[0].data<float>();
   float* dW = (*outputs)[1].data<float>();
   float* db = (*outputs)[2].data<float>();
-  const bool packed = is_packed(attrs);
+  const bool packed = flag_of(attrs, "packed");
   std::vector<int64_t> rows;
   if (packed) {
     std::memset((*outputs)[3].data_ptr, 0, R * sizeof(float));

@@ -16,17 +16,13 @@
 #include <vector>
 #include <omp.h>
 #include "mxnet/lib_api.h"
+#include "common.h"
 
 using namespace mxnet::ext;
 
 static float eps_of(const std::unordered_map<std::string, std::string>& attrs) {
   auto it = attrs.find("eps");
   return it == attrs.end() ? 1e-5f : std::strtof(it->second.c_str(), nullptr);
-}
-
-static bool has_residual(const std::unordered_map<std::string, std::string>& attrs) {
-  auto it = attrs.find("residual");
-  return it != attrs.end() && (it->second == "1" || it->second == "True");
 }
 
 // Row i of x (+ residual), into buf
@@ -40,7 +36,7 @@ static inline const float* row_of(const float* x, const float* r, int64_t i, int
 
 MXReturnValue parse_attrs(const std::unordered_map<std::string, std::string>& attrs,
                           int* num_in, int* num_out) {
-  *num_in = has_residual(attrs) ? 4 : 3;
+  *num_in = flag_of(attrs, "residual") ? 4 : 3;
   *num_out = 3;
   return MX_SUCCESS;
 }
@@ -61,7 +57,7 @@ MXReturnValue infer_shape(const std::unordered_map<std::string, std::string>& at
                           std::vector<std::vector<unsigned int>>* in_shapes,
                           std::vector<std::vector<unsigned int>>* out_shapes) {
   const auto& x = (*in_shapes)[0];
-  if (x.empty() || (has_residual(attrs) && (*in_shapes)[3] != x)) {
+  if (x.empty() || (flag_of(attrs, "residual") && (*in_shapes)[3] != x)) {
     MX_ERROR_MSG << "bert_layer_norm: x needs at least one axis, residual x's shape";
     return MX_FAIL;
   }
@@ -86,7 +82,7 @@ MXReturnValue forward(const std::unordered_map<std::string, std::string>& attrs,
   float* y = (*outputs)[0].data<float>();
   float* mean = (*outputs)[1].data<float>();
   float* rstd = (*outputs)[2].data<float>();
-  const float* r = has_residual(attrs) ? (*inputs)[3].data<float>() : nullptr;
+  const float* r = flag_of(attrs, "residual") ? (*inputs)[3].data<float>() : nullptr;
 #pragma omp parallel
   {
   std::vector<float> buf(H);
@@ -122,7 +118,7 @@ MXReturnValue backward(const std::unordered_map<std::string, std::string>& attrs
   const float* dy = (*inputs)[0].data<float>();
   const float* x = (*inputs)[3].data<float>();
   const float* gamma = (*inputs)[4].data<float>();
-  const bool residual = has_residual(attrs);
+  const bool residual = flag_of(attrs, "residual");
   const float* rin = residual ? (*inputs)[6].data<float>() : nullptr;
   const float* mean = (*inputs)[residual ? 8 : 7].data<float>();
   const float* rstd = (*inputs)[residual ? 9 : 8].data<float>();
