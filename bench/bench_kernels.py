@@ -55,10 +55,24 @@ def main():
                                       weights.as_nd_ndarray())[0].sum()
         l.backward()
 
+    h = np.random.normal(0, 1, (128, 64, 128))
+    h.attach_grad()
+
+    def mxnet_dropout():
+        with autograd.record():
+            y = npx.dropout(h, p=0.2)
+        y.backward()
+
+    def native_dropout():
+        with autograd.record():
+            y = mx.nd.bert_dropout(h.as_nd_ndarray(), p=0.2)[0]
+        y.backward()
+
     print(f'forward + backward, ms per call, OMP_NUM_THREADS='
           f'{os.environ.get("OMP_NUM_THREADS", "default")}')
     for name, ours, theirs in (('LayerNorm (8192, 128)', native_ln, mxnet_ln),
-                               ('softmax CE (1280, 20256)', native_ce, mxnet_ce)):
+                               ('softmax CE (1280, 20256)', native_ce, mxnet_ce),
+                               ('dropout (128, 64, 128)', native_dropout, mxnet_dropout)):
         a, b = ms_per_call(ours), ms_per_call(theirs)
         print(f'{name:<26} native {a:8.2f}   MXNet {b:8.2f}   {b / a:5.1f}x')
 
