@@ -34,8 +34,7 @@ class Dense(nn.Dense):
         self._blas = blas and self._flatten is False and self.bias is not None
 
     def hybrid_forward(self, F, x, weight, bias=None):
-        if (self._blas and kernels.has_op('bert_dense')
-                and all(c.device_type == 'cpu' for c in self.weight.list_ctx())):
+        if self._blas and kernels.native_for(self.weight, 'bert_dense'):
             out = F.bert_dense(x.as_nd_ndarray(), weight.as_nd_ndarray(),
                                bias.as_nd_ndarray()).as_np_ndarray()
             if self.act is not None:
@@ -82,8 +81,7 @@ class LayerNorm(nn.LayerNorm):
         super().__init__(axis=-1, epsilon=epsilon, in_channels=in_channels, **kwargs)
 
     def _native(self):
-        return (kernels.native_available()
-                and all(c.device_type == 'cpu' for c in self.gamma.list_ctx()))
+        return kernels.native_for(self.gamma)
 
     def hybrid_forward(self, F, data, residual=None, gamma=None, beta=None):
         if not self._native():
@@ -127,8 +125,7 @@ class MultiHeadSelfAttention(nn.HybridBlock):
                                              in_units=num_hiddens))
 
     def _native(self):
-        return (kernels.has_op('bert_attention_scores')
-                and all(c.device_type == 'cpu' for c in self.W_q.weight.list_ctx()))
+        return kernels.native_for(self.W_q.weight, 'bert_attention_scores')
 
     def hybrid_forward(self, F, X, valid_lens):
         # X: (B, T, H); valid_lens: (B,), every row's count of real tokens

@@ -50,10 +50,6 @@ class PretrainingLoss(nn.HybridBlock):
         return F.np.sum(mlm_l), F.np.sum(nsp_l)
 
 
-def _on_cpu(param):
-    return all(c.device_type == 'cpu' for c in param.list_ctx())
-
-
 class MLMDecoderLoss(nn.HybridBlock):
     """The MLM head's last Dense (the vocabulary projection) and the book's
     weighted cross-entropy, sharing `decoder`'s weight and bias.
@@ -70,7 +66,7 @@ class MLMDecoderLoss(nn.HybridBlock):
         self.bias = self.params.get('bias')
 
     def hybrid_forward(self, F, hidden, mlm_Y, mlm_weights, weight, bias):
-        if kernels.has_op('bert_dense') and _on_cpu(self.weight):
+        if kernels.native_for(self.weight, 'bert_dense'):
             mlm_weights = mlm_weights.as_nd_ndarray()
             logits = F.bert_dense(  # (B, P, V), weighted rows packed on top
                 hidden.as_nd_ndarray(), weight.as_nd_ndarray(),
@@ -122,7 +118,7 @@ class PretrainingObjective(nn.HybridBlock):
 
     def hybrid_forward(self, F, tokens, segments, valid_lens, pred_positions,
                        mlm_weights, mlm_Y, nsp_y):
-        with training_graph(_on_cpu(self.mlm_loss.weight)):
+        with training_graph(kernels.native_for(self.mlm_loss.weight)):
             return self._losses(F, tokens, segments, valid_lens, pred_positions,
                                 mlm_weights, mlm_Y, nsp_y)
 

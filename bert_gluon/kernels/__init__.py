@@ -28,7 +28,7 @@ from pathlib import Path
 
 import mxnet as mx
 
-__all__ = ['has_op', 'native_available', 'portable']
+__all__ = ['has_op', 'native_available', 'native_for', 'portable']
 
 _SOURCES = [Path(__file__).with_name(name)
             for name in ('library.cc', 'layer_norm.cc', 'cross_entropy.cc',
@@ -101,6 +101,13 @@ def native_available():
 def has_op(name):
     """True when the native kernels are available and include op `name`."""
     return native_available() and hasattr(mx.nd, name)
+
+
+def native_for(param, op=None):
+    """True when the native kernels (with op `op`, if named) can run for a
+    block whose Parameter `param` has every copy on a CPU."""
+    available = has_op(op) if op else native_available()
+    return available and all(c.device_type == 'cpu' for c in param.list_ctx())
 
 
 @contextlib.contextmanager

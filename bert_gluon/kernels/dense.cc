@@ -1,6 +1,7 @@
 // The MLM head's vocabulary projection, for MXNet 1.9 on the CPU (extension
-// library), through the OpenBLAS that MXNet ships: on this (rows, 128) x
-// (128, 20256) shape it runs ~1.3x MXNet's oneDNN FullyConnected.
+// library), through the OpenBLAS that MXNet ships (faster than MXNet's
+// oneDNN FullyConnected on this (rows, 128) x (128, 20256) shape in
+// bench/profile_step.py --infer).
 // The projection is most of a pretraining step's FLOPs, and the book pads
 // every sequence to 10 slots, of which ~30% have weight 0 on WikiText-2; with
 // packed=1 the op projects only the rows of nonzero weight, packed at the top
