@@ -1,7 +1,9 @@
 // Multi-head self-attention without the head split/merge transposes, for
 // MXNet 1.9 on the CPU (extension library). Queries, keys and values stay in
 // their (B, T, H) layout: head n of sequence b is the column block
-// [n*d, (n+1)*d) of rows b*T .. b*T+T-1, which sgemm reads with row stride H.
+// [n*d, (n+1)*d) of rows b*T .. b*T+T-1, read with row stride H. The per-head
+// products go through small_gemm.h: at 64 x 64 x 64 a BLAS call costs more
+// in setup than in arithmetic. Keys past valid_lens are never multiplied.
 // The two ops are d2l's DotProductAttention split around its dropout:
 //
 // Op bert_attention_scores(q (B, T, H), k (B, T, H), valid_lens (B,);
@@ -19,6 +21,7 @@
 #include <omp.h>
 #include "mxnet/lib_api.h"
 #include "common.h"
+#include "small_gemm.h"
 
 extern "C" {
 #pragma omp declare simd notinbranch
@@ -118,30 +121,39 @@ static MXReturnValue scores_forward(const Attrs& attrs, std::vector<MXTensor>* i
   const float* k = (*inputs)[1].data<float>();
   float* probs = (*outputs)[0].data<float>();
   const MXTensor& lens = (*inputs)[2];
-#pragma omp parallel for schedule(static)
+  const int threads = omp_get_max_threads();
+  // one head's K^T (d, T) per thread: rows of the product's right operand
+  float* scratch = static_cast<float*>(res.alloc_cpu(threads * s.d * s.T * sizeof(float)));
+#pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t bn = 0; bn < s.B * s.N; ++bn) {
     const int64_t b = bn / s.N, n = bn % s.N;
-    const float* Q = q + b * s.T * s.H + n * s.d;
-    const float* K = k + b * s.T * s.H + n * s.d;
+    const int64_t offset = b * s.T * s.H + n * s.d;
     float* P = probs + bn * s.T * s.T;
-    cblas_sgemm(kRowMajor, kNoTrans, kTrans, s.T, s.T, s.d, scale, Q, s.H, K, s.H,
-                0.f, P, s.T);
     const int64_t kept = kept_keys(lens, b, s.T);
+    if (kept == 0) {  // every score is the fill value: d2l's softmax is uniform
+      for (int64_t i = 0; i < s.T * s.T; ++i) P[i] = 1.f / s.T;
+      continue;
+    }
+    float* Kt = scratch + omp_get_thread_num() * s.d * s.T;
+    for (int64_t j = 0; j < kept; ++j)
+      for (int64_t c = 0; c < s.d; ++c) Kt[c * kept + j] = k[offset + j * s.H + c];
+    small_gemm::gemm(s.T, kept, s.d, scale, q + offset, s.H, 1, Kt, kept, P, s.T);
     for (int64_t i = 0; i < s.T; ++i) {
+      // masked scores, -1e6 in d2l, have exponentials of exactly 0
       float* row = P + i * s.T;
-      for (int64_t j = kept; j < s.T; ++j) row[j] = kMasked;
       float m = row[0];
 #pragma omp simd reduction(max: m)
-      for (int64_t j = 1; j < s.T; ++j) m = row[j] > m ? row[j] : m;
+      for (int64_t j = 1; j < kept; ++j) m = row[j] > m ? row[j] : m;
       float sum = 0.f;
 #pragma omp simd reduction(+: sum)
-      for (int64_t j = 0; j < s.T; ++j) {
+      for (int64_t j = 0; j < kept; ++j) {
         row[j] = expf(row[j] - m);
         sum += row[j];
       }
       const float inv = 1.f / sum;
 #pragma omp simd
-      for (int64_t j = 0; j < s.T; ++j) row[j] *= inv;
+      for (int64_t j = 0; j < kept; ++j) row[j] *= inv;
+      for (int64_t j = kept; j < s.T; ++j) row[j] = 0.f;
     }
   }
   return MX_SUCCESS;
@@ -182,11 +194,13 @@ static MXReturnValue scores_backward(const Attrs& attrs, std::vector<MXTensor>* 
       for (int64_t j = 0; j < kept; ++j) ds[j] = scale * p[j] * (dp[j] - dot);
       for (int64_t j = kept; j < s.T; ++j) ds[j] = 0.f;
     }
+    // Score gradients of masked keys are 0: those keys get none, and only
+    // the first `kept` keys reach dq.
     const int64_t offset = b * s.T * s.H + n * s.d;
-    cblas_sgemm(kRowMajor, kNoTrans, kNoTrans, s.T, s.d, s.T, 1.f, dS, s.T,
-                k + offset, s.H, 0.f, dq + offset, s.H);
-    cblas_sgemm(kRowMajor, kTrans, kNoTrans, s.T, s.d, s.T, 1.f, dS, s.T,
-                q + offset, s.H, 0.f, dk + offset, s.H);
+    small_gemm::gemm(s.T, s.d, kept, 1.f, dS, s.T, 1, k + offset, s.H, dq + offset, s.H);
+    small_gemm::gemm(kept, s.d, s.T, 1.f, dS, 1, s.T, q + offset, s.H, dk + offset, s.H);
+    for (int64_t j = kept; j < s.T; ++j)
+      std::memset(dk + offset + j * s.H, 0, s.d * sizeof(float));
   }
   return MX_SUCCESS;
 }
@@ -232,8 +246,8 @@ static MXReturnValue context_forward(const Attrs& attrs, std::vector<MXTensor>* 
   for (int64_t bn = 0; bn < s.B * s.N; ++bn) {
     const int64_t b = bn / s.N, n = bn % s.N;
     const int64_t offset = b * s.T * s.H + n * s.d;
-    cblas_sgemm(kRowMajor, kNoTrans, kNoTrans, s.T, s.d, s.T, 1.f,
-                probs + bn * s.T * s.T, s.T, v + offset, s.H, 0.f, out + offset, s.H);
+    small_gemm::gemm(s.T, s.d, s.T, 1.f, probs + bn * s.T * s.T, s.T, 1, v + offset, s.H,
+                     out + offset, s.H);
   }
   return MX_SUCCESS;
 }
@@ -247,15 +261,20 @@ static MXReturnValue context_backward(const Attrs& attrs, std::vector<MXTensor>*
   const float* v = (*inputs)[2].data<float>();
   float* dprobs = (*outputs)[0].data<float>();
   float* dv = (*outputs)[1].data<float>();
-#pragma omp parallel for schedule(static)
+  const int threads = omp_get_max_threads();
+  float* scratch = static_cast<float*>(res.alloc_cpu(threads * s.d * s.T * sizeof(float)));
+#pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t bn = 0; bn < s.B * s.N; ++bn) {
     const int64_t b = bn / s.N, n = bn % s.N;
     const int64_t offset = b * s.T * s.H + n * s.d;
-    const float* P = probs + bn * s.T * s.T;
-    cblas_sgemm(kRowMajor, kNoTrans, kTrans, s.T, s.T, s.d, 1.f, dout + offset, s.H,
-                v + offset, s.H, 0.f, dprobs + bn * s.T * s.T, s.T);
-    cblas_sgemm(kRowMajor, kTrans, kNoTrans, s.T, s.d, s.T, 1.f, P, s.T,
-                dout + offset, s.H, 0.f, dv + offset, s.H);
+    float* Vt = scratch + omp_get_thread_num() * s.d * s.T;  // (d, T)
+    for (int64_t j = 0; j < s.T; ++j)
+      for (int64_t c = 0; c < s.d; ++c) Vt[c * s.T + j] = v[offset + j * s.H + c];
+    // dprobs = dout V^T; dv = probs^T dout
+    small_gemm::gemm(s.T, s.T, s.d, 1.f, dout + offset, s.H, 1, Vt, s.T,
+                     dprobs + bn * s.T * s.T, s.T);
+    small_gemm::gemm(s.T, s.d, s.T, 1.f, probs + bn * s.T * s.T, 1, s.T, dout + offset, s.H,
+                     dv + offset, s.H);
   }
   return MX_SUCCESS;
 }

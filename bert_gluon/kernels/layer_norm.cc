@@ -90,15 +90,18 @@ MXReturnValue forward(const std::unordered_map<std::string, std::string>& attrs,
   for (int64_t i = 0; i < N; ++i) {
     const float* xi = row_of(x, r, i, H, buf.data());
     float* yi = y + i * H;
-    float sum = 0.f;
+    float sum = 0.f;  // vectorized sums: 8 partial sums, then added up
+#pragma omp simd reduction(+: sum)
     for (int64_t j = 0; j < H; ++j) sum += xi[j];
     const float mu = sum / H;
     float sq = 0.f;
+#pragma omp simd reduction(+: sq)
     for (int64_t j = 0; j < H; ++j) {
       const float c = xi[j] - mu;
       sq += c * c;
     }
     const float rs = 1.f / std::sqrt(sq / H + eps);
+#pragma omp simd
     for (int64_t j = 0; j < H; ++j) yi[j] = (xi[j] - mu) * rs * gamma[j] + beta[j];
     mean[i] = mu;
     rstd[i] = rs;
@@ -140,6 +143,7 @@ MXReturnValue backward(const std::unordered_map<std::string, std::string>& attrs
       float* dxi = dx + i * H;
       const float mu = mean[i], r = rstd[i];
       float sum_g = 0.f, sum_gx = 0.f;  // sums of dxhat and dxhat * xhat
+#pragma omp simd reduction(+: sum_g, sum_gx)
       for (int64_t j = 0; j < H; ++j) {
         const float xhat = (xi[j] - mu) * r;
         const float g = dyi[j] * gamma[j];
@@ -149,6 +153,7 @@ MXReturnValue backward(const std::unordered_map<std::string, std::string>& attrs
         db[j] += dyi[j];
       }
       const float mg = sum_g / H, mgx = sum_gx / H;
+#pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         const float xhat = (xi[j] - mu) * r;
         dxi[j] = r * (dyi[j] * gamma[j] - mg - xhat * mgx);
