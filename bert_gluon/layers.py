@@ -10,11 +10,13 @@ import contextlib
 import contextvars
 import math
 
+import mxnet as mx
+from mxnet import autograd
 from mxnet.gluon import nn
 
 from . import kernels
 
-__all__ = ['Dense', 'Dropout', 'training_graph', 'LayerNorm',
+__all__ = ['Dense', 'Dropout', 'training_graph', 'inference_graph', 'LayerNorm',
            'MultiHeadSelfAttention', 'AddNorm', 'PositionWiseFFN', 'EncoderBlock', 'sinusoidal_positions',
            'gather_rows']
 
@@ -46,25 +48,44 @@ class Dense(nn.Dense):
 
 # Set while a graph that only ever runs training steps is traced.
 _training_graph = contextvars.ContextVar('training_graph', default=False)
+# Set while a graph that only ever runs outside training is traced.
+_inference_graph = contextvars.ContextVar('inference_graph', default=False)
 
 
 @contextlib.contextmanager
+def _graph_mode(var, enabled):
+    token = var.set(enabled)
+    try:
+        yield
+    finally:
+        var.reset(token)
+
+
 def training_graph(enabled=True):
     """Trace the twin's dropout as the native always-on op (CPU): for graphs
     that run only inside training steps, such as PretrainingObjective.
     Extension ops cannot see autograd's train mode, so the caller vouches."""
-    token = _training_graph.set(enabled)
-    try:
-        yield
-    finally:
-        _training_graph.reset(token)
+    return _graph_mode(_training_graph, enabled)
+
+
+def inference_graph(enabled=True):
+    """Trace the twin with dropout off and attention as one native op (CPU):
+    for graphs that run only outside autograd's train mode (InferenceGraph)."""
+    return _graph_mode(_inference_graph, enabled)
+
+
+def _dropout_off(F):
+    # in a graph traced for inference, or an eager call outside train mode
+    return _inference_graph.get() or (F is mx.nd and not autograd.is_training())
 
 
 class Dropout(nn.Dropout):
     """`nn.Dropout`; inside `training_graph()` it runs the native kernel
     (a hashed-counter mask; forward + backward ~4x faster than MXNet's on
-    the CPU, bench/bench_kernels.py)."""
+    the CPU, bench/bench_kernels.py); inside `inference_graph()` it is gone."""
     def hybrid_forward(self, F, x):
+        if _inference_graph.get():
+            return x
         if (self._rate > 0 and not self._axes and _training_graph.get()
                 and kernels.has_op('bert_dropout')):
             return F.bert_dropout(x.as_nd_ndarray(), p=self._rate)[0].as_np_ndarray()
@@ -125,18 +146,22 @@ class MultiHeadSelfAttention(nn.HybridBlock):
                                              in_units=num_hiddens))
 
     def _native(self):
-        return kernels.native_for(self.W_q.weight, 'bert_attention_scores')
+        return kernels.native_for(self.W_q.weight, 'bert_attention')
 
     def hybrid_forward(self, F, X, valid_lens):
         # X: (B, T, H); valid_lens: (B,), every row's count of real tokens
         N = self.num_heads
         if self._native():  # heads read in place: no split/merge transposes
-            probs = F.bert_attention_scores(  # (B, N, T, T)
-                self.W_q(X).as_nd_ndarray(), self.W_k(X).as_nd_ndarray(),
-                valid_lens.as_nd_ndarray(), num_heads=N, scale=self._scale)
-            probs = self.dropout(probs.as_np_ndarray()).as_nd_ndarray()
-            output = F.bert_attention_context(probs, self.W_v(X).as_nd_ndarray(),
-                                              num_heads=N)
+            q, k, v = (W(X).as_nd_ndarray() for W in (self.W_q, self.W_k, self.W_v))
+            lens = valid_lens.as_nd_ndarray()
+            if self.dropout._rate == 0 or _dropout_off(F):
+                # one op: the (T, T) probabilities never leave the kernel
+                output = F.bert_attention(q, k, v, lens, num_heads=N, scale=self._scale)
+            else:
+                probs = F.bert_attention_scores(q, k, lens, num_heads=N,
+                                                scale=self._scale)  # (B, N, T, T)
+                probs = self.dropout(probs.as_np_ndarray()).as_nd_ndarray()
+                output = F.bert_attention_context(probs, v, num_heads=N)
             return self.W_o(output.as_np_ndarray())  # (B, T, H)
         queries = _split_heads(F, self.W_q(X), N)  # (B*N, T, d)
         keys = _split_heads(F, self.W_k(X), N)

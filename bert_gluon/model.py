@@ -10,12 +10,14 @@ import contextlib
 import contextvars
 
 import mxnet as mx
+from mxnet import autograd
 from mxnet.gluon import nn
 
+from . import kernels
 from .config import BERTConfig
 from .inputs import check_encoded, check_encoder_inputs, check_pred_positions
 from .layers import (Dense, Dropout, EncoderBlock, LayerNorm, gather_rows,
-                     sinusoidal_positions)
+                     inference_graph, sinusoidal_positions)
 
 __all__ = ['HybridBERTEncoder', 'HybridMaskLM', 'HybridNextSentencePred',
            'HybridBERTModel']
@@ -50,6 +52,36 @@ def _prepare_inputs(config, check_values, tokens, segments, valid_lens):
         valid_lens = mx.np.full((tokens.shape[0],), tokens.shape[1],
                                 dtype='float32', ctx=tokens.ctx)
     return valid_lens
+
+
+class _InferenceGraph(nn.HybridBlock):
+    """`block`'s forward traced for calls outside autograd's train mode:
+    no dropout, and attention as one native op. It shares `block`'s
+    parameters and hybridize flags; `block` keeps it outside its own tree,
+    so the .params layout is unchanged."""
+    def __init__(self, block):
+        super().__init__(prefix=block.prefix + 'inference_')
+        self.block = block
+
+    def hybrid_forward(self, F, *args):
+        with inference_graph():
+            return self.block(*args)
+
+
+def _run(block, encoder, *args):
+    """Run a twin block on checked inputs: hybridized, outside train mode and
+    on the CPU kernels, through its inference graph, else as it is."""
+    if (not block._active or autograd.is_training()
+            or not kernels.native_for(encoder.token_embedding.weight, 'bert_attention')):
+        return nn.HybridBlock.forward(block, *args)
+    graph = block.__dict__.get('_inference_graph')
+    if graph is None:
+        graph = _InferenceGraph(block)
+        object.__setattr__(block, '_inference_graph', graph)  # not a child block
+    if (graph._active, graph._flags) != (True, block._flags):
+        graph._active, graph._flags = True, list(block._flags)
+        graph._clear_cached_op()
+    return graph(*args)
 
 
 class HybridBERTEncoder(nn.HybridBlock):
@@ -89,7 +121,7 @@ class HybridBERTEncoder(nn.HybridBlock):
         valid_lens = _prepare_inputs(self.config, self.check_inputs, tokens,
                                      segments, valid_lens)
         with _checked():
-            return super().forward(tokens, segments, valid_lens)
+            return _run(self, self, tokens, segments, valid_lens)
 
     def _embed(self, F, tokens, segments, pos_embedding):
         # Shape of X: (batch size, max sequence length, num_hiddens)
@@ -225,7 +257,8 @@ class HybridBERTModel(nn.HybridBlock):
             if pred_positions is None:
                 encoded_X = self.encoder(tokens, segments, valid_lens)
                 return encoded_X, None, self.nsp(encoded_X)
-            return super().forward(tokens, segments, valid_lens, pred_positions)
+            return _run(self, self.encoder, tokens, segments, valid_lens,
+                        pred_positions)
 
     def hybrid_forward(self, F, tokens, segments, valid_lens, pred_positions):
         encoded_X = self.encoder(tokens, segments, valid_lens)
