@@ -115,36 +115,39 @@ def _copy_params(src, dst):
         dst_params[name].set_data(p.data())
 
 
-@pytest.mark.parametrize('hybridize', [False, True])
+@pytest.mark.parametrize('path', ['fused-eager', 'fused-hybridized', 'split'])
 @pytest.mark.parametrize('T, H, num_heads, valid_lens', [
     (7, 24, 3, [7, 3, 0, 1]),
     # heads of 40 and keys of 37: the products' 16- and 8-column panels,
     # their column tails and 1-row tails
     (37, 80, 2, [37, 20, 0, 9, 33])])
-def test_native_attention_equals_d2l_forward_and_backward(hybridize, T, H, num_heads,
+def test_native_attention_equals_d2l_forward_and_backward(path, T, H, num_heads,
                                                           valid_lens):
     """The transpose-free kernels against d2l.MultiHeadAttention itself,
-    including a sequence with no valid key (d2l then attends uniformly)."""
+    including a sequence with no valid key (d2l then attends uniformly).
+    'fused' is the one-op attention (no dropout); 'split' the scores and
+    context ops around a dropout (a graph with dropout, run in predict mode)."""
     from d2l import mxnet as d2l
     from bert_gluon.layers import MultiHeadSelfAttention
     assert kernels.has_op('bert_attention_scores')
-    ours = MultiHeadSelfAttention(H, num_heads, dropout=0.0)
+    dropout = 0.5 if path == 'split' else 0.0
+    ours = MultiHeadSelfAttention(H, num_heads, dropout=dropout)
     ours.initialize(mx.init.Normal(0.5))
-    theirs = d2l.MultiHeadAttention(H, num_heads, 0.0, use_bias=False)
+    theirs = d2l.MultiHeadAttention(H, num_heads, dropout, use_bias=False)
     theirs.initialize()
     X = np.random.normal(0, 1, (len(valid_lens), T, H))
     valid_lens = np.array(valid_lens, dtype='float32')
     ours(X, valid_lens)
     theirs(X, X, X, valid_lens)
     _copy_params(ours, theirs)
-    if hybridize:
+    if path != 'fused-eager':
         ours.hybridize(static_alloc=True, static_shape=True)
     dY = np.random.normal(0, 1, X.shape)
     results = []
     for block, call in ((ours, lambda: ours(X, valid_lens)),
                         (theirs, lambda: theirs(X, X, X, valid_lens))):
         X.attach_grad()
-        with autograd.record():
+        with autograd.record(train_mode=path != 'split'):
             Y = call()
         Y.backward(dY)
         grads = {k: p.grad().asnumpy() for k, p in block._collect_params_with_prefix().items()}
