@@ -37,7 +37,8 @@ _SOURCES = [Path(__file__).with_name(name)
 # Ops that call sgemm: linked against MXNet's own OpenBLAS when it has one
 _BLAS_SOURCES = [Path(__file__).with_name(name)
                  for name in ('dense.cc',)]
-_HEADERS = [Path(__file__).with_name(name) for name in ('common.h', 'small_gemm.h')]
+_HEADERS = [Path(__file__).with_name(name)
+            for name in ('common.h', 'small_gemm.h', 'heads.h')]
 _OPENBLAS = Path(mx.__file__).parent / 'libopenblas.so.0'
 _state = {'loaded': None, 'portable': 0}
 # Fixed at import: later changes of $BERT_GLUON_CACHE (tests) do not rebuild.
