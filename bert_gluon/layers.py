@@ -198,6 +198,7 @@ class PositionWiseFFN(nn.HybridBlock):
     def __init__(self, ffn_num_hiddens, ffn_num_outputs, activation='relu',
                  use_bias=True, **kwargs):
         super().__init__(**kwargs)
+        self.activation = activation
         with self.name_scope():
             self.dense1 = Dense(ffn_num_hiddens, activation=activation,
                                 flatten=False, in_units=ffn_num_outputs)
@@ -214,6 +215,7 @@ class EncoderBlock(nn.HybridBlock):
                  use_bias=False, activation='relu', layer_norm_eps=1e-5,
                  **kwargs):
         super().__init__(**kwargs)
+        self._use_bias, self._eps = use_bias, layer_norm_eps
         with self.name_scope():
             self.attention = MultiHeadSelfAttention(num_hiddens, num_heads,
                                                     dropout, use_bias)
@@ -223,8 +225,26 @@ class EncoderBlock(nn.HybridBlock):
             self.addnorm2 = AddNorm(dropout, layer_norm_eps, num_hiddens)
 
     def hybrid_forward(self, F, X, valid_lens):
+        if (_inference_graph.get() and self.ffn.activation in ('relu', 'gelu')
+                and kernels.native_for(self.attention.W_q.weight, 'bert_encoder_layer')):
+            return self._fused(F, X, valid_lens)
         Y = self.addnorm1(X, self.attention(X, valid_lens))
         return self.addnorm2(Y, self.ffn(Y))
+
+    def _fused(self, F, X, valid_lens):
+        """The whole block as one native op (no dropout, no backward): for
+        graphs traced in inference_graph(), whose parameters are symbols."""
+        att, ffn = self.attention, self.ffn
+        params = [att.W_q.weight, att.W_k.weight, att.W_v.weight, att.W_o.weight]
+        if self._use_bias:
+            params += [att.W_q.bias, att.W_k.bias, att.W_v.bias, att.W_o.bias]
+        params += [self.addnorm1.ln.gamma, self.addnorm1.ln.beta,
+                   ffn.dense1.weight, ffn.dense1.bias, ffn.dense2.weight, ffn.dense2.bias,
+                   self.addnorm2.ln.gamma, self.addnorm2.ln.beta]
+        return F.bert_encoder_layer(
+            X.as_nd_ndarray(), valid_lens.as_nd_ndarray(), *(p.var().as_nd_ndarray() for p in params),
+            num_heads=att.num_heads, scale=att._scale, eps=self._eps,
+            activation=ffn.activation, use_bias=self._use_bias).as_np_ndarray()
 
 
 def sinusoidal_positions(F, X, num_hiddens):

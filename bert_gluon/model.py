@@ -55,10 +55,10 @@ def _prepare_inputs(config, check_values, tokens, segments, valid_lens):
 
 
 class _InferenceGraph(nn.HybridBlock):
-    """`block`'s forward traced for calls outside autograd's train mode:
-    no dropout, and attention as one native op. It shares `block`'s
-    parameters and hybridize flags; `block` keeps it outside its own tree,
-    so the .params layout is unchanged."""
+    """`block`'s forward traced for calls that autograd does not record: no
+    dropout, each encoder block one native op (which has no backward). It
+    shares `block`'s parameters and hybridize flags; `block` keeps it outside
+    its own tree, so the .params layout is unchanged."""
     def __init__(self, block):
         super().__init__(prefix=block.prefix + 'inference_')
         self.block = block
@@ -69,10 +69,10 @@ class _InferenceGraph(nn.HybridBlock):
 
 
 def _run(block, encoder, *args):
-    """Run a twin block on checked inputs: hybridized, outside train mode and
-    on the CPU kernels, through its inference graph, else as it is."""
-    if (not block._active or autograd.is_training()
-            or not kernels.native_for(encoder.token_embedding.weight, 'bert_attention')):
+    """Run a twin block on checked inputs: hybridized, unrecorded and on the
+    CPU kernels, through its inference graph, else as it is."""
+    if (not block._active or autograd.is_recording()
+            or not kernels.native_for(encoder.token_embedding.weight, 'bert_encoder_layer')):
         return nn.HybridBlock.forward(block, *args)
     graph = block.__dict__.get('_inference_graph')
     if graph is None:

@@ -137,19 +137,21 @@ def test_export_round_trip(tmp_path):
         bg.load_exported(str(tmp_path / 'missing'))
 
 
-def test_inference_graph_gradients_equal_book(tmp_path):
-    """Outside train mode a hybridized twin runs its inference graph (dropout
-    gone, the fused attention op): gradients recorded in predict mode still
-    equal the book's, and the parameter tree is the book's."""
+def test_predict_mode_gradients_equal_book(tmp_path):
+    """Unrecorded calls run the inference graph (whose fused blocks have no
+    backward); calls recorded in predict mode run the model's own graph
+    (dropout in predict mode): its gradients equal the book's, and the
+    parameter tree is still the book's."""
     book, twin = _pair(tmp_path)  # TINY has dropout: only predict mode drops it
     twin.hybridize(static_alloc=True, static_shape=True)
     args = make_batch(seed=4)
+    twin(*args)
+    assert '_inference_graph' in twin.__dict__
     for net in (book, twin):
         with autograd.record(train_mode=False):
             _, mlm_Y_hat, nsp_Y_hat = net(*args)
             l = (mlm_Y_hat ** 2).sum() + nsp_Y_hat.sum()
         l.backward()
-    assert '_inference_graph' in twin.__dict__
     book_grads = {k: p.grad() for k, p in book._collect_params_with_prefix().items()}
     twin_grads = {k: p.grad() for k, p in twin._collect_params_with_prefix().items()}
     assert set(twin_grads) == set(book_grads)

@@ -60,7 +60,7 @@ static MXReturnValue scores_shape(const Attrs& attrs,
 static MXReturnValue scores_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
                                     std::vector<MXTensor>* outputs, const OpResource& res) {
   const Dims s = dims_of((*inputs)[0], heads_of(attrs));
-  const float scale = scale_of(attrs);
+  const float scale = float_of(attrs, "scale", 1.f);
   const float* q = (*inputs)[0].data<float>();
   const float* k = (*inputs)[1].data<float>();
   const MXTensor& lens = (*inputs)[2];
@@ -80,7 +80,7 @@ static MXReturnValue scores_forward(const Attrs& attrs, std::vector<MXTensor>* i
 static MXReturnValue scores_backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
                                      std::vector<MXTensor>* outputs, const OpResource& res) {
   const Dims s = dims_of((*inputs)[1], heads_of(attrs));
-  const float scale = scale_of(attrs);
+  const float scale = float_of(attrs, "scale", 1.f);
   const float* dprobs = (*inputs)[0].data<float>();
   const float* q = (*inputs)[1].data<float>();
   const float* k = (*inputs)[2].data<float>();
@@ -199,7 +199,7 @@ static MXReturnValue fused_shape(const Attrs& attrs,
 static MXReturnValue fused_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
                                    std::vector<MXTensor>* outputs, const OpResource& res) {
   const Dims s = dims_of((*inputs)[0], heads_of(attrs));
-  const float scale = scale_of(attrs);
+  const float scale = float_of(attrs, "scale", 1.f);
   const float* q = (*inputs)[0].data<float>();
   const float* k = (*inputs)[1].data<float>();
   const float* v = (*inputs)[2].data<float>();
@@ -224,7 +224,7 @@ static MXReturnValue fused_forward(const Attrs& attrs, std::vector<MXTensor>* in
 static MXReturnValue fused_backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
                                     std::vector<MXTensor>* outputs, const OpResource& res) {
   const Dims s = dims_of((*inputs)[1], heads_of(attrs));
-  const float scale = scale_of(attrs);
+  const float scale = float_of(attrs, "scale", 1.f);
   const float* dout = (*inputs)[0].data<float>();
   const float* q = (*inputs)[1].data<float>();
   const float* k = (*inputs)[2].data<float>();

@@ -11,6 +11,7 @@
 #include <unordered_map>
 #include <vector>
 #include "mxnet/lib_api.h"
+#include "common.h"
 #include "small_gemm.h"
 
 extern "C" {
@@ -31,11 +32,6 @@ using Attrs = std::unordered_map<std::string, std::string>;
 inline int heads_of(const Attrs& attrs) {
   auto it = attrs.find("num_heads");
   return it == attrs.end() ? 0 : std::atoi(it->second.c_str());
-}
-
-inline float scale_of(const Attrs& attrs) {
-  auto it = attrs.find("scale");
-  return it == attrs.end() ? 1.f : std::strtof(it->second.c_str(), nullptr);
 }
 
 // Number of leading keys that position j < valid_lens[b] keeps, in [0, T]

@@ -20,11 +20,6 @@
 
 using namespace mxnet::ext;
 
-static float eps_of(const std::unordered_map<std::string, std::string>& attrs) {
-  auto it = attrs.find("eps");
-  return it == attrs.end() ? 1e-5f : std::strtof(it->second.c_str(), nullptr);
-}
-
 // Row i of x (+ residual), into buf
 static inline const float* row_of(const float* x, const float* r, int64_t i, int64_t H,
                                   float* buf) {
@@ -72,7 +67,7 @@ MXReturnValue infer_shape(const std::unordered_map<std::string, std::string>& at
 MXReturnValue forward(const std::unordered_map<std::string, std::string>& attrs,
                       std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
                       const OpResource& res) {
-  const float eps = eps_of(attrs);
+  const float eps = float_of(attrs, "eps", 1e-5f);
   const MXTensor& xt = (*inputs)[0];
   const int64_t H = xt.shape.back();
   const int64_t N = xt.size() / H;
@@ -88,23 +83,8 @@ MXReturnValue forward(const std::unordered_map<std::string, std::string>& attrs,
   std::vector<float> buf(H);
 #pragma omp for schedule(static)
   for (int64_t i = 0; i < N; ++i) {
-    const float* xi = row_of(x, r, i, H, buf.data());
-    float* yi = y + i * H;
-    float sum = 0.f;  // vectorized sums: 8 partial sums, then added up
-#pragma omp simd reduction(+: sum)
-    for (int64_t j = 0; j < H; ++j) sum += xi[j];
-    const float mu = sum / H;
-    float sq = 0.f;
-#pragma omp simd reduction(+: sq)
-    for (int64_t j = 0; j < H; ++j) {
-      const float c = xi[j] - mu;
-      sq += c * c;
-    }
-    const float rs = 1.f / std::sqrt(sq / H + eps);
-#pragma omp simd
-    for (int64_t j = 0; j < H; ++j) yi[j] = (xi[j] - mu) * rs * gamma[j] + beta[j];
-    mean[i] = mu;
-    rstd[i] = rs;
+    layer_norm_row(row_of(x, r, i, H, buf.data()), gamma, beta, H, eps, y + i * H,
+                   mean + i, rstd + i);
   }
   }
   return MX_SUCCESS;

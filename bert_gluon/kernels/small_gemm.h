@@ -6,6 +6,8 @@
 //   C (M x N, row stride ldc) = alpha * A (M x K) @ B (K x N, row stride ldb)
 //   A[i][k] = a[i * a_row + k * a_col]: a_col = 1 reads A, a_row = 1 reads
 //   a stored matrix's transpose.
+// gemm_packed is the same product for a weight used by many row blocks: its
+// operands packed so that the inner loop reads both sequentially.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -97,6 +99,76 @@ inline void gemm(int64_t M, int64_t N, int64_t K, float alpha, const float* a,
     panel<1>(rows, K, a + i * a_row, a_row, a_col, bpad.data(), 8, ctile.data(), 8, alpha);
     for (int64_t r = 0; r < rows; ++r)
       std::memcpy(c + (i + r) * ldc + j, &ctile[r * 8], tail * sizeof(float));
+  }
+}
+
+// ---- packed operands ----
+
+constexpr int kPanel = 16;  // columns of B per panel
+constexpr int kRows = 6;    // rows of A per panel
+
+// Floats that pack_weight writes for B (K, N)
+inline int64_t packed_size(int64_t N, int64_t K) {
+  return (N + kPanel - 1) / kPanel * kPanel * K;
+}
+
+// B = W^T for W (N, K) row-major (a Dense weight as MXNet stores it), as
+// 16-column panels, each (K, 16) contiguous, the last one zero-padded
+inline void pack_weight(const float* W, int64_t N, int64_t K, float* Bp) {
+  for (int64_t j0 = 0; j0 < N; j0 += kPanel)
+    for (int64_t k = 0; k < K; ++k)
+      for (int q = 0; q < kPanel; ++q)
+        Bp[j0 * K + k * kPanel + q] = j0 + q < N ? W[(j0 + q) * K + k] : 0.f;
+}
+
+inline void packed_block(int64_t K, const float* ap, const float* bp, float* c, int64_t ldc) {
+  v8 acc[kRows][2];
+#pragma GCC unroll 8
+  for (int i = 0; i < kRows; ++i) acc[i][0] = acc[i][1] = v8{};
+  for (int64_t k = 0; k < K; ++k) {
+    const v8 b0 = *reinterpret_cast<const v8u*>(bp + k * kPanel);
+    const v8 b1 = *reinterpret_cast<const v8u*>(bp + k * kPanel + 8);
+#pragma GCC unroll 8
+    for (int i = 0; i < kRows; ++i) {
+      acc[i][0] = fma8(ap[k * kRows + i], b0, acc[i][0]);
+      acc[i][1] = fma8(ap[k * kRows + i], b1, acc[i][1]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < kRows; ++i) {
+    *reinterpret_cast<v8u*>(c + i * ldc) = acc[i][0];
+    *reinterpret_cast<v8u*>(c + i * ldc + 8) = acc[i][1];
+  }
+}
+
+// Floats gemm_packed needs for packing A (M, K)
+inline int64_t packed_rows_size(int64_t M, int64_t K) {
+  return (M + kRows - 1) / kRows * kRows * K;
+}
+
+// C (M, N; row stride ldc) = A (M, K; row stride lda) @ B, B from
+// pack_weight; Ap: packed_rows_size(M, K) floats of scratch
+inline void gemm_packed(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                        const float* Bp, float* C, int64_t ldc, float* Ap) {
+  for (int64_t i0 = 0; i0 < M; i0 += kRows)  // A as 6-row panels, (K, 6) each
+    for (int64_t k = 0; k < K; ++k)
+      for (int i = 0; i < kRows; ++i)
+        Ap[i0 * K + k * kRows + i] = i0 + i < M ? A[(i0 + i) * lda + k] : 0.f;
+  float tile[kRows * kPanel];
+  for (int64_t j0 = 0; j0 < N; j0 += kPanel) {
+    const float* bp = Bp + j0 * K;
+    const int64_t cols = N - j0 < kPanel ? N - j0 : kPanel;
+    for (int64_t i0 = 0; i0 < M; i0 += kRows) {
+      const int64_t rows = M - i0 < kRows ? M - i0 : kRows;
+      float* c = C + i0 * ldc + j0;
+      if (rows == kRows && cols == kPanel) {
+        packed_block(K, Ap + i0 * K, bp, c, ldc);
+      } else {  // an edge: through a whole tile
+        packed_block(K, Ap + i0 * K, bp, tile, kPanel);
+        for (int64_t r = 0; r < rows; ++r)
+          std::memcpy(c + r * ldc, tile + r * kPanel, cols * sizeof(float));
+      }
+    }
   }
 }
 

@@ -1,0 +1,212 @@
+// A whole post-LayerNorm encoder block (d2l.EncoderBlock, dropout off) as
+// one forward-only op, for MXNet 1.9 on the CPU (extension library): what
+// the twin's inference graph runs. A few whole sequences at a time (about
+// 128 rows) go through every step while they sit in this core's cache, so
+// no (B, T, H) intermediate goes through memory and no step is its own
+// operator call:
+//   Q, K, V = X W_q^T, X W_k^T, X W_v^T (+ biases), one product into (rows, 3H)
+//   C = masked-softmax attention per head (heads.h, as bert_attention)
+//   A = LayerNorm(X + C W_o^T (+ b_o))
+//   Y = LayerNorm(A + act(A W1^T + b1) W2^T + b2), act ReLU or erf-GELU
+//
+// Op bert_encoder_layer(X (B, T, H), valid_lens (B,), W_q, W_k, W_v, W_o (H, H),
+//                       [b_q, b_k, b_v, b_o (H,),] gamma1, beta1 (H,), W1 (F, H),
+//                       b1 (F,), W2 (H, F), b2 (H,), gamma2, beta2 (H,);
+//                       num_heads, scale, eps, activation, use_bias) -> Y (B, T, H)
+// No backward (MXNet's graph building asks for one to be registered; it
+// fails if run): graphs that may be differentiated use the per-step ops.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+#include <omp.h>
+#include "mxnet/lib_api.h"
+#include "common.h"
+#include "heads.h"
+
+using namespace mxnet::ext;
+using namespace heads;
+
+namespace {
+constexpr int64_t kBlockRows = 128;  // rows per task: ~0.5 MB of intermediates
+
+// Indices of the inputs after X and valid_lens
+struct Slots {
+  int W_q = 2, W_k = 3, W_v = 4, W_o = 5, b_q = -1, b_k = -1, b_v = -1, b_o = -1;
+  int gamma1, beta1, W1, b1, W2, b2, gamma2, beta2;
+  explicit Slots(bool use_bias) {
+    int next = 6;
+    if (use_bias) {
+      b_q = next++, b_k = next++, b_v = next++, b_o = next++;
+    }
+    gamma1 = next++, beta1 = next++, W1 = next++, b1 = next++, W2 = next++, b2 = next++;
+    gamma2 = next++, beta2 = next++;
+  }
+  int count() const { return beta2 + 1; }
+};
+
+bool gelu_of(const Attrs& attrs) {
+  auto it = attrs.find("activation");
+  return it != attrs.end() && it->second == "gelu";
+}
+
+void add_rows(float* Y, int64_t rows, int64_t n, int64_t ld, const float* bias) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* y = Y + r * ld;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) y[j] += bias[j];
+  }
+}
+}  // namespace
+
+static MXReturnValue layer_parse(const Attrs& attrs, int* num_in, int* num_out) {
+  *num_in = Slots(flag_of(attrs, "use_bias")).count();
+  *num_out = 1;
+  return MX_SUCCESS;
+}
+
+static MXReturnValue layer_type(const Attrs& attrs, std::vector<int>* in_types,
+                                std::vector<int>* out_types) {
+  return all_float32("bert_encoder_layer", in_types, out_types, 1);
+}
+
+static MXReturnValue layer_shape(const Attrs& attrs,
+                                 std::vector<std::vector<unsigned int>>* in_shapes,
+                                 std::vector<std::vector<unsigned int>>* out_shapes) {
+  const auto& in = *in_shapes;
+  const Slots at(flag_of(attrs, "use_bias"));
+  const auto& x = in[0];
+  bool ok = x.size() == 3 && in[1] == std::vector<unsigned int>{x[0]} && in[at.W1].size() == 2;
+  if (ok) {
+    const unsigned int H = x[2], F = in[at.W1][0];
+    using Shape = std::vector<unsigned int>;
+    for (int w : {at.W_q, at.W_k, at.W_v, at.W_o}) ok = ok && in[w] == Shape{H, H};
+    for (int b : {at.b_q, at.b_k, at.b_v, at.b_o, at.gamma1, at.beta1, at.b2, at.gamma2,
+                  at.beta2})
+      ok = ok && (b < 0 || in[b] == Shape{H});
+    ok = ok && in[at.W1] == Shape{F, H} && in[at.b1] == Shape{F} && in[at.W2] == Shape{H, F};
+  }
+  if (!ok) {
+    MX_ERROR_MSG << "bert_encoder_layer: X (B, T, H), valid_lens (B,), attention "
+                    "weights (H, H), biases and LayerNorm parameters (H,), W1 (F, H), "
+                    "b1 (F,), W2 (H, F)";
+    return MX_FAIL;
+  }
+  if (!check_heads(attrs, x[2])) return MX_FAIL;
+  (*out_shapes)[0] = x;
+  return MX_SUCCESS;
+}
+
+static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                                   std::vector<MXTensor>* outputs, const OpResource& res) {
+  auto& in = *inputs;
+  const Slots at(flag_of(attrs, "use_bias"));
+  const int64_t B = in[0].shape[0], T = in[0].shape[1], H = in[0].shape[2];
+  const int64_t F = in[at.W1].shape[0], H3 = 3 * H;
+  Dims s = dims_of(in[0], heads_of(attrs));
+  s.ld = H3;  // q, k and v of a row side by side
+  const float scale = float_of(attrs, "scale", 1.f), eps = float_of(attrs, "eps", 1e-5f);
+  const bool gelu = gelu_of(attrs);
+  const float* X = in[0].data<float>();
+  const MXTensor& lens = in[1];
+  float* Y = (*outputs)[0].data<float>();
+  auto p = [&](int slot) { return in[slot].data<float>(); };
+
+  const int64_t seqs = std::max<int64_t>(1, kBlockRows / T);  // per task
+  const int64_t rows = seqs * T;
+  const int threads = omp_get_max_threads();
+  // The weights packed for the products, then per-thread rows
+  using small_gemm::packed_size;
+  const int64_t weights = packed_size(H3, H) + H3 + packed_size(H, H) + packed_size(F, H)
+                          + packed_size(H, F);
+  const int64_t each = rows * (H3 + 2 * H + F) + s.d * T + T * T
+                       + small_gemm::packed_rows_size(rows, std::max(H, F));
+  float* buffer = static_cast<float*>(res.alloc_cpu((weights + threads * each) * sizeof(float)));
+  float* Wqkv = buffer;                        // (H, 3H): columns q | k | v
+  float* bqkv = Wqkv + packed_size(H3, H);     // (3H,)
+  float* Wo = bqkv + H3;                       // (H, H)
+  float* W1 = Wo + packed_size(H, H);          // (H, F)
+  float* W2 = W1 + packed_size(F, H);          // (F, H)
+  // q | k | v weights stacked as one (3H, H) weight
+  std::vector<float> stacked(H3 * H);
+  for (int w = 0; w < 3; ++w)
+    std::memcpy(stacked.data() + w * H * H, p(w == 0 ? at.W_q : w == 1 ? at.W_k : at.W_v),
+                H * H * sizeof(float));
+  small_gemm::pack_weight(stacked.data(), H3, H, Wqkv);
+  small_gemm::pack_weight(p(at.W_o), H, H, Wo);
+  small_gemm::pack_weight(p(at.W1), F, H, W1);
+  small_gemm::pack_weight(p(at.W2), H, F, W2);
+  if (at.b_q >= 0) {
+    std::memcpy(bqkv, p(at.b_q), H * sizeof(float));
+    std::memcpy(bqkv + H, p(at.b_k), H * sizeof(float));
+    std::memcpy(bqkv + 2 * H, p(at.b_v), H * sizeof(float));
+  }
+
+  const int64_t tasks = (B + seqs - 1) / seqs;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t b0 = task * seqs, n = std::min(seqs, B - b0) * T;  // n rows
+    const float* x = X + b0 * T * H;
+    float* y = Y + b0 * T * H;
+    float* qkv = buffer + weights + omp_get_thread_num() * each;  // (n, 3H)
+    float* c = qkv + rows * H3;    // (n, H): attention context
+    float* a = c + rows * H;       // (n, H)
+    float* f = a + rows * H;       // (n, F)
+    float* Kt = f + rows * F;      // (d, T)
+    float* P = Kt + s.d * T;       // (T, T)
+    float* Ap = P + T * T;         // a product's left operand, packed
+
+    small_gemm::gemm_packed(n, H3, H, x, H, Wqkv, qkv, H3, Ap);
+    if (at.b_q >= 0) add_rows(qkv, n, H3, H3, bqkv);
+    for (int64_t i = 0; i < n / T; ++i) {
+      const int64_t kept = kept_keys(lens, b0 + i, T);
+      for (int64_t h = 0; h < s.N; ++h) {
+        const float* q = qkv + i * T * H3 + h * s.d;
+        const int64_t live = head_probs(q, q + H, kept, s, scale, Kt, P);
+        small_gemm::gemm(T, s.d, live, 1.f, P, T, 1, q + 2 * H, H3, c + i * T * H + h * s.d,
+                         H);
+      }
+    }
+    small_gemm::gemm_packed(n, H, H, c, H, Wo, a, H, Ap);
+    if (at.b_o >= 0) add_rows(a, n, H, H, p(at.b_o));
+    for (int64_t r = 0; r < n; ++r) {  // AddNorm 1
+      float* ar = a + r * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) ar[j] += x[r * H + j];
+      layer_norm_row(ar, p(at.gamma1), p(at.beta1), H, eps, ar);
+    }
+    small_gemm::gemm_packed(n, F, H, a, H, W1, f, F, Ap);
+    add_rows(f, n, F, F, p(at.b1));
+    if (gelu) {
+      for (int64_t i = 0; i < n * F; ++i) f[i] = 0.5f * f[i] * (1.f + std::erf(f[i] * 0.70710678f));
+    } else {
+#pragma omp simd
+      for (int64_t i = 0; i < n * F; ++i) f[i] = f[i] > 0.f ? f[i] : 0.f;
+    }
+    small_gemm::gemm_packed(n, H, F, f, F, W2, y, H, Ap);
+    const float* b2 = p(at.b2);
+    for (int64_t r = 0; r < n; ++r) {  // AddNorm 2
+      float* yr = y + r * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) yr[j] += b2[j] + a[r * H + j];
+      layer_norm_row(yr, p(at.gamma2), p(at.beta2), H, eps, yr);
+    }
+  }
+  return MX_SUCCESS;
+}
+
+static MXReturnValue layer_backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                                    std::vector<MXTensor>* outputs, const OpResource& res) {
+  MX_ERROR_MSG << "bert_encoder_layer has no backward: it is for graphs autograd does "
+                  "not record";
+  return MX_FAIL;
+}
+
+REGISTER_OP(bert_encoder_layer)
+.setParseAttrs(layer_parse)
+.setInferType(layer_type)
+.setInferShape(layer_shape)
+.setForward(layer_forward, "cpu")
+.setBackward(layer_backward, "cpu");
