@@ -18,7 +18,7 @@ from . import kernels
 
 __all__ = ['Dense', 'Dropout', 'training_graph', 'inference_graph', 'LayerNorm',
            'MultiHeadSelfAttention', 'AddNorm', 'PositionWiseFFN', 'EncoderBlock', 'sinusoidal_positions',
-           'gather_rows']
+           'param_value', 'gather_rows']
 
 
 class Dense(nn.Dense):
@@ -242,23 +242,33 @@ class EncoderBlock(nn.HybridBlock):
                    ffn.dense1.weight, ffn.dense1.bias, ffn.dense2.weight, ffn.dense2.bias,
                    self.addnorm2.ln.gamma, self.addnorm2.ln.beta]
         return F.bert_encoder_layer(
-            X.as_nd_ndarray(), valid_lens.as_nd_ndarray(), *(p.var().as_nd_ndarray() for p in params),
+            X.as_nd_ndarray(), valid_lens.as_nd_ndarray(), *(param_value(F, p, X) for p in params),
             num_heads=att.num_heads, scale=att._scale, eps=self._eps,
             activation=ffn.activation, use_bias=self._use_bias).as_np_ndarray()
 
 
 def sinusoidal_positions(F, X, num_hiddens):
-    """d2l.PositionalEncoding's table for X's length, computed in the graph.
+    """d2l.PositionalEncoding's table for the length of X's axis 1, computed
+    in the graph.
 
     Returns P of shape (T, H): P[t, 2i] = sin(t / 10000^(2i/H)),
     P[t, 2i+1] = cos(...), the same float32 arithmetic as d2l's table.
     """
-    positions = F.np.expand_dims(F.npx.arange_like(X, axis=1), -1)  # (T, 1)
+    positions = F.np.expand_dims(  # (T, 1)
+        F.npx.arange_like(X, axis=1).astype('float32'), -1)
     angles = positions / F.np.power(
         10000, F.np.arange(0, num_hiddens, 2) / num_hiddens)  # (T, H/2)
     # Interleave: stack to (T, H/2, 2), flatten to (T, H) = sin, cos, sin, ...
     P = F.np.stack([F.np.sin(angles), F.np.cos(angles)], axis=-1)
     return F.npx.reshape(P, (-2, -1))
+
+
+def param_value(F, param, like):
+    """A child block's Parameter used directly in a parent's hybrid_forward,
+    as a legacy array for the native ops: its symbol when traced, else its
+    value on `like`'s context."""
+    value = param.var() if F is mx.sym else param.data(like.ctx)
+    return value.as_nd_ndarray()
 
 
 def gather_rows(F, X, pred_positions):

@@ -17,7 +17,7 @@ from . import kernels
 from .config import BERTConfig
 from .inputs import check_encoded, check_encoder_inputs, check_pred_positions
 from .layers import (Dense, Dropout, EncoderBlock, LayerNorm, gather_rows,
-                     inference_graph, sinusoidal_positions)
+                     inference_graph, param_value, sinusoidal_positions)
 
 __all__ = ['HybridBERTEncoder', 'HybridMaskLM', 'HybridNextSentencePred',
            'HybridBERTModel']
@@ -125,12 +125,19 @@ class HybridBERTEncoder(nn.HybridBlock):
 
     def _embed(self, F, tokens, segments, pos_embedding):
         # Shape of X: (batch size, max sequence length, num_hiddens)
-        X = self.token_embedding(tokens) + self.segment_embedding(segments)
         if pos_embedding is None:
-            X = X + sinusoidal_positions(F, X, self.config.num_hiddens)
+            P = sinusoidal_positions(F, tokens, self.config.num_hiddens)  # (T, H)
         else:
-            positions = F.npx.arange_like(X, axis=1).astype('int32')  # (T,)
-            X = X + F.np.take(pos_embedding, positions, axis=1)  # + (1, T, H)
+            positions = F.npx.arange_like(tokens, axis=1).astype('int32')  # (T,)
+            P = F.np.take(F.np.squeeze(pos_embedding, axis=0), positions, axis=0)
+        if kernels.native_for(self.token_embedding.weight, 'bert_embed'):
+            X = F.bert_embed(  # the three lookups and sums in one pass
+                tokens.as_nd_ndarray(), segments.as_nd_ndarray(),
+                param_value(F, self.token_embedding.weight, tokens),
+                param_value(F, self.segment_embedding.weight, tokens),
+                P.as_nd_ndarray()).as_np_ndarray()
+        else:
+            X = self.token_embedding(tokens) + self.segment_embedding(segments) + P
         if self.config.embedding_layer_norm:
             X = self.embedding_ln(X)
         return self.embedding_dropout(X)

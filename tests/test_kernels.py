@@ -1,5 +1,5 @@
-"""The native LayerNorm equals MXNet's, forward and backward, and the package
-works the same without it."""
+"""The native kernels equal the MXNet operators or d2l blocks they replace,
+forward and backward, and the package works the same without them."""
 import json
 import subprocess
 import sys
@@ -163,6 +163,36 @@ def test_native_attention_equals_d2l_forward_and_backward(path, T, H, num_heads,
     assert set(grads) == set(grads_ref)
     for name in grads:
         close(grads[name], grads_ref[name], name)
+
+
+@pytest.mark.parametrize('id_dtype', ['int32', 'float32'])
+def test_native_embedding_equals_lookups_forward_and_backward(id_dtype):
+    """bert_embed against two table lookups and a broadcast position sum:
+    the output and all three tables' gradients, with ids repeated across the
+    batch (their rows' gradients add up) and out of range (clipped)."""
+    assert kernels.has_op('bert_embed')
+    B, T, V, S, H = 5, 9, 7, 2, 24
+    tokens = np.random.randint(0, V, (B, T)).astype(id_dtype)  # 45 ids of 7
+    tokens[0, 0] = V + 3  # clipped to V - 1, as nn.Embedding
+    segments = np.random.randint(0, S, (B, T)).astype(id_dtype)
+    tables = [np.random.normal(0, 1, shape) for shape in ((V, H), (S, H), (T, H))]
+    dX = np.random.normal(0, 1, (B, T, H))
+    results = []
+    for native in (True, False):
+        for table in tables:
+            table.attach_grad()
+        with autograd.record():
+            if native:
+                X = mx.nd.bert_embed(tokens.as_nd_ndarray(), segments.as_nd_ndarray(),
+                                     *(t.as_nd_ndarray() for t in tables)).as_np_ndarray()
+            else:
+                ids = np.clip(tokens, 0, V - 1).astype('int32')
+                X = (np.take(tables[0], ids, axis=0)
+                     + np.take(tables[1], segments.astype('int32'), axis=0) + tables[2])
+        X.backward(dX)
+        results.append([X.asnumpy()] + [t.grad.asnumpy() for t in tables])
+    for ours, reference in zip(*results):
+        onp.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-5)
 
 
 def _objective_and_reference(hybridize, weights):

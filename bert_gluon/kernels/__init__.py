@@ -33,7 +33,7 @@ __all__ = ['has_op', 'native_available', 'native_for', 'portable']
 
 _SOURCES = [Path(__file__).with_name(name)
             for name in ('library.cc', 'layer_norm.cc', 'cross_entropy.cc',
-                         'dropout.cc', 'attention.cc', 'encoder_layer.cc')]
+                         'dropout.cc', 'attention.cc', 'encoder_layer.cc', 'embedding.cc')]
 # Ops that call sgemm: linked against MXNet's own OpenBLAS when it has one
 _BLAS_SOURCES = [Path(__file__).with_name(name)
                  for name in ('dense.cc',)]
