@@ -32,7 +32,7 @@ using namespace heads;
 namespace {
 constexpr int64_t kBlockRows = 128;  // rows per task: ~0.5 MB of intermediates
 
-// Indices of the inputs after X and valid_lens
+// Input indices of the weights (X is input 0, valid_lens input 1)
 struct Slots {
   int W_q = 2, W_k = 3, W_v = 4, W_o = 5, b_q = -1, b_k = -1, b_v = -1, b_o = -1;
   int gamma1, beta1, W1, b1, W2, b2, gamma2, beta2;
@@ -52,13 +52,6 @@ bool gelu_of(const Attrs& attrs) {
   return it != attrs.end() && it->second == "gelu";
 }
 
-void add_rows(float* Y, int64_t rows, int64_t n, int64_t ld, const float* bias) {
-  for (int64_t r = 0; r < rows; ++r) {
-    float* y = Y + r * ld;
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) y[j] += bias[j];
-  }
-}
 }  // namespace
 
 static MXReturnValue layer_parse(const Attrs& attrs, int* num_in, int* num_out) {
@@ -158,8 +151,7 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
     float* P = Kt + s.d * T;       // (T, T)
     float* Ap = P + T * T;         // a product's left operand, packed
 
-    small_gemm::gemm_packed(n, H3, H, x, H, Wqkv, qkv, H3, Ap);
-    if (at.b_q >= 0) add_rows(qkv, n, H3, H3, bqkv);
+    small_gemm::gemm_packed(n, H3, H, x, H, Wqkv, at.b_q >= 0 ? bqkv : nullptr, qkv, H3, Ap);
     for (int64_t i = 0; i < n / T; ++i) {
       const int64_t kept = kept_keys(lens, b0 + i, T);
       for (int64_t h = 0; h < s.N; ++h) {
@@ -169,28 +161,25 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
                          H);
       }
     }
-    small_gemm::gemm_packed(n, H, H, c, H, Wo, a, H, Ap);
-    if (at.b_o >= 0) add_rows(a, n, H, H, p(at.b_o));
+    small_gemm::gemm_packed(n, H, H, c, H, Wo, at.b_o >= 0 ? p(at.b_o) : nullptr, a, H, Ap);
     for (int64_t r = 0; r < n; ++r) {  // AddNorm 1
       float* ar = a + r * H;
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) ar[j] += x[r * H + j];
       layer_norm_row(ar, p(at.gamma1), p(at.beta1), H, eps, ar);
     }
-    small_gemm::gemm_packed(n, F, H, a, H, W1, f, F, Ap);
-    add_rows(f, n, F, F, p(at.b1));
+    small_gemm::gemm_packed(n, F, H, a, H, W1, p(at.b1), f, F, Ap);
     if (gelu) {
       for (int64_t i = 0; i < n * F; ++i) f[i] = 0.5f * f[i] * (1.f + std::erf(f[i] * 0.70710678f));
     } else {
 #pragma omp simd
       for (int64_t i = 0; i < n * F; ++i) f[i] = f[i] > 0.f ? f[i] : 0.f;
     }
-    small_gemm::gemm_packed(n, H, F, f, F, W2, y, H, Ap);
-    const float* b2 = p(at.b2);
+    small_gemm::gemm_packed(n, H, F, f, F, W2, p(at.b2), y, H, Ap);
     for (int64_t r = 0; r < n; ++r) {  // AddNorm 2
       float* yr = y + r * H;
 #pragma omp simd
-      for (int64_t j = 0; j < H; ++j) yr[j] += b2[j] + a[r * H + j];
+      for (int64_t j = 0; j < H; ++j) yr[j] += a[r * H + j];
       layer_norm_row(yr, p(at.gamma2), p(at.beta2), H, eps, yr);
     }
   }

@@ -121,10 +121,14 @@ inline void pack_weight(const float* W, int64_t N, int64_t K, float* Bp) {
         Bp[j0 * K + k * kPanel + q] = j0 + q < N ? W[(j0 + q) * K + k] : 0.f;
 }
 
-inline void packed_block(int64_t K, const float* ap, const float* bp, float* c, int64_t ldc) {
+// A 6 x 16 block of C = bias (16 values, or none) + A @ B over packed panels
+inline void packed_block(int64_t K, const float* ap, const float* bp, const float* bias,
+                         float* c, int64_t ldc) {
+  const v8 init0 = bias ? *reinterpret_cast<const v8u*>(bias) : v8{};
+  const v8 init1 = bias ? *reinterpret_cast<const v8u*>(bias + 8) : v8{};
   v8 acc[kRows][2];
 #pragma GCC unroll 8
-  for (int i = 0; i < kRows; ++i) acc[i][0] = acc[i][1] = v8{};
+  for (int i = 0; i < kRows; ++i) acc[i][0] = init0, acc[i][1] = init1;
   for (int64_t k = 0; k < K; ++k) {
     const v8 b0 = *reinterpret_cast<const v8u*>(bp + k * kPanel);
     const v8 b1 = *reinterpret_cast<const v8u*>(bp + k * kPanel + 8);
@@ -141,35 +145,53 @@ inline void packed_block(int64_t K, const float* ap, const float* bp, float* c, 
   }
 }
 
-// Floats gemm_packed needs for packing A (M, K)
+// Floats pack_rows writes for A (M, K)
 inline int64_t packed_rows_size(int64_t M, int64_t K) {
   return (M + kRows - 1) / kRows * kRows * K;
 }
 
-// C (M, N; row stride ldc) = A (M, K; row stride lda) @ B, B from
-// pack_weight; Ap: packed_rows_size(M, K) floats of scratch
-inline void gemm_packed(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
-                        const float* Bp, float* C, int64_t ldc, float* Ap) {
-  for (int64_t i0 = 0; i0 < M; i0 += kRows)  // A as 6-row panels, (K, 6) each
+// A (M, K; row stride lda) as 6-row panels, (K, 6) each, the last zero-padded
+inline void pack_rows(const float* A, int64_t M, int64_t K, int64_t lda, float* Ap) {
+  for (int64_t i0 = 0; i0 < M; i0 += kRows)
     for (int64_t k = 0; k < K; ++k)
       for (int i = 0; i < kRows; ++i)
         Ap[i0 * K + k * kRows + i] = i0 + i < M ? A[(i0 + i) * lda + k] : 0.f;
-  float tile[kRows * kPanel];
+}
+
+// C (M, N; row stride ldc) = A @ B (+ bias (N,), if given), A from pack_rows
+// and B from pack_weight
+inline void gemm_prepacked(int64_t M, int64_t N, int64_t K, const float* Ap,
+                           const float* Bp, const float* bias, float* C, int64_t ldc) {
+  float tile[kRows * kPanel], bias_tile[kPanel];
   for (int64_t j0 = 0; j0 < N; j0 += kPanel) {
     const float* bp = Bp + j0 * K;
     const int64_t cols = N - j0 < kPanel ? N - j0 : kPanel;
+    const float* b = bias ? bias + j0 : nullptr;
+    if (bias && cols < kPanel) {  // the last panel's bias, zero-padded
+      for (int q = 0; q < kPanel; ++q) bias_tile[q] = q < cols ? bias[j0 + q] : 0.f;
+      b = bias_tile;
+    }
     for (int64_t i0 = 0; i0 < M; i0 += kRows) {
       const int64_t rows = M - i0 < kRows ? M - i0 : kRows;
       float* c = C + i0 * ldc + j0;
       if (rows == kRows && cols == kPanel) {
-        packed_block(K, Ap + i0 * K, bp, c, ldc);
+        packed_block(K, Ap + i0 * K, bp, b, c, ldc);
       } else {  // an edge: through a whole tile
-        packed_block(K, Ap + i0 * K, bp, tile, kPanel);
+        packed_block(K, Ap + i0 * K, bp, b, tile, kPanel);
         for (int64_t r = 0; r < rows; ++r)
           std::memcpy(c + r * ldc, tile + r * kPanel, cols * sizeof(float));
       }
     }
   }
+}
+
+// C = A (M, K; row stride lda) @ B (+ bias), B from pack_weight; Ap:
+// packed_rows_size(M, K) floats of scratch
+inline void gemm_packed(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                        const float* Bp, const float* bias, float* C, int64_t ldc,
+                        float* Ap) {
+  pack_rows(A, M, K, lda, Ap);
+  gemm_prepacked(M, N, K, Ap, Bp, bias, C, ldc);
 }
 
 }  // namespace small_gemm
