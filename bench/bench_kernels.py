@@ -1,8 +1,13 @@
 """The native CPU kernels against the MXNet operators they replace, forward +
-backward, on the pretraining workload's shapes, in one process, ms per call.
+backward unless the row says otherwise, on the pretraining workload's shapes
+at batch 128, in one process, ms per call.
 
-    LayerNorm: (128 * 64, 128) — one encoder LayerNorm at batch 128
+    LayerNorm: (128 * 64, 128) — one encoder LayerNorm
     softmax cross-entropy: (128 * 10, 20256) MLM logits, 30% padded slots
+    dropout: (128, 64, 128)
+    attention: q, k, v (128, 64, 128), 2 heads, lengths 32..64; MXNet's side
+      is the twin's fallback (head transposes, batch_dot, masked softmax)
+    vocabulary projection, forward: (1280, 128) @ (128, 20256) + bias
 
     OMP_NUM_THREADS=2 python bench/bench_kernels.py
 """
@@ -13,6 +18,7 @@ from mxnet import autograd, np, npx
 
 import bert_gluon  # noqa: F401  (numpy mode)
 from bert_gluon import kernels
+from bert_gluon.layers import _merge_heads, _split_heads
 from bench_step import _timed
 
 
@@ -68,11 +74,45 @@ def main():
             y = mx.nd.bert_dropout(h.as_nd_ndarray(), p=0.2)[0]
         y.backward()
 
-    print(f'forward + backward, ms per call, OMP_NUM_THREADS='
-          f'{os.environ.get("OMP_NUM_THREADS", "default")}')
+    q, k, v = (np.random.normal(0, 1, (128, 64, 128)) for _ in range(3))
+    for a in (q, k, v):
+        a.attach_grad()
+    lens = np.random.randint(32, 65, (128,)).astype('float32')
+    key_mask = (np.arange(64)[None, :] >= lens[:, None]) * -1e6  # (B, T), as the twin
+    key_mask = key_mask.reshape(128, 1, 1, 64)
+
+    def native_attention():
+        with autograd.record():
+            y = mx.nd.bert_attention(q.as_nd_ndarray(), k.as_nd_ndarray(), v.as_nd_ndarray(),
+                                     lens.as_nd_ndarray(), num_heads=2, scale=0.125)
+        y.backward()
+
+    def mxnet_attention():
+        with autograd.record():
+            Q, K, V = (_split_heads(mx.nd, x, 2) for x in (q, k, v))
+            scores = npx.batch_dot(Q, K, transpose_b=True) * 0.125
+            scores = npx.reshape(scores, (-6, -1, 2, -2, -2)) + key_mask
+            weights = npx.reshape(npx.softmax(scores, axis=-1), (-5, -2, -2))
+            y = _merge_heads(mx.nd, npx.batch_dot(weights, V), 2)
+        y.backward()
+
+    x = np.random.normal(0, 1, (128, 10, 128))
+    w, b = np.random.normal(0, 0.1, (20256, 128)), np.zeros(20256)
+
+    def native_projection():
+        mx.nd.bert_dense(x.as_nd_ndarray(), w.as_nd_ndarray(), b.as_nd_ndarray())
+
+    def mxnet_projection():
+        npx.fully_connected(x, w, b, num_hidden=20256, flatten=False)
+
+    print(f'ms per call, OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", "default")}')
     for name, ours, theirs in (('LayerNorm (8192, 128)', native_ln, mxnet_ln),
                                ('softmax CE (1280, 20256)', native_ce, mxnet_ce),
-                               ('dropout (128, 64, 128)', native_dropout, mxnet_dropout)):
+                               ('dropout (128, 64, 128)', native_dropout, mxnet_dropout),
+                               ('attention (128, 64, 128)', native_attention,
+                                mxnet_attention),
+                               ('vocab projection, fwd', native_projection,
+                                mxnet_projection)):
         a, b = ms_per_call(ours), ms_per_call(theirs)
         print(f'{name:<26} native {a:8.2f}   MXNet {b:8.2f}   {b / a:5.1f}x')
 

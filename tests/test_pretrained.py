@@ -70,6 +70,7 @@ def test_every_layer_and_pooler_equal_hugging_face(minilm, reference):
                                         atol=1e-5, rtol=0, err_msg=f'layer {layer}')
     net.hybridize(static_alloc=True, static_shape=True)
     encoded_X, _, _ = net(*arrays)
+    assert '_inference_graph' in net.encoder.__dict__  # the fused blocks ran
     pooled = net.nsp.mlp[0](encoded_X[:, 0, :])
     onp.testing.assert_allclose(pooled.asnumpy(), out.pooler_output.numpy(), atol=1e-5, rtol=0)
     for row, n in enumerate(lens):

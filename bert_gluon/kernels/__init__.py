@@ -7,12 +7,16 @@ pass per row (MXNet's own CPU backward is ~10x slower than its forward).
 rows of weight 0 (MXNet's log_softmax backward is ~10x slower).
 `dropout.cc`: dropout from a hashed counter instead of a draw per element,
 for training graphs (it cannot see autograd's train mode).
-`dense.cc`: the MLM vocabulary projection through the OpenBLAS MXNet ships,
-optionally on rows of nonzero weight only, packed (the BLAS ops are built
-only where libopenblas.so.0 sits beside libmxnet.so; `has_op` says).
+`dense.cc`: the MLM vocabulary projection, optionally on rows of nonzero
+weight only, packed; its backward calls the OpenBLAS MXNet ships (built only
+where libopenblas.so.0 sits beside libmxnet.so; `has_op` says).
 `attention.cc`: self-attention scores (masked softmax) and context straight
-from the (B, T, H) projections, per head through a register-blocked product
-(`small_gemm.h`): no head transposes, no BLAS call per 64 x 64 head.
+from the (B, T, H) projections, per head (`heads.h`) through a
+register-blocked product (`small_gemm.h`): no head transposes, no BLAS call
+per 64 x 64 head; and both as one op where there is no dropout.
+`encoder_layer.cc`: a whole encoder block, forward only, a few sequences at
+a time in cache: what the twin's inference graph runs.
+`embedding.cc`: token + segment + position embeddings in one pass.
 Built with the machine's g++ (-march=native: it is built where it runs) into
 the cache folder, keyed by the sources and MXNet version; without a compiler,
 or with BERT_GLUON_NATIVE=0, everything falls back to MXNet's operators with
