@@ -96,14 +96,15 @@ def main():
             y = _merge_heads(mx.nd, npx.batch_dot(weights, V), 2)
         y.backward()
 
-    x = np.random.normal(0, 1, (128, 10, 128))
-    w, b = np.random.normal(0, 0.1, (20256, 128)), np.zeros(20256)
+    slots = np.random.normal(0, 1, (128, 10, 128))  # the MLM head's hidden rows
+    vocab_w, vocab_b = np.random.normal(0, 0.1, (20256, 128)), np.zeros(20256)
 
     def native_projection():
-        mx.nd.bert_dense(x.as_nd_ndarray(), w.as_nd_ndarray(), b.as_nd_ndarray())
+        mx.nd.bert_dense(slots.as_nd_ndarray(), vocab_w.as_nd_ndarray(),
+                         vocab_b.as_nd_ndarray())
 
     def mxnet_projection():
-        npx.fully_connected(x, w, b, num_hidden=20256, flatten=False)
+        npx.fully_connected(slots, vocab_w, vocab_b, num_hidden=20256, flatten=False)
 
     print(f'ms per call, OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", "default")}')
     for name, ours, theirs in (('LayerNorm (8192, 128)', native_ln, mxnet_ln),
