@@ -69,8 +69,9 @@ def training_graph(enabled=True):
 
 
 def inference_graph(enabled=True):
-    """Trace the twin with dropout off and attention as one native op (CPU):
-    for graphs that run only outside autograd's train mode (InferenceGraph)."""
+    """Trace the twin with dropout gone and each encoder block as one native
+    op without a backward (CPU): for graphs that autograd never records
+    (the model's inference graph)."""
     return _graph_mode(_inference_graph, enabled)
 
 
@@ -81,8 +82,8 @@ def _dropout_off(F):
 
 class Dropout(nn.Dropout):
     """`nn.Dropout`; inside `training_graph()` it runs the native kernel
-    (a hashed-counter mask; forward + backward ~4x faster than MXNet's on
-    the CPU, bench/bench_kernels.py); inside `inference_graph()` it is gone."""
+    (a hashed-counter mask, faster than MXNet's on the CPU:
+    bench/bench_kernels.py); inside `inference_graph()` it is gone."""
     def hybrid_forward(self, F, x):
         if _inference_graph.get():
             return x
