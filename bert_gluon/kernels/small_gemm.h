@@ -1,13 +1,17 @@
-// Register-blocked matrix product for the per-head products of attention
-// (64 x 64 x 64 at BERT's head size), where a BLAS call's setup costs more
-// than the arithmetic. GCC vector extensions, so it builds for any target;
-// with -march=native on an FMA machine each step is one fused multiply-add.
+// Register-blocked matrix products, single-threaded (the ops parallelize
+// over heads, sequences or blocks of columns). GCC vector extensions, so it
+// builds for any target; with -march=native on an FMA machine each step is
+// one fused multiply-add.
 //
+// gemm: the per-head products of attention (64 x 64 x 64 at BERT's head
+// size), where a BLAS call's setup costs more than the arithmetic.
 //   C (M x N, row stride ldc) = alpha * A (M x K) @ B (K x N, row stride ldb)
 //   A[i][k] = a[i * a_row + k * a_col]: a_col = 1 reads A, a_row = 1 reads
 //   a stored matrix's transpose.
-// gemm_packed is the same product for a weight used by many row blocks: its
-// operands packed so that the inner loop reads both sequentially.
+// gemm_packed / gemm_prepacked: products with a Dense weight that many row
+// blocks share (the encoder block, the MLM projection), both operands
+// packed so that the inner loop reads them sequentially, bias added in
+// registers.
 #pragma once
 #include <cstdint>
 #include <cstring>
