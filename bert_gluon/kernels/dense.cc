@@ -103,7 +103,12 @@ static MXReturnValue pd_forward(const std::unordered_map<std::string, std::strin
     float* Bp = Ap + rows_size + omp_get_thread_num() * chunk_size;
     const int64_t cols = V - j0 < kChunk ? V - j0 : kChunk;
     small_gemm::pack_weight(W + j0 * H, cols, H, Bp);
-    small_gemm::gemm_prepacked(n, cols, H, Ap, Bp, b + j0, Y + j0, V);
+    // 48 rows at a time: each row's 256 outputs written together, not a
+    // 16-column strip of every row per pass
+    for (int64_t i0 = 0; i0 < n; i0 += 8 * kRows) {
+      const int64_t m = n - i0 < 8 * kRows ? n - i0 : 8 * kRows;
+      small_gemm::gemm_prepacked(m, cols, H, Ap + i0 * H, Bp, b + j0, Y + i0 * V + j0, V);
+    }
   }
   return MX_SUCCESS;
 }
