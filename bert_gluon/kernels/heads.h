@@ -74,6 +74,7 @@ inline MXReturnValue all_float32(const char* op, std::vector<int>* in_types,
   for (auto& t : *out_types) t = kFloat32;
   return MX_SUCCESS;
 }
+
 // One head's probabilities P (T, T) = masked_softmax(scale * Q K^T), Q and K
 // read at row stride ld, Kt a (d, T) buffer. Returns the number of columns of
 // P that can be nonzero: the kept keys, or all T when none is kept (d2l's
