@@ -165,6 +165,37 @@ def test_native_attention_equals_d2l_forward_and_backward(path, T, H, num_heads,
         close(grads[name], grads_ref[name], name)
 
 
+@pytest.mark.parametrize('activation, use_bias', [('relu', False), ('gelu', True)])
+def test_fused_encoder_block_equals_per_step_blocks(activation, use_bias):
+    """bert_encoder_layer (what inference graphs run) against the same block's
+    per-step path and, in the book's configuration, d2l.EncoderBlock itself.
+    T = 37: three sequences per task, the last task partial (B = 5); a
+    sequence with no valid key; GELU, biases and eps 1e-12 as real BERT."""
+    from d2l import mxnet as d2l
+    from bert_gluon.layers import EncoderBlock
+    from bert_gluon.model import _InferenceGraph
+    assert kernels.has_op('bert_encoder_layer')
+    H, F, T = 40, 56, 37
+    book = activation == 'relu' and not use_bias
+    blk = EncoderBlock(H, F, 2, 0.5, use_bias, activation,
+                       layer_norm_eps=1e-5 if book else 1e-12)
+    blk.initialize(mx.init.Normal(0.3))
+    X = np.random.normal(0, 1, (5, T, H))
+    valid_lens = np.array([37, 20, 0, 9, 33], dtype='float32')
+    references = [blk(X, valid_lens)]  # eager outside train mode: no dropout
+    if book:
+        theirs = d2l.EncoderBlock(H, F, 2, 0.5)
+        theirs.initialize()
+        theirs(X, valid_lens)
+        _copy_params(blk, theirs)
+        references.append(theirs(X, valid_lens))
+    graph = _InferenceGraph(blk)
+    graph.hybridize(static_alloc=True, static_shape=True)
+    fused = graph(X, valid_lens).asnumpy()
+    for reference in references:
+        onp.testing.assert_allclose(fused, reference.asnumpy(), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize('id_dtype', ['int32', 'float32'])
 def test_native_embedding_equals_lookups_forward_and_backward(id_dtype):
     """bert_embed against two table lookups and a broadcast position sum:
