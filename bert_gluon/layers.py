@@ -26,8 +26,8 @@ class Dense(nn.Dense):
 
     Same parameters as `nn.Dense`, so it can stand where the book has one.
     blas=True (a wide projection with a bias, flatten=False) runs the native
-    sgemm op on the CPU: faster than MXNet's FullyConnected on the MLM
-    head's 20k-word output.
+    bert_dense op on the CPU: the MLM head's 20k-word output
+    (bench/bench_kernels.py compares it with FullyConnected).
     """
     def __init__(self, units, activation=None, blas=False, **kwargs):
         self._gelu = activation == 'gelu'

@@ -68,9 +68,11 @@ class _InferenceGraph(nn.HybridBlock):
             return self.block(*args)
 
 
-def _run(block, encoder, *args):
-    """Run a twin block on checked inputs: hybridized, unrecorded and on the
-    CPU kernels, through its inference graph, else as it is."""
+def _run(block, *args):
+    """Run a twin block (the encoder or the model) on checked inputs:
+    hybridized, unrecorded and on the CPU kernels, through its inference
+    graph, else as it is."""
+    encoder = getattr(block, 'encoder', block)
     if (not block._active or autograd.is_recording()
             or not kernels.native_for(encoder.token_embedding.weight, 'bert_encoder_layer')):
         return nn.HybridBlock.forward(block, *args)
@@ -121,7 +123,7 @@ class HybridBERTEncoder(nn.HybridBlock):
         valid_lens = _prepare_inputs(self.config, self.check_inputs, tokens,
                                      segments, valid_lens)
         with _checked():
-            return _run(self, self, tokens, segments, valid_lens)
+            return _run(self, tokens, segments, valid_lens)
 
     def _embed(self, F, tokens, segments, pos_embedding):
         # Shape of X: (batch size, max sequence length, num_hiddens)
@@ -264,8 +266,7 @@ class HybridBERTModel(nn.HybridBlock):
             if pred_positions is None:
                 encoded_X = self.encoder(tokens, segments, valid_lens)
                 return encoded_X, None, self.nsp(encoded_X)
-            return _run(self, self.encoder, tokens, segments, valid_lens,
-                        pred_positions)
+            return _run(self, tokens, segments, valid_lens, pred_positions)
 
     def hybrid_forward(self, F, tokens, segments, valid_lens, pred_positions):
         encoded_X = self.encoder(tokens, segments, valid_lens)

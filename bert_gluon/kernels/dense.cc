@@ -93,11 +93,8 @@ static MXReturnValue pd_forward(const std::unordered_map<std::string, std::strin
   const float* Xv = X.data<float>();
 #pragma omp parallel for schedule(static)
   for (int64_t i0 = 0; i0 < n; i0 += kRows)  // X's rows (the weighted ones), packed
-    for (int64_t k = 0; k < H; ++k)
-      for (int64_t i = 0; i < kRows; ++i) {
-        const int64_t r = i0 + i;
-        Ap[i0 * H + k * kRows + i] = r < n ? Xv[(packed ? rows[r] : r) * H + k] : 0.f;
-      }
+    small_gemm::pack_rows(packed ? Xv : Xv + i0 * H, n - i0 < kRows ? n - i0 : kRows, H,
+                          H, Ap + i0 * H, packed ? rows.data() + i0 : nullptr);
 #pragma omp parallel for schedule(dynamic) num_threads(threads)
   for (int64_t j0 = 0; j0 < V; j0 += kChunk) {
     float* Bp = Ap + rows_size + omp_get_thread_num() * chunk_size;

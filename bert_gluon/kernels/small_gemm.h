@@ -154,12 +154,16 @@ inline int64_t packed_rows_size(int64_t M, int64_t K) {
   return (M + kRows - 1) / kRows * kRows * K;
 }
 
-// A (M, K; row stride lda) as 6-row panels, (K, 6) each, the last zero-padded
-inline void pack_rows(const float* A, int64_t M, int64_t K, int64_t lda, float* Ap) {
+// A (M, K; row stride lda) as 6-row panels, (K, 6) each, the last zero-padded.
+// With `rows`, row i of A is row rows[i] of the stored matrix.
+inline void pack_rows(const float* A, int64_t M, int64_t K, int64_t lda, float* Ap,
+                      const int64_t* rows = nullptr) {
   for (int64_t i0 = 0; i0 < M; i0 += kRows)
     for (int64_t k = 0; k < K; ++k)
-      for (int i = 0; i < kRows; ++i)
-        Ap[i0 * K + k * kRows + i] = i0 + i < M ? A[(i0 + i) * lda + k] : 0.f;
+      for (int i = 0; i < kRows; ++i) {
+        const int64_t r = i0 + i;
+        Ap[i0 * K + k * kRows + i] = r < M ? A[(rows ? rows[r] : r) * lda + k] : 0.f;
+      }
 }
 
 // C (M, N; row stride ldc) = A @ B (+ bias (N,), if given), A from pack_rows
