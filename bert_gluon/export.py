@@ -10,7 +10,6 @@ import warnings
 import mxnet as mx
 from mxnet import gluon
 
-from . import kernels
 from .model import HybridBERTModel
 
 __all__ = ['export_model', 'load_exported', 'INPUT_NAMES']
@@ -29,15 +28,18 @@ def export_model(net, prefix, batch_size=1, seq_len=8, num_pred=1):
         raise ValueError('net must be a bert_gluon.HybridBERTModel, got '
                          f'{type(net).__name__}')
     ctx = net.encoder.token_embedding.weight.list_ctx()[0]
-    with kernels.portable():
-        net.hybridize(static_alloc=True, static_shape=True)  # drops old graphs
+    request = net._request()
+    net.backend = 'mxnet'  # drops the graphs traced with native ops
+    try:
+        net.hybridize(static_alloc=True, static_shape=True)
         tokens = mx.np.zeros((batch_size, seq_len), dtype='int32', ctx=ctx)
         pred_positions = mx.np.zeros((batch_size, num_pred), dtype='int32', ctx=ctx)
         net(tokens, mx.np.zeros_like(tokens), None, pred_positions)
-    folder = os.path.dirname(os.path.abspath(prefix))
-    os.makedirs(folder, exist_ok=True)
-    net.export(prefix)
-    net.hybridize(static_alloc=True, static_shape=True)  # fast kernels again
+        folder = os.path.dirname(os.path.abspath(prefix))
+        os.makedirs(folder, exist_ok=True)
+        net.export(prefix)
+    finally:
+        net.backend = request  # and its graphs are traced anew
     return f'{prefix}-symbol.json', f'{prefix}-0000.params'
 
 

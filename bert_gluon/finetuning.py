@@ -12,14 +12,15 @@ from mxnet.gluon import nn
 
 from .checkpoint import atomic_write_json
 from .data.pairs import TASKS, encode_pairs, read_pairs
-from .model import HybridBERTModel, _checked, _is_eager, _prepare_inputs
+from .backend import BackendMixin
+from .model import HybridBERTModel, _checked, _is_eager, _prepare_inputs, _run
 from .training import BatchStream, TrainLoop, prepare_run, save_loss_plot
 
 __all__ = ['BERTClassifier', 'ClassificationTask', 'evaluate_classifier',
            'finetune']
 
 
-class BERTClassifier(nn.HybridBlock):
+class BERTClassifier(BackendMixin, nn.HybridBlock):
     """The book's classifier: the pretrained encoder, its '<cls>' hidden layer
     (the NSP head's first Dense, BERT's pooler), and a new output layer.
 
@@ -27,6 +28,7 @@ class BERTClassifier(nn.HybridBlock):
     book's single tuple argument `forward((tokens, segments, valid_lens))`
     works too. The MLM head and the NSP output layer are left out, so their
     parameters are not trained (the book's `ignore_stale_grad` remark).
+    Its backend follows its encoder's request.
     """
     def __init__(self, bert, num_outputs=3, **kwargs):
         super().__init__(**kwargs)
@@ -39,6 +41,7 @@ class BERTClassifier(nn.HybridBlock):
             self.encoder = bert.encoder
             self.hidden = bert.nsp.mlp[0]
             self.output = nn.Dense(num_outputs, in_units=bert.config.num_hiddens)
+        self._init_backend(source=self.encoder)
 
     def forward(self, tokens, segments=None, valid_lens=None):
         if segments is None and isinstance(tokens, (list, tuple)):
@@ -48,7 +51,7 @@ class BERTClassifier(nn.HybridBlock):
         valid_lens = _prepare_inputs(self.config, self.encoder.check_inputs,
                                      tokens, segments, valid_lens)
         with _checked():
-            return super().forward(tokens, segments, valid_lens)
+            return _run(self, tokens, segments, valid_lens)
 
     def hybrid_forward(self, F, tokens, segments, valid_lens):
         encoded_X = self.encoder(tokens, segments, valid_lens)

@@ -6,8 +6,6 @@ Legend for shape tags: B batch size, T sequence length, H num_hiddens,
 N num_heads, d = H / N, P prediction slots per sequence.
 Everything here avoids Python shapes so it hybridizes with static shapes.
 """
-import contextlib
-import contextvars
 import math
 
 import mxnet as mx
@@ -15,18 +13,19 @@ from mxnet import autograd
 from mxnet.gluon import nn
 
 from . import kernels
+from .backend import BackendMixin, graph_kind
 
-__all__ = ['Dense', 'Dropout', 'training_graph', 'inference_graph', 'LayerNorm',
-           'MultiHeadSelfAttention', 'AddNorm', 'PositionWiseFFN', 'EncoderBlock', 'sinusoidal_positions',
+__all__ = ['Dense', 'Dropout', 'LayerNorm', 'MultiHeadSelfAttention', 'AddNorm',
+           'PositionWiseFFN', 'EncoderBlock', 'sinusoidal_positions',
            'param_value', 'gather_rows']
 
 
-class Dense(nn.Dense):
+class Dense(BackendMixin, nn.Dense):
     """`nn.Dense` that also knows 'gelu' (the exact, erf form real BERT uses).
 
     Same parameters as `nn.Dense`, so it can stand where the book has one.
     blas=True (a wide projection with a bias, flatten=False) runs the native
-    bert_dense op on the CPU: the MLM head's 20k-word output
+    bert_dense op on the native backend: the MLM head's 20k-word output
     (bench/bench_kernels.py compares it with FullyConnected).
     """
     def __init__(self, units, activation=None, blas=False, **kwargs):
@@ -36,7 +35,7 @@ class Dense(nn.Dense):
         self._blas = blas and self._flatten is False and self.bias is not None
 
     def hybrid_forward(self, F, x, weight, bias=None):
-        if self._blas and kernels.native_for(self.weight, 'bert_dense'):
+        if self._blas and self.native and kernels.has_op('bert_dense'):
             out = F.bert_dense(x.as_nd_ndarray(), weight.as_nd_ndarray(),
                                bias.as_nd_ndarray()).as_np_ndarray()
             if self.act is not None:
@@ -46,67 +45,35 @@ class Dense(nn.Dense):
         return F.npx.leaky_relu(out, act_type='gelu') if self._gelu else out
 
 
-# Set while a graph that only ever runs training steps is traced.
-_training_graph = contextvars.ContextVar('training_graph', default=False)
-# Set while a graph that only ever runs outside training is traced.
-_inference_graph = contextvars.ContextVar('inference_graph', default=False)
-
-
-@contextlib.contextmanager
-def _graph_mode(var, enabled):
-    token = var.set(enabled)
-    try:
-        yield
-    finally:
-        var.reset(token)
-
-
-def training_graph(enabled=True):
-    """Trace the twin's dropout as the native always-on op (CPU): for graphs
-    that run only inside training steps, such as PretrainingObjective.
-    Extension ops cannot see autograd's train mode, so the caller vouches."""
-    return _graph_mode(_training_graph, enabled)
-
-
-def inference_graph(enabled=True):
-    """Trace the twin with dropout gone and each encoder block as one native
-    op without a backward (CPU): for graphs that autograd never records
-    (the model's inference graph)."""
-    return _graph_mode(_inference_graph, enabled)
-
-
 def _dropout_off(F):
     # in a graph traced for inference, or an eager call outside train mode
-    return _inference_graph.get() or (F is mx.nd and not autograd.is_training())
+    return graph_kind() == 'infer' or (F is mx.nd and not autograd.is_training())
 
 
-class Dropout(nn.Dropout):
-    """`nn.Dropout`; inside `training_graph()` it runs the native kernel
-    (a hashed-counter mask, faster than MXNet's on the CPU:
-    bench/bench_kernels.py); inside `inference_graph()` it is gone."""
+class Dropout(BackendMixin, nn.Dropout):
+    """`nn.Dropout`; traced into a 'train' graph on the native backend it runs
+    the native kernel (a hashed-counter mask, faster than MXNet's on the CPU:
+    bench/bench_kernels.py); in an 'infer' graph it is gone."""
     def hybrid_forward(self, F, x):
-        if _inference_graph.get():
+        if graph_kind() == 'infer':
             return x
-        if (self._rate > 0 and not self._axes and _training_graph.get()
-                and kernels.has_op('bert_dropout')):
+        if (self._rate > 0 and not self._axes and graph_kind() == 'train'
+                and self.native):
             return F.bert_dropout(x.as_nd_ndarray(), p=self._rate)[0].as_np_ndarray()
         return super().hybrid_forward(F, x)
 
 
-class LayerNorm(nn.LayerNorm):
-    """`nn.LayerNorm` over the last axis (same parameters) that runs the
-    native CPU kernel when it is available and every parameter is on a CPU.
+class LayerNorm(BackendMixin, nn.LayerNorm):
+    """`nn.LayerNorm` over the last axis (same parameters); the native kernel
+    on the native backend.
 
     ln(data, residual) is ln(data + residual), the sum fused into the kernel.
     """
     def __init__(self, epsilon=1e-5, in_channels=0, **kwargs):
         super().__init__(axis=-1, epsilon=epsilon, in_channels=in_channels, **kwargs)
 
-    def _native(self):
-        return kernels.native_for(self.gamma)
-
     def hybrid_forward(self, F, data, residual=None, gamma=None, beta=None):
-        if not self._native():
+        if not self.native:
             if residual is not None:
                 data = data + residual
             return super().hybrid_forward(F, data, gamma, beta)
@@ -132,7 +99,7 @@ def _merge_heads(F, X, num_heads):
     return F.npx.reshape(X, (-2, -2, -1))
 
 
-class MultiHeadSelfAttention(nn.HybridBlock):
+class MultiHeadSelfAttention(BackendMixin, nn.HybridBlock):
     """d2l.MultiHeadAttention with queries = keys = values (all BERT needs)."""
     def __init__(self, num_hiddens, num_heads, dropout, use_bias=False,
                  **kwargs):
@@ -146,13 +113,10 @@ class MultiHeadSelfAttention(nn.HybridBlock):
                                              flatten=False,
                                              in_units=num_hiddens))
 
-    def _native(self):
-        return kernels.native_for(self.W_q.weight, 'bert_attention')
-
     def hybrid_forward(self, F, X, valid_lens):
         # X: (B, T, H); valid_lens: (B,), every row's count of real tokens
         N = self.num_heads
-        if self._native():  # heads read in place: no split/merge transposes
+        if self.native:  # heads read in place: no split/merge transposes
             q, k, v = (W(X).as_nd_ndarray() for W in (self.W_q, self.W_k, self.W_v))
             lens = valid_lens.as_nd_ndarray()
             if self.dropout._rate == 0 or _dropout_off(F):
@@ -168,21 +132,24 @@ class MultiHeadSelfAttention(nn.HybridBlock):
         keys = _split_heads(F, self.W_k(X), N)
         values = _split_heads(F, self.W_v(X), N)
         scores = F.npx.batch_dot(queries, keys, transpose_b=True) * self._scale
-        # Keys past valid_lens get -1e6, whose exponentials are exactly 0: the
-        # numbers of d2l's masked_softmax. A (B, 1, 1, T) bias added to the
-        # (B, N, T, T) scores, then a plain softmax (MXNet's length-aware
-        # softmax is several times slower on the CPU).
+        # Scores of keys past valid_lens are replaced by -1e6, as d2l's
+        # masked_softmax does: their exponentials are exactly 0, and a row
+        # with no valid key attends uniformly (an added -1e6 would not).
+        # s * 1 + 0 is s and s * 0 - 1e6 is -1e6, exactly (MXNet 1.9's
+        # np.where with a scalar has a wrong backward). Then a plain softmax
+        # (MXNet's length-aware one is several times slower on the CPU).
         key_positions = F.npx.arange_like(X, axis=1)  # (T,)
-        bias = (F.np.expand_dims(key_positions, 0) >= F.np.expand_dims(
-            valid_lens, -1)).astype('float32') * -1e6  # (B, T)
-        bias = F.np.expand_dims(F.np.expand_dims(bias, 1), 1)  # (B, 1, 1, T)
-        scores = F.npx.reshape(scores, (-6, -1, N, -2, -2)) + bias  # (B, N, T, T)
+        valid = (F.np.expand_dims(key_positions, 0) < F.np.expand_dims(
+            valid_lens, -1)).astype('float32')  # (B, T)
+        valid = F.np.expand_dims(F.np.expand_dims(valid, 1), 1)  # (B, 1, 1, T)
+        scores = (F.npx.reshape(scores, (-6, -1, N, -2, -2)) * valid
+                  + (valid - 1) * 1e6)  # (B, N, T, T)
         weights = F.npx.reshape(F.npx.softmax(scores, axis=-1), (-5, -2, -2))
         output = F.npx.batch_dot(self.dropout(weights), values)  # (B*N, T, d)
         return self.W_o(_merge_heads(F, output, N))  # (B, T, H)
 
 
-class AddNorm(nn.HybridBlock):
+class AddNorm(BackendMixin, nn.HybridBlock):
     """Residual connection followed by layer normalization (d2l.AddNorm)."""
     def __init__(self, dropout, epsilon=1e-5, in_channels=0, **kwargs):
         super().__init__(**kwargs)
@@ -194,7 +161,7 @@ class AddNorm(nn.HybridBlock):
         return self.ln(self.dropout(Y), X)  # LayerNorm(dropout(Y) + X)
 
 
-class PositionWiseFFN(nn.HybridBlock):
+class PositionWiseFFN(BackendMixin, nn.HybridBlock):
     """Position-wise feed-forward network (d2l.PositionWiseFFN)."""
     def __init__(self, ffn_num_hiddens, ffn_num_outputs, activation='relu',
                  use_bias=True, **kwargs):
@@ -210,7 +177,7 @@ class PositionWiseFFN(nn.HybridBlock):
         return self.dense2(self.dense1(X))
 
 
-class EncoderBlock(nn.HybridBlock):
+class EncoderBlock(BackendMixin, nn.HybridBlock):
     """Transformer encoder block (d2l.EncoderBlock), post-LayerNorm."""
     def __init__(self, num_hiddens, ffn_num_hiddens, num_heads, dropout,
                  use_bias=False, activation='relu', layer_norm_eps=1e-5,
@@ -226,15 +193,14 @@ class EncoderBlock(nn.HybridBlock):
             self.addnorm2 = AddNorm(dropout, layer_norm_eps, num_hiddens)
 
     def hybrid_forward(self, F, X, valid_lens):
-        if (_inference_graph.get() and self.ffn.activation in ('relu', 'gelu')
-                and kernels.native_for(self.attention.W_q.weight, 'bert_encoder_layer')):
+        if graph_kind() == 'infer' and self.native:
             return self._fused(F, X, valid_lens)
         Y = self.addnorm1(X, self.attention(X, valid_lens))
         return self.addnorm2(Y, self.ffn(Y))
 
     def _fused(self, F, X, valid_lens):
         """The whole block as one native op (no dropout, no backward): for
-        graphs traced in inference_graph(), whose parameters are symbols."""
+        graphs traced with tracing('infer'), whose parameters are symbols."""
         att, ffn = self.attention, self.ffn
         params = [att.W_q.weight, att.W_k.weight, att.W_v.weight, att.W_o.weight]
         if self._use_bias:

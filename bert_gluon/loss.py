@@ -13,34 +13,32 @@ from mxnet import autograd
 from mxnet.gluon import nn
 
 from . import kernels
+from .backend import BackendMixin, tracing
 from .inputs import check_pred_positions, check_pretraining_targets
-from .layers import gather_rows, training_graph
 from .model import _checked, _prepare_inputs
 
 __all__ = ['PretrainingLoss', 'PretrainingObjective']
 
 
-class PretrainingLoss(nn.HybridBlock):
+class PretrainingLoss(BackendMixin, nn.HybridBlock):
     """Sums of the book's two losses over one shard.
 
     forward(mlm_Y_hat (B, P, V), nsp_Y_hat (B, 2), mlm_Y (B, P),
             mlm_weights (B, P), nsp_y (B,)) -> (mlm_l_sum (), nsp_l_sum ()).
     Padded prediction slots have weight 0 and add nothing. The book's loss on
     a batch is mlm_l_sum / mlm_weights.sum() + nsp_l_sum / batch size.
-    On the CPU the MLM part runs the native fused kernel (same numbers,
-    several times faster backward, padded slots skipped).
+    On the native backend the MLM part runs the fused kernel (same numbers,
+    several times faster backward, padded slots skipped). Without parameters,
+    'auto' resolves for where its inputs are.
     """
-    _on_cpu = True
-
-    def forward(self, mlm_Y_hat, *args):
-        if isinstance(mlm_Y_hat, mx.nd.NDArray):  # eager call: note the device
-            self._on_cpu = mlm_Y_hat.ctx.device_type == 'cpu'
-        return super().forward(mlm_Y_hat, *args)
+    def __init__(self, backend=None, **kwargs):
+        super().__init__(**kwargs)
+        self._init_backend(backend)
 
     def hybrid_forward(self, F, mlm_Y_hat, nsp_Y_hat, mlm_Y, mlm_weights,
                        nsp_y):
         # Cross-entropy as gluon's SoftmaxCrossEntropyLoss: -log_softmax[label]
-        if self._on_cpu and kernels.native_available():
+        if self.native:
             mlm_l = F.bert_softmax_ce(  # (B, P, V) logits, (B, P) labels
                 mlm_Y_hat.as_nd_ndarray(), mlm_Y.as_nd_ndarray(),
                 mlm_weights.as_nd_ndarray())[0].as_np_ndarray()
@@ -50,12 +48,12 @@ class PretrainingLoss(nn.HybridBlock):
         return F.np.sum(mlm_l), F.np.sum(nsp_l)
 
 
-class MLMDecoderLoss(nn.HybridBlock):
+class MLMDecoderLoss(BackendMixin, nn.HybridBlock):
     """The MLM head's last Dense (the vocabulary projection) and the book's
     weighted cross-entropy, sharing `decoder`'s weight and bias.
 
     forward(hidden (B, P, H), mlm_Y (B, P), mlm_weights (B, P)) -> loss (B, P).
-    On the CPU with the native kernels it projects only the slots of nonzero
+    On the native backend it projects only the slots of nonzero
     weight (same numbers: the others are multiplied by 0 in the book).
     """
     def __init__(self, decoder, **kwargs):
@@ -66,7 +64,7 @@ class MLMDecoderLoss(nn.HybridBlock):
         self.bias = self.params.get('bias')
 
     def hybrid_forward(self, F, hidden, mlm_Y, mlm_weights, weight, bias):
-        if kernels.native_for(self.weight, 'bert_dense'):
+        if self.native and kernels.has_op('bert_dense'):
             mlm_weights = mlm_weights.as_nd_ndarray()
             logits = F.bert_dense(  # (B, P, V), weighted rows packed on top
                 hidden.as_nd_ndarray(), weight.as_nd_ndarray(),
@@ -78,7 +76,7 @@ class MLMDecoderLoss(nn.HybridBlock):
         return -F.npx.pick(F.npx.log_softmax(logits), mlm_Y, axis=-1) * mlm_weights
 
 
-class PretrainingObjective(nn.HybridBlock):
+class PretrainingObjective(BackendMixin, nn.HybridBlock):
     """A `HybridBERTModel` and the book's pretraining loss as one graph: what a
     training step runs (the loss inside the hybridized graph).
 
@@ -87,8 +85,8 @@ class PretrainingObjective(nn.HybridBlock):
     returns for net(tokens, segments, valid_lens, pred_positions). The
     parameters are `net`'s own, so saving `net` saves the trained model.
     Its graph is for training steps: dropout is always on in it (natively on
-    the CPU); called outside autograd's train mode it runs `net` and
-    PretrainingLoss instead, dropout off.
+    the native backend); called outside autograd's train mode it runs `net`
+    and PretrainingLoss instead, dropout off. Its backend is `net`'s request.
     """
     def __init__(self, net, **kwargs):
         super().__init__(prefix=net.prefix + 'objective_', **kwargs)
@@ -96,6 +94,7 @@ class PretrainingObjective(nn.HybridBlock):
         mlp = net.mlm.mlp
         self.mlm_loss = MLMDecoderLoss(mlp[len(mlp) - 1])
         self._predict_loss = PretrainingLoss()
+        self._init_backend(source=net)
 
     def forward(self, tokens, segments, valid_lens, pred_positions, mlm_weights,
                 mlm_Y, nsp_y):
@@ -107,6 +106,7 @@ class PretrainingObjective(nn.HybridBlock):
         check_pred_positions(pred_positions, *tokens.shape, check_values=check)
         check_pretraining_targets(mlm_weights, mlm_Y, nsp_y, pred_positions.shape,
                                   config.vocab_size, check)
+        self._sync_backend()
         with _checked():
             if not autograd.is_training():
                 _, mlm_Y_hat, nsp_Y_hat = self.net(tokens, segments, valid_lens,
@@ -118,7 +118,7 @@ class PretrainingObjective(nn.HybridBlock):
 
     def hybrid_forward(self, F, tokens, segments, valid_lens, pred_positions,
                        mlm_weights, mlm_Y, nsp_y):
-        with training_graph(kernels.native_for(self.mlm_loss.weight)):
+        with tracing('train'):
             return self._losses(F, tokens, segments, valid_lens, pred_positions,
                                 mlm_weights, mlm_Y, nsp_y)
 
@@ -126,10 +126,7 @@ class PretrainingObjective(nn.HybridBlock):
                 mlm_weights, mlm_Y, nsp_y):
         net = self.net
         encoded_X = net.encoder(tokens, segments, valid_lens)
-        hidden = gather_rows(F, encoded_X, pred_positions)  # (B, P, H)
-        mlp = net.mlm.mlp
-        for i in range(len(mlp) - 1):  # the MLM head up to its decoder
-            hidden = mlp[i](hidden)
+        hidden = net.mlm.decoder_inputs(F, encoded_X, pred_positions)  # (B, P, H)
         mlm_l = self.mlm_loss(hidden, mlm_Y, mlm_weights)
         nsp_l = -F.npx.pick(F.npx.log_softmax(net.nsp(encoded_X)), nsp_y, axis=-1)
         return F.np.sum(mlm_l), F.np.sum(nsp_l)

@@ -13,11 +13,11 @@ import mxnet as mx
 from mxnet import autograd
 from mxnet.gluon import nn
 
-from . import kernels
+from .backend import BackendMixin, tracing
 from .config import BERTConfig
 from .inputs import check_encoded, check_encoder_inputs, check_pred_positions
 from .layers import (Dense, Dropout, EncoderBlock, LayerNorm, gather_rows,
-                     inference_graph, param_value, sinusoidal_positions)
+                     param_value, sinusoidal_positions)
 
 __all__ = ['HybridBERTEncoder', 'HybridMaskLM', 'HybridNextSentencePred',
            'HybridBERTModel']
@@ -64,17 +64,16 @@ class _InferenceGraph(nn.HybridBlock):
         self.block = block
 
     def hybrid_forward(self, F, *args):
-        with inference_graph():
+        with tracing('infer'):
             return self.block(*args)
 
 
 def _run(block, *args):
-    """Run a twin block (the encoder or the model) on checked inputs:
-    hybridized, unrecorded and on the CPU kernels, through its inference
-    graph, else as it is."""
-    encoder = getattr(block, 'encoder', block)
-    if (not block._active or autograd.is_recording()
-            or not kernels.native_for(encoder.token_embedding.weight, 'bert_encoder_layer')):
+    """Run a twin block (the encoder, the model, a classifier) on checked
+    inputs: hybridized, unrecorded and on the native backend, through its
+    inference graph, else as it is."""
+    block._sync_backend()
+    if not block._active or autograd.is_recording() or not block.native:
         return nn.HybridBlock.forward(block, *args)
     graph = block.__dict__.get('_inference_graph')
     if graph is None:
@@ -86,16 +85,17 @@ def _run(block, *args):
     return graph(*args)
 
 
-class HybridBERTEncoder(nn.HybridBlock):
+class HybridBERTEncoder(BackendMixin, nn.HybridBlock):
     """BERT encoder (book.BERTEncoder's parameters, plus real-BERT options).
 
+    backend: 'auto' (None), 'native' or 'mxnet' (bert_gluon/backend.py).
     forward(tokens, segments, valid_lens=None):
       tokens, segments: (B, T) ids; valid_lens: None or (B,).
       Returns encoded_X: (B, T, H).
     """
     check_inputs = True  # set False when batches are checked upstream
 
-    def __init__(self, config, **kwargs):
+    def __init__(self, config, backend=None, **kwargs):
         super().__init__(**kwargs)
         self.config = config
         H = config.num_hiddens
@@ -116,6 +116,7 @@ class HybridBERTEncoder(nn.HybridBlock):
                     H, config.ffn_num_hiddens, config.num_heads,
                     config.dropout, config.use_bias, config.activation,
                     config.layer_norm_eps))
+        self._init_backend(backend)
 
     def forward(self, tokens, segments, valid_lens=None):
         if not _is_eager(tokens):
@@ -132,7 +133,7 @@ class HybridBERTEncoder(nn.HybridBlock):
         else:
             positions = F.npx.arange_like(tokens, axis=1).astype('int32')  # (T,)
             P = F.np.take(F.np.squeeze(pos_embedding, axis=0), positions, axis=0)
-        if kernels.native_for(self.token_embedding.weight, 'bert_embed'):
+        if self.native:
             X = F.bert_embed(  # the three lookups and sums in one pass
                 tokens.as_nd_ndarray(), segments.as_nd_ndarray(),
                 param_value(F, self.token_embedding.weight, tokens),
@@ -156,6 +157,7 @@ class HybridBERTEncoder(nn.HybridBlock):
         each (B, T, H), as Hugging Face's `output_hidden_states`."""
         valid_lens = _prepare_inputs(self.config, self.check_inputs, tokens,
                                      segments, valid_lens)
+        self._sync_backend()
         pos = (self.pos_embedding.data(tokens.ctx)
                if self.config.position_embedding == 'learned' else None)
         states = [self._embed(mx.nd, tokens,
@@ -165,7 +167,7 @@ class HybridBERTEncoder(nn.HybridBlock):
         return states
 
 
-class HybridMaskLM(nn.HybridBlock):
+class HybridMaskLM(BackendMixin, nn.HybridBlock):
     """The masked language model head (book.MaskLM's parameters).
 
     forward(X, pred_positions): X (B, T, H), pred_positions (B, P)
@@ -192,12 +194,19 @@ class HybridMaskLM(nn.HybridBlock):
                                  self.check_inputs)
         return super().forward(X, pred_positions)
 
+    def decoder_inputs(self, F, X, pred_positions):
+        """The head up to its vocabulary projection (`mlp[-1]`): the masked
+        rows (B, P, H) through the hidden Dense and LayerNorm."""
+        hidden = gather_rows(F, X, pred_positions)  # (B, P, H)
+        for i in range(len(self.mlp) - 1):
+            hidden = self.mlp[i](hidden)
+        return hidden
+
     def hybrid_forward(self, F, X, pred_positions):
-        masked_X = gather_rows(F, X, pred_positions)  # (B, P, H)
-        return self.mlp(masked_X)
+        return self.mlp[len(self.mlp) - 1](self.decoder_inputs(F, X, pred_positions))
 
 
-class HybridNextSentencePred(nn.HybridBlock):
+class HybridNextSentencePred(BackendMixin, nn.HybridBlock):
     """The next sentence prediction head (book.NextSentencePred's parameters).
 
     Its hidden layer is BERT's pooler. forward(X): X (B, T, H) -> (B, 2).
@@ -221,15 +230,17 @@ class HybridNextSentencePred(nn.HybridBlock):
         return self.mlp(X[:, 0, :])
 
 
-class HybridBERTModel(nn.HybridBlock):
+class HybridBERTModel(BackendMixin, nn.HybridBlock):
     """The BERT model: encoder, MLM head, NSP head (book.BERTModel's tree).
 
+    backend: 'auto' (None), 'native' or 'mxnet' (bert_gluon/backend.py);
+    `net.backend` is the one that runs.
     forward(tokens, segments, valid_lens=None, pred_positions=None)
       -> (encoded_X (B, T, H), mlm_Y_hat (B, P, V) or None, nsp_Y_hat (B, 2)).
     With pred_positions the whole model runs as one graph when hybridized;
     without, the encoder and NSP graphs run.
     """
-    def __init__(self, config, **kwargs):
+    def __init__(self, config, backend=None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(config, BERTConfig):
             raise ValueError('config must be a bert_gluon.BERTConfig, got '
@@ -239,11 +250,12 @@ class HybridBERTModel(nn.HybridBlock):
             self.encoder = HybridBERTEncoder(config)
             self.nsp = HybridNextSentencePred(config)
             self.mlm = HybridMaskLM(config)
+        self._init_backend(backend)
 
     @classmethod
-    def from_config(cls, config, **changes):
+    def from_config(cls, config, backend=None, **changes):
         from .config import get_config
-        return cls(get_config(config, **changes))
+        return cls(get_config(config, **changes), backend=backend)
 
     @property
     def check_inputs(self):

@@ -12,7 +12,7 @@ from mxnet import autograd, np, npx
 import bert_gluon as bg
 from bert_gluon import kernels
 from bert_gluon.layers import LayerNorm
-from conftest import TINY, make_batch
+from conftest import TINY, assert_close, make_batch
 
 
 def test_native_kernels_are_built_and_loaded_here():
@@ -23,6 +23,7 @@ def test_native_kernels_are_built_and_loaded_here():
 @pytest.mark.parametrize('hybridize', [False, True])
 def test_native_layer_norm_equals_mxnet(shape, hybridize):
     ln = LayerNorm(epsilon=1e-12, in_channels=shape[-1])
+    ln.backend = 'native'
     ln.initialize()
     ln.gamma.set_data(np.random.normal(1, 0.3, shape[-1:]))
     ln.beta.set_data(np.random.normal(0, 0.3, shape[-1:]))
@@ -44,7 +45,7 @@ def test_native_layer_norm_equals_mxnet(shape, hybridize):
     y.backward(dy)
     theirs = [y.asnumpy(), x.grad.asnumpy(), g.grad.asnumpy(), b.grad.asnumpy()]
     for name, a, e in zip(('y', 'dx', 'dgamma', 'dbeta'), ours, theirs):
-        onp.testing.assert_allclose(a, e, rtol=1e-5, atol=2e-5, err_msg=name)
+        assert_close(a, e, rtol=1e-5, atol=2e-5, err_msg=name)
 
 
 def test_export_uses_mxnet_operators_only(tmp_path):
@@ -57,7 +58,7 @@ def test_export_uses_mxnet_operators_only(tmp_path):
 
 def test_same_outputs_without_native_kernels(tmp_path):
     """A fresh process with BERT_GLUON_NATIVE=0 computes the same numbers."""
-    net = bg.HybridBERTModel(TINY)
+    net = bg.HybridBERTModel(TINY, backend='native')
     net.initialize(mx.init.Normal(0.5))
     net.hybridize(static_alloc=True, static_shape=True)
     batch = make_batch()
@@ -68,9 +69,9 @@ def test_same_outputs_without_native_kernels(tmp_path):
 import numpy as onp, mxnet as mx, bert_gluon as bg
 from bert_gluon import kernels
 from conftest import TINY, make_batch
-assert not kernels.native_available()
 net = bg.HybridBERTModel(TINY)
 net.load_parameters(r'{tmp_path / "p.params"}')
+assert net.backend == 'mxnet'  # BERT_GLUON_NATIVE=0: 'auto' means MXNet's operators
 net.hybridize(static_alloc=True, static_shape=True)
 out = net(*make_batch())[0].asnumpy()
 onp.testing.assert_allclose(out, onp.load(r'{tmp_path / "expected.npy"}'), atol=1e-5)
@@ -85,7 +86,6 @@ print('same')
 
 
 def test_native_cross_entropy_equals_mxnet_forward_and_backward():
-    loss = bg.loss.PretrainingLoss()  # eager: picks the kernel at every call
     mlm_Y_hat = np.random.normal(0, 3, (4, 5, 300))
     nsp_Y_hat = np.random.normal(0, 1, (4, 2))
     mlm_Y = np.random.randint(0, 300, (4, 5)).astype('int32')
@@ -94,18 +94,15 @@ def test_native_cross_entropy_equals_mxnet_forward_and_backward():
     results = []
     for native in (True, False):
         mlm_Y_hat.attach_grad()
+        loss = bg.loss.PretrainingLoss(backend='native' if native else 'mxnet')
         with autograd.record():
-            if native:
-                mlm_sum, nsp_sum = loss(mlm_Y_hat, nsp_Y_hat, mlm_Y, weights, nsp_y)
-            else:
-                with kernels.portable():
-                    mlm_sum, nsp_sum = loss(mlm_Y_hat, nsp_Y_hat, mlm_Y, weights, nsp_y)
+            mlm_sum, nsp_sum = loss(mlm_Y_hat, nsp_Y_hat, mlm_Y, weights, nsp_y)
             total = mlm_sum / 7.0 + nsp_sum
         total.backward()
         results.append((float(mlm_sum), mlm_Y_hat.grad.asnumpy()))
     (native_sum, native_grad), (mx_sum, mx_grad) = results
     assert abs(native_sum - mx_sum) < 1e-4 * abs(mx_sum)
-    onp.testing.assert_allclose(native_grad, mx_grad, atol=1e-6)
+    assert_close(native_grad, mx_grad, atol=1e-6)
     assert (native_grad[weights.asnumpy() == 0] == 0).all()  # padded slots: no gradient
 
 
@@ -132,6 +129,7 @@ def test_native_attention_equals_d2l_forward_and_backward(path, T, H, num_heads,
     assert kernels.has_op('bert_attention_scores')
     dropout = 0.5 if path == 'split' else 0.0
     ours = MultiHeadSelfAttention(H, num_heads, dropout=dropout)
+    ours.backend = 'native'
     ours.initialize(mx.init.Normal(0.5))
     theirs = d2l.MultiHeadAttention(H, num_heads, dropout, use_bias=False)
     theirs.initialize()
@@ -153,16 +151,11 @@ def test_native_attention_equals_d2l_forward_and_backward(path, T, H, num_heads,
         grads = {k: p.grad().asnumpy() for k, p in block._collect_params_with_prefix().items()}
         results.append((Y.asnumpy(), X.grad.asnumpy(), grads))
     (y, dx, grads), (y_ref, dx_ref, grads_ref) = results
-    # float32 sums in another order: errors of a few ulps of the largest
-    # term (gradients here reach ~100 in magnitude)
-    def close(a, ref, name=''):
-        onp.testing.assert_allclose(a, ref, rtol=1e-5, err_msg=name,
-                                    atol=1e-5 * max(1.0, onp.abs(ref).max()))
-    close(y, y_ref)
-    close(dx, dx_ref)
+    assert_close(y, y_ref)
+    assert_close(dx, dx_ref)
     assert set(grads) == set(grads_ref)
     for name in grads:
-        close(grads[name], grads_ref[name], name)
+        assert_close(grads[name], grads_ref[name], err_msg=name)
 
 
 @pytest.mark.parametrize('activation, use_bias', [('relu', False), ('gelu', True)])
@@ -179,6 +172,7 @@ def test_fused_encoder_block_equals_per_step_blocks(activation, use_bias):
     book = activation == 'relu' and not use_bias
     blk = EncoderBlock(H, F, 2, 0.5, use_bias, activation,
                        layer_norm_eps=1e-5 if book else 1e-12)
+    blk.backend = 'native'
     blk.initialize(mx.init.Normal(0.3))
     X = np.random.normal(0, 1, (5, T, H))
     valid_lens = np.array([37, 20, 0, 9, 33], dtype='float32')
@@ -193,7 +187,7 @@ def test_fused_encoder_block_equals_per_step_blocks(activation, use_bias):
     graph.hybridize(static_alloc=True, static_shape=True)
     fused = graph(X, valid_lens).asnumpy()
     for reference in references:
-        onp.testing.assert_allclose(fused, reference.asnumpy(), rtol=1e-4, atol=1e-4)
+        assert_close(fused, reference.asnumpy(), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize('id_dtype', ['int32', 'float32'])
@@ -223,33 +217,33 @@ def test_native_embedding_equals_lookups_forward_and_backward(id_dtype):
         X.backward(dX)
         results.append([X.asnumpy()] + [t.grad.asnumpy() for t in tables])
     for ours, reference in zip(*results):
-        onp.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-5)
+        assert_close(ours, reference, rtol=1e-5, atol=1e-5)
 
 
 def _objective_and_reference(hybridize, weights):
     """Sums and parameter gradients from PretrainingObjective (native packed
     projection) and from the model + PretrainingLoss with MXNet's operators."""
     config = TINY.replace(dropout=0.0)
-    net = bg.HybridBERTModel(config)
+    net = bg.HybridBERTModel(config, backend='native')
     net.initialize(mx.init.Normal(0.5))
     tokens, segments, valid_lens, positions = make_batch(config)
     mlm_Y = np.random.randint(0, config.vocab_size, positions.shape).astype('int32')
     nsp_y = np.array([1, 0, 1], dtype='int32')
     net(tokens, segments, valid_lens, positions)
     objective = bg.loss.PretrainingObjective(net)
-    loss = bg.loss.PretrainingLoss()
+    loss = bg.loss.PretrainingLoss(backend='mxnet')
     if hybridize:
         objective.hybridize(static_alloc=True, static_shape=True)
     results = []
     for fused in (True, False):
+        net.backend = 'native' if fused else 'mxnet'
         with autograd.record():
             if fused:
                 mlm_sum, nsp_sum = objective(tokens, segments, valid_lens, positions,
                                              weights, mlm_Y, nsp_y)
             else:
-                with kernels.portable():
-                    _, mlm_Y_hat, nsp_Y_hat = net(tokens, segments, valid_lens, positions)
-                    mlm_sum, nsp_sum = loss(mlm_Y_hat, nsp_Y_hat, mlm_Y, weights, nsp_y)
+                _, mlm_Y_hat, nsp_Y_hat = net(tokens, segments, valid_lens, positions)
+                mlm_sum, nsp_sum = loss(mlm_Y_hat, nsp_Y_hat, mlm_Y, weights, nsp_y)
             total = mlm_sum / 5.0 + nsp_sum / 3.0
         total.backward()
         grads = {k: p.grad().asnumpy().copy() for k, p in net._collect_params_with_prefix().items()}
@@ -266,7 +260,7 @@ def test_pretraining_objective_equals_model_and_loss(hybridize):
     assert abs(mlm - mlm_ref) < 1e-4 * abs(mlm_ref) and abs(nsp - nsp_ref) < 1e-5
     assert set(grads) == set(grads_ref)
     for name in grads:
-        onp.testing.assert_allclose(grads[name], grads_ref[name], atol=2e-5, rtol=1e-4,
+        assert_close(grads[name], grads_ref[name], atol=2e-5, rtol=1e-4,
                                     err_msg=name)
     assert onp.abs(grads['mlm.mlp.2.weight']).max() > 0  # the decoder really learns
 
@@ -279,15 +273,17 @@ def test_pretraining_objective_with_no_weighted_slot():
 
 
 def test_native_dropout_rate_scale_backward_and_seeding():
-    from bert_gluon.layers import Dropout, training_graph
+    from bert_gluon.backend import tracing
+    from bert_gluon.layers import Dropout
     drop = Dropout(0.3)
+    drop.backend = 'native'
     x = np.ones((1000, 100))
     x.attach_grad()
 
     def run(seed=None):
         if seed is not None:
             mx.random.seed(seed)
-        with training_graph(), autograd.record():
+        with tracing('train'), autograd.record():
             y = drop(x)
         y.backward()
         return y.asnumpy(), x.grad.asnumpy()
@@ -300,13 +296,13 @@ def test_native_dropout_rate_scale_backward_and_seeding():
     assert (run()[0] != y).any()  # the next call draws a new mask
     # Rows and columns are not correlated: each row keeps about 70 of 100
     assert abs(kept.mean(axis=1) - 0.7).max() < 0.2
-    # Outside training_graph() it is MXNet's own, mode-aware Dropout
+    # Outside a 'train' graph it is MXNet's own, mode-aware Dropout
     onp.testing.assert_array_equal(drop(x).asnumpy(), x.asnumpy())
 
 
 def test_objective_dropout_is_on_in_training_and_off_outside():
     config = TINY.replace(dropout=0.3)
-    net = bg.HybridBERTModel(config)
+    net = bg.HybridBERTModel(config, backend='native')
     net.initialize(mx.init.Normal(0.5))
     objective = bg.loss.PretrainingObjective(net)
     objective.hybridize(static_alloc=True, static_shape=True)
@@ -326,6 +322,7 @@ def test_objective_dropout_is_on_in_training_and_off_outside():
 def test_native_layer_norm_of_a_sum_equals_mxnet():
     """ln(x, residual) = LayerNorm(x + residual); both addends get the gradient."""
     ln = LayerNorm(epsilon=1e-5, in_channels=16)
+    ln.backend = 'native'
     ln.initialize(mx.init.Normal(1.0))
     ln.hybridize(static_alloc=True, static_shape=True)
     x, r, dy = (np.random.normal(0, 2, (5, 3, 16)) for _ in range(3))
@@ -340,6 +337,6 @@ def test_native_layer_norm_of_a_sum_equals_mxnet():
     with autograd.record():
         y_ref = npx.layer_norm(s, g, b, axis=-1, eps=1e-5)
     y_ref.backward(dy)
-    onp.testing.assert_allclose(y.asnumpy(), y_ref.asnumpy(), rtol=1e-5, atol=2e-5)
-    onp.testing.assert_allclose(x.grad.asnumpy(), s.grad.asnumpy(), rtol=1e-5, atol=2e-5)
-    onp.testing.assert_allclose(r.grad.asnumpy(), s.grad.asnumpy(), rtol=1e-5, atol=2e-5)
+    assert_close(y.asnumpy(), y_ref.asnumpy(), rtol=1e-5, atol=2e-5)
+    assert_close(x.grad.asnumpy(), s.grad.asnumpy(), rtol=1e-5, atol=2e-5)
+    assert_close(r.grad.asnumpy(), s.grad.asnumpy(), rtol=1e-5, atol=2e-5)

@@ -18,22 +18,28 @@ per 64 x 64 head; and both as one op where there is no dropout.
 a time in cache: what the twin's inference graph runs.
 `embedding.cc`: token + segment + position embeddings in one pass.
 Built with the machine's g++ (-march=native: it is built where it runs) into
-the cache folder, keyed by the sources and MXNet version; without a compiler,
-or with BERT_GLUON_NATIVE=0, everything falls back to MXNet's operators with
-the same numbers.
+the cache folder, under a key of the sources, the MXNet version, the
+compiler, its flags and this CPU's model and features, so a cache shared
+between CPU kinds builds one library per kind. A file lock serializes
+builds between processes, a timeout bounds them, and each library is
+checked against the SHA-1 recorded beside it before it is loaded (a
+truncated file would otherwise take the process down). Which ops run is the
+model's backend (bert_gluon/backend.py); where the kernels cannot be built,
+`unavailable_reason()` says why and 'auto' models run MXNet's operators.
 """
-import contextlib
+import fcntl
 import hashlib
 import os
+import platform
 import subprocess
 import tempfile
 import threading
-import warnings
+import time
 from pathlib import Path
 
 import mxnet as mx
 
-__all__ = ['has_op', 'native_available', 'native_for', 'portable']
+__all__ = ['has_op', 'native_available', 'unavailable_reason', 'library_path']
 
 _SOURCES = [Path(__file__).with_name(name)
             for name in ('library.cc', 'layer_norm.cc', 'cross_entropy.cc',
@@ -44,17 +50,54 @@ _BLAS_SOURCES = [Path(__file__).with_name(name)
 _HEADERS = [Path(__file__).with_name(name)
             for name in ('common.h', 'small_gemm.h', 'heads.h')]
 _OPENBLAS = Path(mx.__file__).parent / 'libopenblas.so.0'
-_state = {'loaded': None, 'portable': 0}
+_FLAGS = ['-shared', '-fPIC', '-O3', '-march=native', '-fopenmp', '-std=c++17']
+_BUILD_SECONDS = 900  # a cold build takes about a minute on 2 cores
+_state = {'loaded': None, 'reason': None, 'path': None}
+_lock = threading.Lock()
+
+
 # Fixed at import: later changes of $BERT_GLUON_CACHE (tests) do not rebuild.
 _BUILD_DIR = Path(os.environ.get('BERT_GLUON_CACHE',
                                  Path.home() / '.cache' / 'bert_gluon')) / 'kernels'
-_lock = threading.Lock()
+
+
+def _cpu_identity():
+    """The CPU's model and feature flags: what -march=native compiles for."""
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8', errors='replace') as f:
+            lines = f.read().split('\n\n', 1)[0].splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    keep = ('vendor_id', 'cpu family', 'model\t', 'model name', 'flags')
+    return '\n'.join(line for line in lines if line.startswith(keep))
+
+
+def _compiler_identity():
+    out = subprocess.run(['g++', '--version'], capture_output=True, text=True,
+                         timeout=60, check=True)
+    return out.stdout.splitlines()[0]
+
+
+def _sha1_file(path):
+    digest = hashlib.sha1()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _intact(target):
+    """True when `target` is the library its build recorded (same SHA-1)."""
+    record = target.with_suffix('.sha1')
+    try:
+        return record.read_text().strip() == _sha1_file(target)
+    except OSError:
+        return False
 
 
 def _build(target):
     include = Path(mx.__file__).parent / 'include'
     lib_api = Path(mx.__file__).parent / 'src' / 'lib_api.cc'
-    target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix='.so', dir=target.parent)
     os.close(fd)
     sources, libs = list(_SOURCES), ['-lmvec']
@@ -62,66 +105,88 @@ def _build(target):
         sources += _BLAS_SOURCES
         libs += [f'-L{_OPENBLAS.parent}', f'-l:{_OPENBLAS.name}',
                  f'-Wl,-rpath,{_OPENBLAS.parent}']
-    cmd = ['g++', '-shared', '-fPIC', '-O3', '-march=native', '-fopenmp',
-           '-std=c++17', f'-I{include}', '-o', tmp, *map(str, sources),
+    cmd = ['g++', *_FLAGS, f'-I{include}', '-o', tmp, *map(str, sources),
            str(lib_api), *libs]
     try:
-        subprocess.run(cmd, check=True, capture_output=True, text=True)
+        subprocess.run(cmd, check=True, capture_output=True, text=True,
+                       timeout=_BUILD_SECONDS)
+        record = target.with_suffix('.sha1')
+        record.with_suffix('.tmp').write_text(_sha1_file(tmp))
         os.replace(tmp, target)  # other processes see it whole or not at all
+        os.replace(record.with_suffix('.tmp'), record)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def _load():
-    if os.environ.get('BERT_GLUON_NATIVE', '1') == '0':
-        return False
+def _locked_build(target):
+    """Build `target` unless another process did; one build at a time."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / '.build.lock', 'w') as lock:
+        deadline = time.monotonic() + _BUILD_SECONDS
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f'another process has held {lock.name} '
+                                       f'for {_BUILD_SECONDS} s')
+                time.sleep(0.5)
+        try:
+            if not _intact(target):
+                _build(target)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def library_path():
+    """Where this machine's build of the kernels lives (built or not)."""
     digest = hashlib.sha1(mx.__version__.encode())
-    digest.update(str(_OPENBLAS.is_file()).encode())
+    for part in (str(_OPENBLAS.is_file()), _compiler_identity(), ' '.join(_FLAGS),
+                 _cpu_identity()):
+        digest.update(part.encode())
     for source in _SOURCES + _BLAS_SOURCES + _HEADERS:
         digest.update(source.read_bytes())
-    key = digest.hexdigest()[:12]
-    target = _BUILD_DIR / f'libbert_gluon_ops-{key}.so'
+    return _BUILD_DIR / f'libbert_gluon_ops-{digest.hexdigest()[:16]}.so'
+
+
+def _load():
+    """Build (if needed), verify and load the library; None or why not."""
     try:
-        if not target.is_file():
-            _build(target)
+        target = library_path()
+        if not _intact(target):
+            _locked_build(target)
+        if not _intact(target):
+            return f'{target} does not match its recorded SHA-1'
         mx.library.load(str(target), False)
-    except (OSError, subprocess.CalledProcessError, mx.base.MXNetError) as exc:
-        detail = getattr(exc, 'stderr', '') or exc
-        warnings.warn(f'bert_gluon: native CPU kernels unavailable, using MXNet '
-                      f'operators (slower LayerNorm backward): {detail}')
-        return False
-    return True
+    except subprocess.CalledProcessError as exc:
+        return f'the build failed: {exc.stderr.strip()[-2000:]}'
+    except (OSError, subprocess.SubprocessError, mx.base.MXNetError) as exc:
+        return f'{type(exc).__name__}: {exc}'
+    missing = [op for op in ('bert_layer_norm', 'bert_attention', 'bert_encoder_layer')
+               if not hasattr(mx.nd, op)]
+    if missing:
+        return f'{target} loaded without the ops {missing}'
+    _state['path'] = target
+    return None
+
+
+def unavailable_reason():
+    """None when the native kernels are loaded (built on first call), else
+    why they cannot be."""
+    with _lock:
+        if _state['loaded'] is None:
+            _state['reason'] = _load()
+            _state['loaded'] = _state['reason'] is None
+    return _state['reason']
 
 
 def native_available():
-    """True when the native CPU kernels are loaded and not switched off."""
-    if _state['portable']:
-        return False
-    with _lock:
-        if _state['loaded'] is None:
-            _state['loaded'] = _load()
-    return _state['loaded']
+    """True when the native CPU kernels are loaded (built on first call)."""
+    return unavailable_reason() is None
 
 
 def has_op(name):
     """True when the native kernels are available and include op `name`."""
     return native_available() and hasattr(mx.nd, name)
-
-
-def native_for(param, op=None):
-    """True when the native kernels (with op `op`, if named) can run for a
-    block whose Parameter `param` has every copy on a CPU."""
-    available = has_op(op) if op else native_available()
-    return available and all(c.device_type == 'cpu' for c in param.list_ctx())
-
-
-@contextlib.contextmanager
-def portable():
-    """Trace graphs with MXNet's own operators only (for export: a symbol
-    file that loads without this package)."""
-    _state['portable'] += 1
-    try:
-        yield
-    finally:
-        _state['portable'] -= 1

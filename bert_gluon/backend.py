@@ -1,0 +1,190 @@
+"""The one choice of implementation for a twin model, made explicitly.
+
+  'native'  this package's CPU kernels (bert_gluon/kernels) where they apply,
+            MXNet's operators elsewhere
+  'mxnet'   MXNet's own operators only: what a GPU runs, and what export writes
+
+A twin block takes `backend=` at construction: 'native', 'mxnet' or 'auto'
+(None). 'auto' is 'native' when every parameter is float32 on a CPU and the
+kernels build here, else 'mxnet'; the environment variable
+BERT_GLUON_NATIVE=0 turns its default to 'mxnet' (how CI runs the whole
+suite on the GPU's path). The request is resolved for where the parameters
+live and their dtype, set on every block of the tree, and resolved again,
+dropping cached graphs, whenever the request, the devices or the dtype
+change; `net.backend` says what runs. 'native' where it cannot run is an
+error, never a silent fallback.
+
+Which graph a block is traced into is a second, narrower fact: `tracing('train')`
+(a graph that only ever runs training steps: dropout always on, natively) or
+`tracing('infer')` (a graph autograd never records: no dropout, fused encoder
+blocks). It holds only while such a graph is traced; blocks read it with
+`graph_kind()`.
+"""
+import contextlib
+import contextvars
+import os
+
+import mxnet as mx
+import numpy as onp
+
+from . import kernels
+
+__all__ = ['BACKENDS', 'BackendMixin', 'resolve_backend', 'set_backend',
+           'tracing', 'graph_kind']
+
+BACKENDS = ('auto', 'native', 'mxnet')
+
+
+def check_backend(backend):
+    """The request `backend` (None is 'auto'), validated."""
+    if backend is None:
+        return 'auto'
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto', 'native' or 'mxnet' (None is "
+                         f"'auto'), got {backend!r}")
+    return backend
+
+
+def _native_obstacle(contexts, dtype):
+    """Why the native kernels cannot run for these parameters, or None."""
+    others = [str(c) for c in contexts if c.device_type != 'cpu']
+    if others:  # checked first: no compilation for parameters on a GPU
+        return f'the parameters live on {", ".join(others)}, not a CPU'
+    if dtype != 'float32':
+        return f'the parameters are {dtype}; the kernels take float32'
+    return kernels.unavailable_reason()
+
+
+def resolve_backend(request, contexts, dtype='float32'):
+    """'native' or 'mxnet' for parameters on `contexts` of `dtype`."""
+    request = check_backend(request)
+    if request == 'mxnet':
+        return 'mxnet'
+    if request == 'auto' and os.environ.get('BERT_GLUON_NATIVE', '1') == '0':
+        return 'mxnet'
+    obstacle = _native_obstacle(contexts, onp.dtype(dtype).name)
+    if obstacle is None:
+        return 'native'
+    if request == 'native':
+        raise ValueError(f"backend='native' cannot run here: {obstacle}; use "
+                         "backend='auto' or 'mxnet'")
+    return 'mxnet'
+
+
+def _blocks(block):
+    yield block
+    for child in block._children.values():
+        yield from _blocks(child)
+
+
+def set_backend(block, name, key=None):
+    """Set the resolved backend `name` on `block` and its descendants (with
+    the request key it answers) and drop every cached graph of the tree."""
+    for blk in _blocks(block):
+        if isinstance(blk, BackendMixin):
+            blk.__dict__.update(_bg_backend=name, _bg_key=key)
+            blk.__dict__.pop('_inference_graph', None)
+            if key is not None:
+                blk.__dict__['_bg_request'] = key[0]
+        if hasattr(blk, '_clear_cached_op'):
+            blk._clear_cached_op()
+
+
+class BackendMixin:
+    """For the twin's HybridBlocks: the `backend` attribute and its
+    resolution on eager calls (first in the bases: it wraps `forward`)."""
+    _bg_request = 'auto'
+    _bg_backend = None
+    _bg_key = None
+
+    def _init_backend(self, backend=None, source=None):
+        """Ask for `backend` on this block and every block inside it; or,
+        with `source` (a block inside it), follow whatever `source` asks."""
+        if source is not None:
+            self.__dict__['_bg_source'] = source  # not a child: no setattr
+            backend = source._request()
+        request = check_backend(backend)
+        for blk in _blocks(self):
+            if isinstance(blk, BackendMixin):
+                blk.__dict__['_bg_request'] = request
+
+    def _request(self):
+        source = self.__dict__.get('_bg_source')
+        return self._bg_request if source is None else source._request()
+
+    def __setattr__(self, name, value):
+        if name == 'backend':  # the property; Block's setattr would read it first
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    @property
+    def backend(self):
+        """'native' or 'mxnet': what this block runs (resolved now if its
+        parameters exist; None before they are initialized)."""
+        self._sync_backend()
+        return self._bg_backend
+
+    @backend.setter
+    def backend(self, request):
+        request = check_backend(request)
+        for blk in _blocks(self):
+            if isinstance(blk, BackendMixin):
+                blk.__dict__.update(_bg_request=request, _bg_key=None)
+        self._sync_backend()
+
+    def _bg_anchor_param(self):
+        anchor = self.__dict__.get('_bg_anchor')
+        if anchor is None:
+            params = list(self.collect_params().values())
+            anchor = params[0] if params else False
+            self.__dict__['_bg_anchor'] = anchor
+        return anchor
+
+    def _sync_backend(self, like=None):
+        """Resolve the request for where the parameters are now (or, for a
+        block without parameters, its input `like`)."""
+        anchor = self._bg_anchor_param()
+        if anchor:
+            try:
+                contexts = tuple(anchor.list_ctx())
+            except RuntimeError:  # not initialized yet: MXNet will say so
+                return
+            dtype = onp.dtype(anchor.dtype).name
+        elif like is not None:
+            contexts, dtype = (like.ctx,), onp.dtype(like.dtype).name
+        else:  # no parameters and no input yet: nothing to resolve for
+            return
+        key = (self._request(), contexts, dtype)
+        if key != self._bg_key:
+            set_backend(self, resolve_backend(*key), key)
+
+    def forward(self, x, *args):
+        if isinstance(x, mx.nd.NDArray):  # an eager call, not a trace
+            self._sync_backend(x)
+        return super().forward(x, *args)
+
+    @property
+    def native(self):
+        return self._bg_backend == 'native'
+
+
+_graph_kind = contextvars.ContextVar('bert_gluon_graph_kind', default=None)
+
+
+@contextlib.contextmanager
+def tracing(kind):
+    """Trace the blocks called inside as part of a 'train' or 'infer' graph
+    (None: an ordinary graph, dropout following autograd's mode)."""
+    if kind not in (None, 'train', 'infer'):
+        raise ValueError(f"kind must be None, 'train' or 'infer', got {kind!r}")
+    token = _graph_kind.set(kind)
+    try:
+        yield
+    finally:
+        _graph_kind.reset(token)
+
+
+def graph_kind():
+    """The kind of graph being traced: None, 'train' or 'infer'."""
+    return _graph_kind.get()
