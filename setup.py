@@ -12,6 +12,7 @@ setup(
     packages=find_packages(include=['bert_gluon', 'bert_gluon.*']),
     # C++ sources compiled on first use (bert_gluon/kernels/__init__.py)
     package_data={'bert_gluon.kernels': ['*.cc', '*.h']},
+    license='Apache-2.0',
     python_requires='>=3.8',
     # MXNet is not required here on purpose: GPU users install
     # mxnet-cu112==1.9.1 (or another CUDA build) and pip must not pull the

@@ -7,13 +7,24 @@ signatures and return values. Two additions, neither changing a number: each
 inside MXNet), and each block keeps the sizes it was built with.
 The fast, hybridizable twin with the same parameter tree is `model.py`.
 """
-from d2l import mxnet as d2l
 from mxnet import np
 from mxnet.gluon import nn
 
 from .inputs import check_encoded, check_encoder_inputs, check_pred_positions
 
 __all__ = ['BERTEncoder', 'MaskLM', 'NextSentencePred', 'BERTModel']
+
+
+class _D2L:
+    """`from d2l import mxnet as d2l`, done when a book block is first built:
+    d2l imports matplotlib, pandas and IPython, which `import bert_gluon`
+    should not."""
+    def __getattr__(self, name):
+        from d2l import mxnet
+        return getattr(mxnet, name)
+
+
+d2l = _D2L()
 
 
 class BERTEncoder(nn.Block):

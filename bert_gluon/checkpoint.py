@@ -1,17 +1,27 @@
-"""Checkpoints written atomically: a crash at any moment leaves the previous
-checkpoint whole, and `latest.json` names only complete ones.
+"""Checkpoints and run folders that never lose work.
 
-Layout of a folder:
+A checkpoint is written into a temporary folder, its files' SHA-1s recorded
+last in its state.json, and renamed into place: a crash at any moment leaves
+every earlier checkpoint whole. Loading takes the newest checkpoint that
+verifies (latest.json is only a hint) and falls back past a corrupt one,
+saying so. A run folder belongs to one run at a time (a lock), is checked
+writable before training, and is not reused by a fresh run unless told to.
+
+Layout of a checkpoints folder:
   step-00000050/ params.params, trainer.states, state.json
   latest.json    {"step": 50, "dir": "step-00000050"}
 """
+import errno
+import fcntl
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
-__all__ = ['Checkpointer', 'atomic_write_json']
+__all__ = ['Checkpointer', 'RunFolder', 'atomic_write_json', 'atomic_save_parameters']
 
 
 def _fsync_dir(folder):
@@ -22,6 +32,14 @@ def _fsync_dir(folder):
         os.close(fd)
 
 
+def _sha1(path):
+    digest = hashlib.sha1()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def atomic_write_json(path, value):
     path = Path(path)
     with tempfile.NamedTemporaryFile('w', dir=path.parent, delete=False,
@@ -30,6 +48,16 @@ def atomic_write_json(path, value):
         f.flush()
         os.fsync(f.fileno())
     os.replace(f.name, path)
+
+
+def atomic_save_parameters(net, path):
+    """net.save_parameters(path), seen by others whole or not at all."""
+    path = Path(path)
+    tmp = path.with_name(path.name + '.tmp')
+    net.save_parameters(str(tmp))
+    with open(tmp, 'rb') as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 class Checkpointer:
@@ -44,11 +72,15 @@ class Checkpointer:
         net.save_parameters(str(tmp / 'params.params'))
         if trainer is not None:
             trainer.save_states(str(tmp / 'trainer.states'))
-        with open(tmp / 'state.json', 'w', encoding='utf-8') as f:
-            json.dump(dict(state, step=step), f)
-        for name in os.listdir(tmp):
+        files = {}
+        for name in sorted(os.listdir(tmp)):
             with open(tmp / name, 'rb') as f:
                 os.fsync(f.fileno())
+            files[name] = _sha1(tmp / name)
+        with open(tmp / 'state.json', 'w', encoding='utf-8') as f:
+            json.dump(dict(state, step=step, files=files), f)
+            f.flush()
+            os.fsync(f.fileno())
         final = self.folder / f'step-{step:08d}'
         if final.exists():
             shutil.rmtree(final)
@@ -60,46 +92,142 @@ class Checkpointer:
         return final
 
     def _prune(self, newest):
-        done = sorted(p.name for p in self.folder.glob('step-*') if p.is_dir())
-        for name in done[:-self.keep]:
+        done = [p.name for p in self.candidates()]
+        for name in done[self.keep:]:
             if name != newest:
                 shutil.rmtree(self.folder / name, ignore_errors=True)
         for tmp in self.folder.glob('.tmp-*'):  # left by a killed save
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def latest(self):
-        """The newest complete checkpoint's folder, or None."""
-        pointer = self.folder / 'latest.json'
-        if not pointer.is_file():
-            return None
-        try:
-            with open(pointer, encoding='utf-8') as f:
-                latest = self.folder / json.load(f)['dir']
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f'checkpoint pointer {pointer} is corrupt: {exc}') from exc
-        return latest
+    def candidates(self):
+        """Checkpoint folders, newest first (whatever latest.json says:
+        it may be missing or behind)."""
+        steps = []
+        for path in self.folder.glob('step-*'):
+            suffix = path.name[len('step-'):]
+            if path.is_dir() and suffix.isdigit():
+                steps.append((int(suffix), path))
+        return [path for _, path in sorted(steps, reverse=True)]
 
-    def load(self, net, trainer, ctx=None):
-        """Restore the newest checkpoint into net and trainer; its state."""
-        latest = self.latest()
-        if latest is None:
-            raise ValueError(f'no checkpoint in {self.folder} to resume from')
-        params, states = latest / 'params.params', latest / 'trainer.states'
+    def latest(self):
+        """The newest checkpoint folder (not yet verified), or None."""
+        found = self.candidates()
+        return found[0] if found else None
+
+    @staticmethod
+    def _verified_state(folder):
+        """The state of checkpoint `folder` if every file matches its SHA-1."""
+        path = folder / 'state.json'
         try:
-            with open(latest / 'state.json', encoding='utf-8') as f:
+            with open(path, encoding='utf-8') as f:
                 state = json.load(f)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f'checkpoint file {latest / "state.json"} is '
-                             f'missing or corrupt: {exc}') from exc
-        try:
-            net.load_parameters(str(params), ctx=ctx)
-        except Exception as exc:  # MXNet raises its own error types
-            raise ValueError(f'checkpoint file {params} is missing, corrupt or '
-                             f'for another model: {exc}') from exc
-        if trainer is not None:
+            files = dict(state.get('files', {}))  # none in older checkpoints
+        except (OSError, ValueError, AttributeError, TypeError) as exc:
+            raise ValueError(f'checkpoint file {path} is missing or corrupt: {exc}') from exc
+        for name, digest in files.items():
             try:
-                trainer.load_states(str(states))
-            except Exception as exc:
-                raise ValueError(f'checkpoint file {states} is missing or '
-                                 f'corrupt: {exc}') from exc
+                actual = _sha1(folder / name)
+            except OSError as exc:
+                raise ValueError(f'checkpoint file {folder / name} is missing: {exc}') from exc
+            if actual != digest:
+                raise ValueError(f'checkpoint file {folder / name} is corrupt '
+                                 '(its SHA-1 differs from the one recorded)')
         return state
+
+    def load(self, net, trainer, ctx=None, check=None):
+        """Restore the newest intact checkpoint into net and trainer; its
+        state (with 'dir', the folder it came from). A corrupt checkpoint is
+        reported with a warning and the one before it is tried. `check(state)`
+        may refuse a verified checkpoint (a ValueError) before anything loads."""
+        found = self.candidates()
+        if not found:
+            raise ValueError(f'no checkpoint in {self.folder} to resume from')
+        problems = []
+        for folder in found:
+            try:
+                state = self._verified_state(folder)
+            except ValueError as exc:
+                problems.append(str(exc))
+                warnings.warn(f'skipping checkpoint {folder.name}: {exc}')
+                continue
+            if check is not None:
+                check(state)
+            try:
+                try:
+                    net.load_parameters(str(folder / 'params.params'), ctx=ctx)
+                except Exception as exc:  # MXNet raises its own error types
+                    raise ValueError(f'checkpoint file {folder / "params.params"} is '
+                                     f'for another model: {exc}') from exc
+                if trainer is not None:
+                    try:
+                        trainer.load_states(str(folder / 'trainer.states'))
+                    except Exception as exc:
+                        raise ValueError(f'checkpoint file {folder / "trainer.states"} '
+                                         f'does not fit this trainer: {exc}') from exc
+            except ValueError as exc:
+                problems.append(str(exc))
+                warnings.warn(f'skipping checkpoint {folder.name}: {exc}')
+                continue
+            state['dir'] = str(folder)
+            return state
+        raise ValueError(f'no intact checkpoint in {self.folder}: ' + '; '.join(problems))
+
+
+class RunFolder:
+    """An output folder owned by one run at a time.
+
+    Refuses a path that is a file or not writable, a folder another run
+    holds (a lock released when the run ends or dies), and a fresh run over
+    a previous run's outputs unless `overwrite`, which deletes them first.
+    """
+    def __init__(self, path, outputs, resume=False, overwrite=False):
+        self.path = Path(path)
+        for folder in (self.path, self.path / 'checkpoints'):
+            if folder.exists() and not folder.is_dir():
+                raise ValueError(f'out_dir: {folder} is a file, not a folder')
+            try:  # found now, not at the first checkpoint after training
+                folder.mkdir(parents=True, exist_ok=True)
+                tempfile.NamedTemporaryFile(dir=folder, prefix='.write-test-').close()
+            except OSError as exc:
+                raise ValueError(f'out_dir: {folder} is not a writable folder: {exc}') from exc
+        self._lock = open(self.path / '.lock', 'a+')
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            self._lock.seek(0)
+            holder = self._lock.read().strip() or 'unknown'
+            self._lock.close()
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise ValueError(f'out_dir {self.path} is in use by another run '
+                                 f'(pid {holder}); wait for it or choose another '
+                                 'out_dir') from exc
+            raise
+        self._lock.truncate(0)
+        self._lock.write(str(os.getpid()))
+        self._lock.flush()
+        self.checkpoints = Checkpointer(self.path / 'checkpoints')
+        used = [name for name in outputs if (self.path / name).exists()]
+        if self.checkpoints.candidates():
+            used.append('checkpoints/')
+        if used and overwrite:
+            for name in used:
+                target = self.path / name
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+        elif used and not (resume and self.checkpoints.candidates()):
+            self.close()
+            what = ('continue it with resume (--resume)' if self.checkpoints.candidates()
+                    else 'it has no checkpoint to resume from')
+            raise ValueError(f'out_dir {self.path} holds a previous run '
+                             f'({", ".join(used)}): {what}, replace it with '
+                             'overwrite (--overwrite), or choose another out_dir')
+
+    def close(self):
+        if not self._lock.closed:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

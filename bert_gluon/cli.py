@@ -7,6 +7,7 @@ without them). The command sets whichever of the two is unset (and says so) by
 starting itself again before MXNet is imported.
 """
 import argparse
+import math
 import os
 import sys
 
@@ -27,9 +28,9 @@ def _positive_float(text):
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a positive number, got {text!r}')
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f'expected a positive number, got {text!r}')
+        value = float('nan')
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f'expected a finite positive number, got {text!r}')
     return value
 
 
@@ -79,9 +80,10 @@ def _pretrain(args):
     pretrain(num_steps=args.steps, batch_size=args.batch_size,
              max_len=args.max_len, lr=args.lr, config=args.config, ctx=args.ctx,
              out_dir=args.out, checkpoint_every=args.checkpoint_every,
-             resume=args.resume, seed=args.seed, data_dir=args.data_dir,
-             dynamic_masking=args.dynamic_masking, validate=not args.no_valid,
-             progress=not args.no_progress)
+             resume=args.resume, overwrite=args.overwrite, seed=args.seed,
+             data_dir=args.data_dir, dynamic_masking=args.dynamic_masking,
+             validate=not args.no_valid, progress=not args.no_progress,
+             backend=args.backend)
     return 0
 
 
@@ -90,23 +92,33 @@ def _finetune(args):
     finetune(args.task, args.pretrained, num_epochs=args.epochs,
              batch_size=args.batch_size, max_len=args.max_len, lr=args.lr,
              freeze_encoder=args.freeze_encoder, ctx=args.ctx, out_dir=args.out,
-             resume=args.resume, seed=args.seed, data_dir=args.data_dir,
-             progress=not args.no_progress)
+             resume=args.resume, overwrite=args.overwrite, seed=args.seed,
+             data_dir=args.data_dir, progress=not args.no_progress)
     return 0
 
 
 def _encode(args):
+    import io
+    import tempfile
+    from pathlib import Path
     import numpy as onp
     from .pretrained import from_pretrained
-    from .represent import encode_batch
+    from .represent import encode_batch, read_texts
+    output = Path(args.output)
+    if output.is_dir():
+        raise ValueError(f'--output {output} is a folder; expected a file path '
+                         '(such as vectors.npy)')
+    texts = read_texts(args.input)
     net, tokenizer, _ = from_pretrained(args.pretrained)
-    texts = [line.rstrip('\n') for line in open(args.input, encoding='utf-8')
-             if line.strip()]
-    texts = [tuple(t.split('\t', 1)) if '\t' in t else t for t in texts]
     vectors = encode_batch(net, texts, tokenizer, max_len=args.max_len,
                            pooling=args.pooling)
-    onp.save(args.output, vectors)
-    print(f'{len(texts)} texts -> {args.output} {vectors.shape}')
+    output.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    onp.save(buffer, vectors)  # to a buffer: np.save would add '.npy' to a path
+    with tempfile.NamedTemporaryFile(dir=output.parent, delete=False) as f:
+        f.write(buffer.getvalue())
+    os.replace(f.name, output)
+    print(f'{len(texts)} texts -> {output} {vectors.shape}')
     return 0
 
 
@@ -132,7 +144,13 @@ def build_parser():
     pre.add_argument('--checkpoint-every', type=_positive_int, default=None,
                      help='steps between checkpoints (default: steps / 5)')
     pre.add_argument('--resume', action='store_true',
-                     help="continue from the output folder's newest checkpoint")
+                     help="continue from the output folder's newest intact "
+                          'checkpoint (with the same arguments)')
+    pre.add_argument('--overwrite', action='store_true',
+                     help="replace a previous run's outputs in the output folder")
+    pre.add_argument('--backend', default='auto', choices=['auto', 'native', 'mxnet'],
+                     help="'native' CPU kernels or MXNet's operators (default: "
+                          'native where they run)')
     pre.add_argument('--seed', type=int, default=0)
     pre.add_argument('--data-dir', default=None,
                      help='root holding wikitext-2/ (default: $BERT_GLUON_DATA, '
@@ -158,6 +176,7 @@ def build_parser():
     fin.add_argument('--ctx', type=_contexts, default='cpu')
     fin.add_argument('--out', default='runs/finetune')
     fin.add_argument('--resume', action='store_true')
+    fin.add_argument('--overwrite', action='store_true')
     fin.add_argument('--seed', type=int, default=0)
     fin.add_argument('--data-dir', default=None)
     fin.add_argument('--no-progress', action='store_true')
@@ -176,16 +195,18 @@ def build_parser():
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as exc:  # bad data, files, values
-        raise SystemExit(f'bert-gluon {args.command}: error: {exc}')
+        parser.exit(2, f'bert-gluon {args.command}: error: {exc}\n')
 
 
 def entry():
-    """Console script: every core and huge pages, unless the user chose."""
-    defaults = {'OMP_NUM_THREADS': str(os.cpu_count() or 1),
+    """Console script: a thread per CPU this process may use, and huge pages,
+    unless the user chose."""
+    defaults = {'OMP_NUM_THREADS': str(len(os.sched_getaffinity(0))),
                 'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}
     unset = {k: v for k, v in defaults.items() if k not in os.environ}
     if unset:

@@ -2,7 +2,9 @@
 
 The exported graph is the whole `HybridBERTModel`: inputs
 (tokens, segments, valid_lens, pred_positions) named data0..data3, outputs
-(encoded_X, mlm_Y_hat, nsp_Y_hat).
+(encoded_X, mlm_Y_hat, nsp_Y_hat). Beside the two MXNet files,
+`prefix-config.json` holds the model's config, so the reloaded model checks
+its inputs as the twin does.
 """
 import os
 import warnings
@@ -10,19 +12,23 @@ import warnings
 import mxnet as mx
 from mxnet import gluon
 
-from .model import HybridBERTModel
+from .checkpoint import atomic_write_json
+from .config import BERTConfig
+from .inputs import check_pred_positions
+from .model import HybridBERTModel, _as, _prepare_inputs
 
-__all__ = ['export_model', 'load_exported', 'INPUT_NAMES']
+__all__ = ['export_model', 'load_exported', 'ExportedBERT', 'INPUT_NAMES']
 
 INPUT_NAMES = ('data0', 'data1', 'data2', 'data3')
 
 
 def export_model(net, prefix, batch_size=1, seq_len=8, num_pred=1):
-    """Write `prefix-symbol.json` and `prefix-0000.params`; return both paths.
+    """Write `prefix-symbol.json`, `prefix-0000.params` and
+    `prefix-config.json`; return the first two paths.
 
     The graph is traced anew on a dummy batch of the given sizes, with
-    MXNet's own operators only, so the files load without this package.
-    The net is left hybridized.
+    MXNet's own operators only (the 'mxnet' backend), so the files load
+    without this package. The net is left hybridized, on its own backend.
     """
     if not isinstance(net, HybridBERTModel):
         raise ValueError('net must be a bert_gluon.HybridBERTModel, got '
@@ -38,20 +44,63 @@ def export_model(net, prefix, batch_size=1, seq_len=8, num_pred=1):
         folder = os.path.dirname(os.path.abspath(prefix))
         os.makedirs(folder, exist_ok=True)
         net.export(prefix)
+        atomic_write_json(f'{prefix}-config.json', net.config.to_dict())
     finally:
         net.backend = request  # and its graphs are traced anew
     return f'{prefix}-symbol.json', f'{prefix}-0000.params'
 
 
+class ExportedBERT:
+    """An exported model, reloaded: the twin's call and input checks.
+
+    model(tokens, segments, valid_lens=None, pred_positions=None)
+      -> (encoded_X (B, T, H), mlm_Y_hat (B, P, V) or None, nsp_Y_hat (B, 2)).
+    `block` is the underlying `gluon.SymbolBlock`.
+    """
+    check_inputs = True
+
+    def __init__(self, block, config, ctx):
+        self.block, self.config, self.ctx = block, config, ctx
+
+    def __call__(self, tokens, segments, valid_lens=None, pred_positions=None):
+        tokens, segments, valid_lens = _prepare_inputs(
+            self.config, self.check_inputs, tokens, segments, valid_lens)
+        if pred_positions is None:  # the graph always has an MLM input
+            positions = mx.np.zeros((tokens.shape[0], 1), dtype='int32', ctx=tokens.ctx)
+        else:
+            check_pred_positions(pred_positions, *tokens.shape,
+                                 check_values=self.check_inputs)
+            positions = _as(pred_positions, 'int32')
+        encoded_X, mlm_Y_hat, nsp_Y_hat = self.block(tokens, segments, valid_lens, positions)
+        return encoded_X, None if pred_positions is None else mlm_Y_hat, nsp_Y_hat
+
+
 def load_exported(prefix, ctx=None):
-    """The exported model as a `SymbolBlock`:
-    block(tokens, segments, valid_lens, pred_positions) -> 3 outputs."""
+    """The exported model (`ExportedBERT`), its inputs checked as the twin's."""
     symbol_file, params_file = f'{prefix}-symbol.json', f'{prefix}-0000.params'
-    for path in (symbol_file, params_file):
+    config_file = f'{prefix}-config.json'
+    for path in (symbol_file, params_file, config_file):
         if not os.path.isfile(path):
             raise ValueError(f'prefix {prefix!r}: no exported file {path}')
+    from .pretrained import read_json
+    try:
+        config = BERTConfig.from_dict(read_json(config_file))
+    except (TypeError, AttributeError) as exc:
+        raise ValueError(f'{config_file} is not a bert_gluon config: {exc}') from exc
+    ctx = ctx or mx.cpu()
+    try:
+        symbol = mx.np_symbol.load(symbol_file)
+    except Exception as exc:  # MXNet raises its own error types
+        raise ValueError(f'{symbol_file} is not an MXNet symbol file: {exc}') from exc
     with warnings.catch_warnings():
         # Token ids may be int or float: their type is left open on purpose.
         warnings.filterwarnings('ignore', 'Cannot decide type')
-        return gluon.SymbolBlock.imports(symbol_file, list(INPUT_NAMES),
-                                         params_file, ctx=ctx or mx.cpu())
+        block = gluon.SymbolBlock(symbol, [mx.sym.var(n).as_np_ndarray()
+                                           for n in INPUT_NAMES])
+    try:
+        block.collect_params().load(params_file, ctx, cast_dtype=True,
+                                    dtype_source='saved')
+    except Exception as exc:
+        raise ValueError(f'{params_file} is corrupt or does not fit {symbol_file}: '
+                         f'{exc}') from exc
+    return ExportedBERT(block, config, ctx)

@@ -10,11 +10,12 @@ import mxnet as mx
 from mxnet import gluon
 from mxnet.gluon import nn
 
-from .checkpoint import atomic_write_json
+from .checkpoint import RunFolder, atomic_save_parameters, atomic_write_json
 from .data.pairs import TASKS, encode_pairs, read_pairs
 from .backend import BackendMixin
 from .model import HybridBERTModel, _checked, _is_eager, _prepare_inputs, _run
-from .training import BatchStream, TrainLoop, prepare_run, save_loss_plot
+from .training import (BatchStream, TrainLoop, check_run_arguments, parse_contexts,
+                       save_loss_plot)
 
 __all__ = ['BERTClassifier', 'ClassificationTask', 'evaluate_classifier',
            'finetune']
@@ -48,8 +49,8 @@ class BERTClassifier(BackendMixin, nn.HybridBlock):
             tokens, segments, valid_lens = tokens  # the book's calling style
         if not _is_eager(tokens):
             return super().forward(tokens, segments, valid_lens)
-        valid_lens = _prepare_inputs(self.config, self.encoder.check_inputs,
-                                     tokens, segments, valid_lens)
+        tokens, segments, valid_lens = _prepare_inputs(
+            self.config, self.encoder.check_inputs, tokens, segments, valid_lens)
         with _checked():
             return _run(self, tokens, segments, valid_lens)
 
@@ -110,22 +111,31 @@ def evaluate_classifier(net, arrays, ctx=None, batch_size=256):
             'majority_baseline': float(majority), 'examples': len(labels)}
 
 
+# What a fine-tuning run writes into its folder (besides checkpoints/)
+OUTPUTS = ('classifier.params', 'metrics.json', 'loss.png')
+
+
 def finetune(task, pretrained, num_epochs=3, batch_size=32, max_len=128,
              lr=1e-4, freeze_encoder=False, ctx=None, out_dir='runs/finetune',
-             checkpoint_every=None, resume=False, seed=0, data_dir=None,
-             hybridize=True, progress=True):
+             checkpoint_every=None, resume=False, overwrite=False, seed=0,
+             data_dir=None, hybridize=True, progress=True):
     """Fine-tune on `task` ('MRPC', 'RTE', 'SNLI'), reporting dev metrics
     after every epoch. `pretrained`: a folder from `pretrain` (or any
-    `from_pretrained` name), or a (net, tokenizer) pair."""
+    `from_pretrained` name), or a (net, tokenizer) pair. resume / overwrite
+    as in `pretrain`: a resumed run keeps task, pretrained, batch_size,
+    max_len, lr, freeze_encoder and seed; num_epochs may grow."""
     from .pretrained import from_pretrained
     if task not in TASKS:
         raise ValueError(f'task must be one of {sorted(TASKS)}, got {task!r}')
-    ctx_list, out_dir = prepare_run(ctx, out_dir, lr, num_epochs=num_epochs,
-                                    batch_size=batch_size, max_len=max_len)
+    check_run_arguments(lr, num_epochs=num_epochs, batch_size=batch_size,
+                        max_len=max_len)
+    ctx_list = parse_contexts(ctx)
     if isinstance(pretrained, (str, Path)):
         bert, tokenizer, _ = from_pretrained(pretrained, ctx=ctx_list)
+        source = str(pretrained)
     else:
         bert, tokenizer = pretrained
+        source = 'a model passed in'
     if max_len > bert.config.max_len:
         raise ValueError(f'max_len {max_len} exceeds the model\'s max_len '
                          f'{bert.config.max_len}')
@@ -140,40 +150,43 @@ def finetune(task, pretrained, num_epochs=3, batch_size=32, max_len=128,
         return list(arrays) + [onp.array(labels, dtype=onp.int32)]
     train, dev = encode('train'), encode('dev')
 
-    mx.random.seed(seed)
-    net = BERTClassifier(bert, num_outputs=len(TASKS[task][5]))
-    net.output.initialize(mx.init.Xavier(), ctx=ctx_list)
-    if freeze_encoder:
-        net.freeze_encoder()
-    bert.check_inputs = False  # encode_pairs builds valid batches
-    if hybridize:
-        net.hybridize(static_alloc=True, static_shape=True)
-    trainable = {k: p for k, p in net.collect_params().items() if p.grad_req != 'null'}
-    trainer = gluon.Trainer(trainable, 'adam', {'learning_rate': lr})
-    stream = BatchStream(train, min(batch_size, len(train[0])), seed)
-    steps_per_epoch = stream.batches_per_epoch
-    loop = TrainLoop(net, ClassificationTask(), stream, trainer, ctx_list, out_dir,
-                     checkpoint_every or steps_per_epoch, seed, progress,
-                     ignore_stale_grad=True)
-    if resume and loop.resume():
-        print(f'resumed at step {loop.step} from {loop.checkpointer.latest()}')
-    epochs = loop.extra.setdefault('epochs', [])
-    for epoch in range(len(epochs), num_epochs):
-        loop.run((epoch + 1) * steps_per_epoch)
-        metrics = evaluate_classifier(net, dev, ctx_list[0])
-        metrics['epoch'] = epoch + 1
-        metrics['train_loss'] = float(onp.mean(loop.history['loss'][-steps_per_epoch:]))
-        epochs.append(metrics)
-        print(f'{task} epoch {epoch + 1}: train loss {metrics["train_loss"]:.3f}, '
-              f'dev accuracy {metrics["accuracy"]:.3f}, F1 {metrics["f1"]:.3f} '
-              f'(majority class {metrics["majority_baseline"]:.3f}, '
-              f'{metrics["examples"]} pairs)')
-        loop.save()  # the epoch's dev metrics go into the checkpoint too
-    save_loss_plot(loop.history, out_dir / 'loss.png', f'fine-tuning on {task}')
-    net.save_parameters(str(out_dir / 'classifier.params.tmp'))
-    Path(out_dir / 'classifier.params.tmp').replace(out_dir / 'classifier.params')
-    result = {'task': task, 'epochs': epochs, 'lr': lr, 'batch_size': batch_size,
-              'max_len': max_len, 'freeze_encoder': freeze_encoder, 'seed': seed,
-              'pairs_per_sec': loop.examples / max(loop.train_seconds, 1e-9)}
-    atomic_write_json(out_dir / 'metrics.json', result)
+    with RunFolder(out_dir, OUTPUTS, resume, overwrite) as folder:
+        mx.random.seed(seed)
+        net = BERTClassifier(bert, num_outputs=len(TASKS[task][5]))
+        net.output.initialize(mx.init.Xavier(), ctx=ctx_list)
+        if freeze_encoder:
+            net.freeze_encoder()
+        bert.check_inputs = False  # encode_pairs builds valid batches
+        if hybridize:
+            net.hybridize(static_alloc=True, static_shape=True)
+        trainable = {k: p for k, p in net.collect_params().items() if p.grad_req != 'null'}
+        trainer = gluon.Trainer(trainable, 'adam', {'learning_rate': lr})
+        stream = BatchStream(train, min(batch_size, len(train[0])), seed)
+        steps_per_epoch = stream.batches_per_epoch
+        run_args = {'task': task, 'pretrained': source, 'batch_size': batch_size,
+                    'max_len': max_len, 'lr': lr, 'freeze_encoder': freeze_encoder,
+                    'seed': seed}
+        loop = TrainLoop(net, ClassificationTask(), stream, trainer, ctx_list,
+                         folder.checkpoints, run_args, checkpoint_every or steps_per_epoch,
+                         progress, ignore_stale_grad=True)
+        if resume and loop.resume():
+            print(f'resumed at step {loop.step} from {loop.resumed_from}')
+        epochs = loop.extra.setdefault('epochs', [])
+        for epoch in range(len(epochs), num_epochs):
+            loop.run((epoch + 1) * steps_per_epoch)
+            metrics = evaluate_classifier(net, dev, ctx_list[0])
+            metrics['epoch'] = epoch + 1
+            metrics['train_loss'] = float(onp.mean(loop.history['loss'][-steps_per_epoch:]))
+            epochs.append(metrics)
+            print(f'{task} epoch {epoch + 1}: train loss {metrics["train_loss"]:.3f}, '
+                  f'dev accuracy {metrics["accuracy"]:.3f}, F1 {metrics["f1"]:.3f} '
+                  f'(majority class {metrics["majority_baseline"]:.3f}, '
+                  f'{metrics["examples"]} pairs)')
+            loop.save()  # the epoch's dev metrics go into the checkpoint too
+        save_loss_plot(loop.history, folder.path / 'loss.png', f'fine-tuning on {task}')
+        atomic_save_parameters(net, folder.path / 'classifier.params')
+        result = {'task': task, 'epochs': epochs, 'lr': lr, 'batch_size': batch_size,
+                  'max_len': max_len, 'freeze_encoder': freeze_encoder, 'seed': seed,
+                  'pairs_per_sec': loop.examples / max(loop.train_seconds, 1e-9)}
+        atomic_write_json(folder.path / 'metrics.json', result)
     return dict(result, net=net)

@@ -31,10 +31,20 @@ def _check_range(name, array, low, high, what):
 
 
 def _shape(name, array):
-    if not isinstance(array, mx.nd.NDArray):  # mxnet.np.ndarray is one
+    if not isinstance(array, mx.np.ndarray):
+        hint = (' (a classic NDArray: convert it with .as_np_ndarray())'
+                if isinstance(array, mx.nd.NDArray) else
+                ' (convert it with mxnet.np.array(...))')
         raise ValueError(f'{name} must be an mxnet.np.ndarray, got '
-                         f'{type(array).__module__}.{type(array).__name__}')
+                         f'{type(array).__module__}.{type(array).__name__}{hint}')
     return tuple(array.shape)
+
+
+def _id_dtype(name, array):
+    """Ids and lengths: any int or float dtype (converted by the caller)."""
+    if array is not None and onp.dtype(array.dtype).kind not in 'iuf':
+        raise ValueError(f'{name} must have an integer or float dtype, got '
+                         f'{onp.dtype(array.dtype).name}')
 
 
 def check_encoder_inputs(tokens, segments, valid_lens, vocab_size, max_len,
@@ -60,6 +70,9 @@ def check_encoder_inputs(tokens, segments, valid_lens, vocab_size, max_len,
         raise ValueError(f'valid_lens must be None or have shape '
                          f'(batch size,) = ({batch_size},), got '
                          f'{_shape("valid_lens", valid_lens)}')
+    for name, array in (('tokens', tokens), ('segments', segments),
+                        ('valid_lens', valid_lens)):
+        _id_dtype(name, array)
     if not check_values:
         return
     _check_range('tokens', _host('tokens', tokens), 0, vocab_size - 1,
@@ -79,6 +92,7 @@ def check_pred_positions(pred_positions, batch_size, seq_len,
         raise ValueError('pred_positions must have shape (batch size, '
                          f'number of predictions) with batch size '
                          f'{batch_size}, got {shape}')
+    _id_dtype('pred_positions', pred_positions)
     if check_values:
         _check_range('pred_positions', _host('pred_positions', pred_positions),
                      0, seq_len - 1, 'positions inside the sequence')

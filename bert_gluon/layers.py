@@ -243,6 +243,7 @@ def gather_rows(F, X, pred_positions):
 
     X: (B, T, H); pred_positions: (B, P) -> (B, P, H).
     batch_size=2, 3 positions -> batch_idx = [[0, 0, 0], [1, 1, 1]]
+    The gather_nd form is GluonNLP's (select_vectors_by_position, Apache-2.0).
     """
     positions = pred_positions.astype('int32')
     batch_idx = (F.np.expand_dims(F.npx.arange_like(positions, axis=0), -1)

@@ -15,7 +15,7 @@ from mxnet.gluon import nn
 from . import kernels
 from .backend import BackendMixin, tracing
 from .inputs import check_pred_positions, check_pretraining_targets
-from .model import _checked, _prepare_inputs
+from .model import _as, _checked, _prepare_inputs
 
 __all__ = ['PretrainingLoss', 'PretrainingObjective']
 
@@ -102,10 +102,13 @@ class PretrainingObjective(BackendMixin, nn.HybridBlock):
         if not isinstance(tokens, mx.nd.NDArray):  # traced inside a parent graph
             return super().forward(*args)
         check, config = self.net.check_inputs, self.net.config
-        valid_lens = _prepare_inputs(config, check, tokens, segments, valid_lens)
+        tokens, segments, valid_lens = _prepare_inputs(config, check, tokens, segments,
+                                                       valid_lens)
         check_pred_positions(pred_positions, *tokens.shape, check_values=check)
         check_pretraining_targets(mlm_weights, mlm_Y, nsp_y, pred_positions.shape,
                                   config.vocab_size, check)
+        pred_positions, mlm_Y, nsp_y = (_as(a, 'int32') for a in (pred_positions, mlm_Y, nsp_y))
+        mlm_weights = _as(mlm_weights, 'float32')
         self._sync_backend()
         with _checked():
             if not autograd.is_training():

@@ -42,16 +42,23 @@ def _checked():
         _inputs_checked.reset(token)
 
 
+def _as(array, dtype):
+    return array if array is None or array.dtype == dtype else array.astype(dtype)
+
+
 def _prepare_inputs(config, check_values, tokens, segments, valid_lens):
-    """Check a user's batch (once per call) and fill a missing valid_lens:
-    no valid_lens means every token is valid, so one graph serves both."""
+    """Check a user's batch (once per call), give it the graph's dtypes
+    (int32 ids, float32 lengths: NumPy's int64/float64 defaults are
+    converted once their values are checked) and fill a missing valid_lens:
+    no valid_lens means every token is valid, so one graph serves both.
+    Returns (tokens, segments, valid_lens)."""
     if not _inputs_checked.get():
         check_encoder_inputs(tokens, segments, valid_lens, config.vocab_size,
                              config.max_len, config.num_segments, check_values)
     if valid_lens is None:
         valid_lens = mx.np.full((tokens.shape[0],), tokens.shape[1],
                                 dtype='float32', ctx=tokens.ctx)
-    return valid_lens
+    return _as(tokens, 'int32'), _as(segments, 'int32'), _as(valid_lens, 'float32')
 
 
 class _InferenceGraph(nn.HybridBlock):
@@ -121,8 +128,8 @@ class HybridBERTEncoder(BackendMixin, nn.HybridBlock):
     def forward(self, tokens, segments, valid_lens=None):
         if not _is_eager(tokens):
             return super().forward(tokens, segments, valid_lens)
-        valid_lens = _prepare_inputs(self.config, self.check_inputs, tokens,
-                                     segments, valid_lens)
+        tokens, segments, valid_lens = _prepare_inputs(
+            self.config, self.check_inputs, tokens, segments, valid_lens)
         with _checked():
             return _run(self, tokens, segments, valid_lens)
 
@@ -155,8 +162,8 @@ class HybridBERTEncoder(BackendMixin, nn.HybridBlock):
     def hidden_states(self, tokens, segments, valid_lens=None):
         """Every layer's output, eagerly: [embeddings, block 1, ..., block L],
         each (B, T, H), as Hugging Face's `output_hidden_states`."""
-        valid_lens = _prepare_inputs(self.config, self.check_inputs, tokens,
-                                     segments, valid_lens)
+        tokens, segments, valid_lens = _prepare_inputs(
+            self.config, self.check_inputs, tokens, segments, valid_lens)
         self._sync_backend()
         pos = (self.pos_embedding.data(tokens.ctx)
                if self.config.position_embedding == 'learned' else None)
@@ -269,11 +276,12 @@ class HybridBERTModel(BackendMixin, nn.HybridBlock):
         if not _is_eager(tokens):
             return super().forward(tokens, segments, valid_lens,
                                    pred_positions)
-        valid_lens = _prepare_inputs(self.config, self.check_inputs, tokens,
-                                     segments, valid_lens)
+        tokens, segments, valid_lens = _prepare_inputs(
+            self.config, self.check_inputs, tokens, segments, valid_lens)
         if pred_positions is not None:
             check_pred_positions(pred_positions, *tokens.shape,
                                  check_values=self.check_inputs)
+            pred_positions = _as(pred_positions, 'int32')
         with _checked():
             if pred_positions is None:
                 encoded_X = self.encoder(tokens, segments, valid_lens)

@@ -16,6 +16,7 @@ Sources:
 """
 import json
 import re
+import threading
 from pathlib import Path
 
 import numpy as onp
@@ -91,26 +92,42 @@ class WordPieceTokenizer:
     def __init__(self, vocab_file, lowercase=True):
         from tokenizers import BertWordPieceTokenizer
         self.vocab_file = str(vocab_file)
-        self._tokenizer = BertWordPieceTokenizer(self.vocab_file, lowercase=lowercase)
+        try:
+            # one for `tokenize`, one whose truncation and padding
+            # encode_pairs sets per call (under a lock): neither leaks
+            self._tokenizer, self._padder = (
+                BertWordPieceTokenizer(self.vocab_file, lowercase=lowercase)
+                for _ in range(2))
+        except Exception as exc:  # tokenizers raises its own types
+            raise ValueError(f'vocab file {self.vocab_file} is unreadable: {exc}') from exc
         self.vocab_size = self._tokenizer.get_vocab_size()
+        missing = [t for t in ('[CLS]', '[SEP]', '[PAD]', '[UNK]')
+                   if self._tokenizer.token_to_id(t) is None]
+        if missing:
+            raise ValueError(f'vocab file {self.vocab_file} lacks the special '
+                             f'tokens {missing} (a BERT vocab.txt, one token per line)')
+        self._lock = threading.Lock()
 
     def tokenize(self, text):
         return self._tokenizer.encode(text, add_special_tokens=False).tokens
 
     def encode_pairs(self, pairs, max_len):
-        """[CLS] a [SEP] b [SEP], truncated longest-first to max_len.
+        """[CLS] a [SEP] b [SEP] (or [CLS] a [SEP] where b is None),
+        truncated longest-first to max_len.
         Returns tokens (N, max_len) int32, segments int32, valid_lens float32."""
-        tok = self._tokenizer
-        tok.enable_truncation(max_len, strategy='longest_first')
-        tok.enable_padding(length=max_len)
-        single = [a for a, b in pairs if b is None]
-        if single and len(single) != len(pairs):
-            raise ValueError('pairs: mix of single sentences and pairs; '
-                             'encode them in separate calls')
-        if single:
-            encodings = tok.encode_batch(single)
-        else:
-            encodings = tok.encode_batch([(a, b) for a, b in pairs])
+        if max_len < 3:
+            raise ValueError(f'max_len must be >= 3, got {max_len}')
+        single = [i for i, (_, b) in enumerate(pairs) if b is None]
+        double = [i for i, (_, b) in enumerate(pairs) if b is not None]
+        encodings = [None] * len(pairs)
+        with self._lock:
+            tok = self._padder
+            tok.enable_truncation(max_len, strategy='longest_first')
+            tok.enable_padding(length=max_len)
+            for rows, inputs in ((single, [pairs[i][0] for i in single]),
+                                 (double, [pairs[i] for i in double])):
+                for i, encoding in zip(rows, tok.encode_batch(inputs) if rows else []):
+                    encodings[i] = encoding
         tokens = onp.array([e.ids for e in encodings], dtype=onp.int32)
         segments = onp.array([e.type_ids for e in encodings], dtype=onp.int32)
         valid_lens = onp.array([sum(e.attention_mask) for e in encodings],
@@ -118,25 +135,46 @@ class WordPieceTokenizer:
         return tokens, segments, valid_lens
 
 
-def config_from_hf(hf):
+def read_json(path):
+    """A JSON file's value; a ValueError naming the file if it is missing,
+    unreadable or not JSON."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            return json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f'{path} is not a readable JSON file: {exc}') from exc
+
+
+def config_from_hf(hf, path='config.json'):
     """A BERTConfig from a Hugging Face BERT config.json dict."""
+    if not isinstance(hf, dict):
+        raise ValueError(f'{path}: expected a JSON object, got {type(hf).__name__}')
+    needed = ('vocab_size', 'hidden_size', 'intermediate_size', 'num_attention_heads',
+              'num_hidden_layers', 'max_position_embeddings', 'hidden_act',
+              'layer_norm_eps', 'type_vocab_size')
+    missing = [k for k in needed if k not in hf]
+    if missing:
+        raise ValueError(f'{path}: a BERT config needs the fields {missing}')
     if hf.get('model_type') != 'bert' or hf.get('position_embedding_type',
                                                 'absolute') != 'absolute':
-        raise ValueError('config.json: expected a BERT model with absolute '
+        raise ValueError(f'{path}: expected a BERT model with absolute '
                          f'positions, got model_type={hf.get("model_type")!r}')
     if hf.get('hidden_act') not in ('gelu', 'relu'):
-        raise ValueError(f'config.json: hidden_act {hf.get("hidden_act")!r} '
+        raise ValueError(f'{path}: hidden_act {hf.get("hidden_act")!r} '
                          "is not supported (expected 'gelu' or 'relu')")
-    return get_config('google.bert.base',
-                      vocab_size=hf['vocab_size'], num_hiddens=hf['hidden_size'],
-                      ffn_num_hiddens=hf['intermediate_size'],
-                      num_heads=hf['num_attention_heads'],
-                      num_layers=hf['num_hidden_layers'],
-                      dropout=float(hf.get('hidden_dropout_prob', 0.1)),
-                      max_len=hf['max_position_embeddings'],
-                      activation=hf['hidden_act'],
-                      layer_norm_eps=float(hf['layer_norm_eps']),
-                      num_segments=hf['type_vocab_size'])
+    try:
+        return get_config('google.bert.base',
+                          vocab_size=hf['vocab_size'], num_hiddens=hf['hidden_size'],
+                          ffn_num_hiddens=hf['intermediate_size'],
+                          num_heads=hf['num_attention_heads'],
+                          num_layers=hf['num_hidden_layers'],
+                          dropout=float(hf.get('hidden_dropout_prob', 0.1)),
+                          max_len=hf['max_position_embeddings'],
+                          activation=hf['hidden_act'],
+                          layer_norm_eps=float(hf['layer_norm_eps']),
+                          num_segments=hf['type_vocab_size'])
+    except (TypeError, ValueError) as exc:  # a field of the wrong type or range
+        raise ValueError(f'{path}: {exc}') from exc
 
 
 def _twin_name(hf_name):
@@ -155,8 +193,7 @@ def load_hf_bert(folder, ctx=None):
     for name in ('config.json', 'model.safetensors', 'vocab.txt'):
         if not (folder / name).is_file():
             raise ValueError(f'{folder} is not a Hugging Face BERT folder: no {name}')
-    with open(folder / 'config.json', encoding='utf-8') as f:
-        config = config_from_hf(json.load(f))
+    config = config_from_hf(read_json(folder / 'config.json'), folder / 'config.json')
     try:
         tensors = load_file(str(folder / 'model.safetensors'))
     except Exception as exc:
@@ -199,8 +236,11 @@ def load_folder(folder, ctx=None):
     for name in ('config.json', 'vocab.json', 'pretrained.params'):
         if not (folder / name).is_file():
             raise ValueError(f'{folder} is not a bert_gluon pretrained folder: no {name}')
-    with open(folder / 'config.json', encoding='utf-8') as f:
-        config = BERTConfig.from_dict(json.load(f))
+    values = read_json(folder / 'config.json')
+    try:
+        config = BERTConfig.from_dict(values)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f'{folder / "config.json"} is not a bert_gluon config: {exc}') from exc
     vocab = Vocab.from_json(folder / 'vocab.json')
     if len(vocab) != config.vocab_size:
         raise ValueError(f'{folder / "vocab.json"} has {len(vocab)} tokens, '

@@ -8,18 +8,20 @@ sentence pairs/sec on the devices), evaluates MLM loss/accuracy and NSP
 accuracy on wiki.valid.tokens, and leaves in `out_dir`: pretrained.params,
 vocab.json, config.json, metrics.json, loss.png and checkpoints/.
 """
-from pathlib import Path
-
 import numpy as onp
 import mxnet as mx
 from mxnet import gluon
 
-from .checkpoint import atomic_write_json
+from .checkpoint import RunFolder, atomic_save_parameters, atomic_write_json
 from .config import get_config
 from .data.wikitext import load_wiki_pretraining
 from .loss import PretrainingLoss, PretrainingObjective
 from .model import HybridBERTModel
-from .training import BatchStream, TrainLoop, prepare_run, save_loss_plot
+from .training import (BatchStream, TrainLoop, check_run_arguments, parse_contexts,
+                       save_loss_plot)
+
+# What a pretraining run writes into its folder (besides checkpoints/)
+OUTPUTS = ('pretrained.params', 'vocab.json', 'config.json', 'metrics.json', 'loss.png')
 
 __all__ = ['PretrainingTask', 'evaluate_pretraining', 'pretrain']
 
@@ -64,7 +66,7 @@ def _check_dataset(dataset, config):
 def evaluate_pretraining(net, dataset, ctx=None, batch_size=512):
     """Held-out MLM loss and accuracy (over real slots) and NSP accuracy."""
     ctx = ctx or mx.cpu()
-    loss = PretrainingLoss()
+    loss = PretrainingLoss(backend=net._request())
     arrays = dataset.arrays()
     sums = []  # per batch, on the device: one host sync at the end
     for start in range(0, len(dataset), batch_size):
@@ -85,72 +87,81 @@ def evaluate_pretraining(net, dataset, ctx=None, batch_size=512):
 
 def pretrain(num_steps=50, batch_size=512, max_len=64, lr=0.01,
              config='d2l.pretrain', ctx=None, out_dir='runs/pretrain',
-             checkpoint_every=None, resume=False, seed=0, data_dir=None,
-             dynamic_masking=False, validate=True, hybridize=True,
-             progress=True):
+             checkpoint_every=None, resume=False, overwrite=False, seed=0,
+             data_dir=None, dynamic_masking=False, validate=True, hybridize=True,
+             progress=True, backend=None):
     """Pretrain on WikiText-2; returns a dict with the model, vocab and figures.
 
     ctx: a Context, a list of them, or 'cpu:0,cpu:1' / 'gpu:0,gpu:1'.
     config: a config name or BERTConfig; vocab_size comes from the data.
     checkpoint_every: steps between checkpoints (default: num_steps // 5).
-    resume: continue from out_dir's newest checkpoint (same arguments).
+    resume: continue from out_dir's newest intact checkpoint; the arguments
+      that shape the trajectory (batch_size, max_len, lr, config, seed,
+      dynamic_masking) must be the checkpoint's. num_steps may grow.
+    overwrite: replace a previous run's outputs in out_dir (without it, a
+      fresh run refuses a used folder).
     dynamic_masking: draw fresh MLM masks every epoch (the book masks once).
+    backend: 'auto' (None), 'native' or 'mxnet' (bert_gluon/backend.py).
     """
-    ctx_list, out_dir = prepare_run(ctx, out_dir, lr, num_steps=num_steps,
-                                    batch_size=batch_size, max_len=max_len)
-    train_set = load_wiki_pretraining(max_len, data_dir, 'train', seed=seed)
-    config = get_config(config, vocab_size=len(train_set.vocab))
-    _check_dataset(train_set, config)
-    train_set.vocab.to_json(out_dir / 'vocab.json')
-    atomic_write_json(out_dir / 'config.json', config.to_dict())
+    check_run_arguments(lr, num_steps=num_steps, batch_size=batch_size,
+                        max_len=max_len)
+    ctx_list = parse_contexts(ctx)
+    with RunFolder(out_dir, OUTPUTS, resume, overwrite) as folder:
+        out_dir = folder.path
+        train_set = load_wiki_pretraining(max_len, data_dir, 'train', seed=seed)
+        config = get_config(config, vocab_size=len(train_set.vocab))
+        _check_dataset(train_set, config)
 
-    mx.random.seed(seed)
-    net = HybridBERTModel(config)
-    net.initialize(mx.init.Xavier(), ctx=ctx_list)
-    net.check_inputs = False  # the dataset was checked whole above
-    if hybridize:
-        net.hybridize(static_alloc=True, static_shape=True)
-    trainer = gluon.Trainer(net.collect_params(), 'adam', {'learning_rate': lr})
+        mx.random.seed(seed)
+        net = HybridBERTModel(config, backend=backend)
+        net.initialize(mx.init.Xavier(), ctx=ctx_list)
+        net.check_inputs = False  # the dataset was checked whole above
+        if hybridize:
+            net.hybridize(static_alloc=True, static_shape=True)
+        trainer = gluon.Trainer(net.collect_params(), 'adam', {'learning_rate': lr})
 
-    def remask(epoch):
-        if dynamic_masking and epoch > 0:
-            train_set.mask(onp.random.default_rng([seed, epoch, 1]))
-    # mask() rewrites the arrays in place, so the stream sees new masks
-    stream = BatchStream(train_set.arrays(), batch_size, seed, on_epoch=remask)
-    loop = TrainLoop(net, PretrainingTask(hybridize), stream, trainer, ctx_list,
-                     out_dir, checkpoint_every or max(1, num_steps // 5), seed,
-                     progress)
-    if resume:
-        if not loop.resume():
-            print(f'no checkpoint in {out_dir / "checkpoints"}: starting at step 0')
-        else:
-            print(f'resumed at step {loop.step} from {loop.checkpointer.latest()}')
-    history = loop.run(num_steps)
-    if loop.checkpointer.latest() is None or loop.step % loop.checkpoint_every:
-        loop.save()
+        def remask(epoch):
+            if dynamic_masking and epoch > 0:
+                train_set.mask(onp.random.default_rng([seed, epoch, 1]))
+        # mask() rewrites the arrays in place, so the stream sees new masks
+        stream = BatchStream(train_set.arrays(), batch_size, seed, on_epoch=remask)
+        run_args = {'batch_size': batch_size, 'max_len': max_len, 'lr': lr, 'seed': seed,
+                    'config': config.to_dict(), 'dynamic_masking': dynamic_masking}
+        loop = TrainLoop(net, PretrainingTask(hybridize), stream, trainer, ctx_list,
+                         folder.checkpoints, run_args,
+                         checkpoint_every or max(1, num_steps // 5), progress)
+        if resume and loop.resume():
+            print(f'resumed at step {loop.step} from {loop.resumed_from}')
+        elif resume:
+            print(f'no checkpoint in {folder.checkpoints.folder}: starting at step 0')
+        # written once the run is known to be this one (a refused resume changes nothing)
+        train_set.vocab.to_json(out_dir / 'vocab.json')
+        atomic_write_json(out_dir / 'config.json', config.to_dict())
+        history = loop.run(num_steps)
+        if loop.checkpointer.latest() is None or loop.step % loop.checkpoint_every:
+            loop.save()
 
-    mlm_l, nsp_l = onp.mean(history['mlm']), onp.mean(history['nsp'])
-    pairs_per_sec = loop.examples / max(loop.train_seconds, 1e-9)
-    print(f'MLM loss {mlm_l:.3f}, NSP loss {nsp_l:.3f}')
-    print(f'{pairs_per_sec:.1f} sentence pairs/sec on {ctx_list}')
-    metrics = {'steps': loop.step, 'mlm_loss': mlm_l, 'nsp_loss': nsp_l,
-               'final_mlm_loss': history['mlm'][-1],
-               'final_nsp_loss': history['nsp'][-1],
-               'pairs_per_sec': pairs_per_sec, 'batch_size': batch_size,
-               'max_len': max_len, 'lr': lr, 'seed': seed,
-               'contexts': [str(c) for c in ctx_list]}
-    if validate:
-        valid_set = load_wiki_pretraining(max_len, data_dir, 'valid',
-                                          vocab=train_set.vocab, seed=seed)
-        metrics.update(evaluate_pretraining(net, valid_set, ctx_list[0]))
-        print('valid: MLM loss {valid_mlm_loss:.3f}, MLM accuracy '
-              '{valid_mlm_accuracy:.3f}, NSP accuracy {valid_nsp_accuracy:.3f} '
-              '({valid_pairs} pairs)'.format(**metrics))
-    save_loss_plot(history, out_dir / 'loss.png',
-                   f'pretraining, batch {batch_size}, max_len {max_len}')
-    net.save_parameters(str(out_dir / 'pretrained.params.tmp'))
-    Path(out_dir / 'pretrained.params.tmp').replace(out_dir / 'pretrained.params')
-    atomic_write_json(out_dir / 'metrics.json', metrics)
-    return {'net': net, 'vocab': train_set.vocab, 'config': config,
-            'history': history, 'metrics': metrics}
-
+        mlm_l, nsp_l = onp.mean(history['mlm']), onp.mean(history['nsp'])
+        pairs_per_sec = loop.examples / max(loop.train_seconds, 1e-9)
+        print(f'MLM loss {mlm_l:.3f}, NSP loss {nsp_l:.3f}')
+        print(f'{pairs_per_sec:.1f} sentence pairs/sec on {ctx_list}')
+        metrics = {'steps': loop.step, 'mlm_loss': mlm_l, 'nsp_loss': nsp_l,
+                   'final_mlm_loss': history['mlm'][-1],
+                   'final_nsp_loss': history['nsp'][-1],
+                   'pairs_per_sec': pairs_per_sec, 'batch_size': batch_size,
+                   'max_len': max_len, 'lr': lr, 'seed': seed,
+                   'dynamic_masking': dynamic_masking, 'backend': net.backend,
+                   'contexts': [str(c) for c in ctx_list]}
+        if validate:
+            valid_set = load_wiki_pretraining(max_len, data_dir, 'valid',
+                                              vocab=train_set.vocab, seed=seed)
+            metrics.update(evaluate_pretraining(net, valid_set, ctx_list[0]))
+            print('valid: MLM loss {valid_mlm_loss:.3f}, MLM accuracy '
+                  '{valid_mlm_accuracy:.3f}, NSP accuracy {valid_nsp_accuracy:.3f} '
+                  '({valid_pairs} pairs)'.format(**metrics))
+        save_loss_plot(history, out_dir / 'loss.png',
+                       f'pretraining, batch {batch_size}, max_len {max_len}')
+        atomic_save_parameters(net, out_dir / 'pretrained.params')
+        atomic_write_json(out_dir / 'metrics.json', metrics)
+        return {'net': net, 'vocab': train_set.vocab, 'config': config,
+                'history': history, 'metrics': metrics}

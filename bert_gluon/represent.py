@@ -5,7 +5,56 @@ import numpy as onp
 
 from .data.pairs import encode_pairs
 
-__all__ = ['get_bert_encoding', 'encode_batch', 'mean_pool']
+__all__ = ['get_bert_encoding', 'encode_batch', 'mean_pool', 'as_pairs', 'read_texts']
+
+
+def as_pairs(texts, name='texts'):
+    """A list of strings and (a, b) pairs of strings (b may be None) as
+    (a, b or None) pairs; anything else is a ValueError naming `name`."""
+    if isinstance(texts, (str, bytes)):
+        raise ValueError(f'{name} must be a list of strings or (a, b) pairs, got '
+                         f'one {type(texts).__name__}: wrap it in a list')
+    try:
+        texts = list(texts)
+    except TypeError:
+        raise ValueError(f'{name} must be a list of strings or (a, b) pairs, got '
+                         f'{type(texts).__name__}') from None
+    if not texts:
+        raise ValueError(f'{name} is empty: nothing to encode')
+    pairs = []
+    for i, text in enumerate(texts):
+        if isinstance(text, str):
+            pairs.append((text, None))
+        elif (isinstance(text, (list, tuple)) and len(text) == 2
+              and isinstance(text[0], str) and isinstance(text[1], (str, type(None)))):
+            pairs.append(tuple(text))  # (a, None) is a single sentence
+        else:
+            raise ValueError(f'{name}[{i}] must be a string or an (a, b) pair of '
+                             f'strings, got {text!r:.80}')
+    return pairs
+
+
+def read_texts(path):
+    """Non-empty lines of a UTF-8 file: a sentence each, or a pair split at
+    its first tab."""
+    from pathlib import Path
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f'input {path} is a folder; expected a UTF-8 text file')
+    try:
+        text = path.read_text(encoding='utf-8')
+    except FileNotFoundError:
+        raise ValueError(f'input {path} does not exist') from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f'input {path} is not UTF-8 text ({exc.reason} at byte '
+                         f'{exc.start})') from None
+    if '\x00' in text:
+        raise ValueError(f'input {path} holds NUL bytes: a binary file, not text')
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f'input {path} holds no text: expected a sentence (or '
+                         'a tab-separated pair) per line')
+    return [tuple(line.split('\t', 1)) if '\t' in line else line for line in lines]
 
 
 def _ctx_of(net):
@@ -47,15 +96,15 @@ def encode_batch(net, texts, tokenizer, max_len=128, batch_size=64,
                  pooling='cls'):
     """Representations of many sentences or pairs, batched with padding.
 
-    texts: strings, or (a, b) pairs; tokenizer: a Vocab (word-level, as the
-    book) or an object with `encode_pairs(pairs, max_len)`.
+    texts: a list of strings and/or (a, b) pairs; tokenizer: a Vocab
+    (word-level, as the book) or an object with `encode_pairs(pairs, max_len)`.
     pooling: 'cls' -> encoded '<cls>' (N, H); 'mean' -> mean over valid
     tokens (N, H); 'none' -> list of (T_i, H) arrays.
     Returns a host NumPy array (or list for 'none').
     """
     if pooling not in ('cls', 'mean', 'none'):
         raise ValueError(f"pooling must be 'cls', 'mean' or 'none', got {pooling!r}")
-    pairs = [(t, None) if isinstance(t, str) else tuple(t) for t in texts]
+    pairs = as_pairs(texts)
     if hasattr(tokenizer, 'encode_pairs'):
         arrays = tokenizer.encode_pairs(pairs, max_len)
     else:

@@ -8,50 +8,59 @@ trainer's states and the stream's position go into every checkpoint. So a
 run killed after a checkpoint and resumed follows the same trajectory as one
 that never stopped.
 """
+import math
 import time
-from pathlib import Path
 
 import numpy as onp
 import mxnet as mx
 from mxnet import autograd, gluon
 
-from .checkpoint import Checkpointer
-
-__all__ = ['BatchStream', 'TrainLoop', 'parse_contexts', 'prepare_run']
+__all__ = ['BatchStream', 'TrainLoop', 'parse_contexts', 'check_run_arguments']
 
 
 def parse_contexts(spec):
-    """'cpu' / 'cpu:0,cpu:1' / 'gpu:0,gpu:1' / a list of Contexts -> list."""
+    """'cpu' / 'cpu:0,cpu:1' / 'gpu:0,gpu:1' / a list of Contexts -> list,
+    each device once, GPUs only where this MXNet build sees them."""
     if spec is None:
         return [mx.cpu()]
     if isinstance(spec, mx.Context):
-        return [spec]
-    if isinstance(spec, (list, tuple)) and all(isinstance(c, mx.Context) for c in spec):
+        contexts = [spec]
+    elif isinstance(spec, (list, tuple)) and all(isinstance(c, mx.Context) for c in spec):
         if not spec:
             raise ValueError('ctx: expected at least one context')
-        return list(spec)
-    contexts = []
-    for part in str(spec).split(','):
-        kind, _, index = part.strip().partition(':')
-        if kind not in ('cpu', 'gpu') or (index and not index.isdigit()):
-            raise ValueError(f"ctx: expected e.g. 'cpu', 'cpu:0,cpu:1' or "
-                             f"'gpu:0,gpu:1', got {spec!r}")
-        contexts.append(getattr(mx, kind)(int(index or 0)))
+        contexts = list(spec)
+    else:
+        contexts = []
+        for part in str(spec).split(','):
+            kind, _, index = part.strip().partition(':')
+            if kind not in ('cpu', 'gpu') or (index and not index.isdigit()):
+                raise ValueError(f"ctx: expected e.g. 'cpu', 'cpu:0,cpu:1' or "
+                                 f"'gpu:0,gpu:1', got {spec!r}")
+            contexts.append(getattr(mx, kind)(int(index or 0)))
+    seen = set()
+    for c in contexts:
+        if (c.device_type, c.device_id) in seen:
+            raise ValueError(f'ctx: {c} is listed twice; list each device once')
+        seen.add((c.device_type, c.device_id))
+    gpus = [c for c in contexts if c.device_type == 'gpu']
+    if gpus:
+        visible = mx.context.num_gpus()
+        if max(c.device_id for c in gpus) >= visible:
+            raise ValueError(
+                f'ctx: {", ".join(map(str, gpus))} asked for, but this MXNet build '
+                f'sees {visible} GPU(s)' + ('' if visible else
+                                            ' (a CPU build: on a GPU machine, '
+                                            'pip install mxnet-cu112==1.9.1)'))
     return contexts
 
 
-def prepare_run(ctx, out_dir, lr, **counts):
-    """Check a run's arguments; (contexts, output folder, created).
-    counts: name=value pairs that must be positive ints."""
+def check_run_arguments(lr, **counts):
+    """A run's learning rate (finite, > 0) and counts (positive ints)."""
     for name, value in counts.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f'{name} must be a positive int, got {value!r}')
-    if not lr > 0:
-        raise ValueError(f'lr must be > 0, got {lr!r}')
-    ctx_list = parse_contexts(ctx)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return ctx_list, out_dir
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f'lr must be a finite number > 0, got {lr!r}')
 
 
 class BatchStream:
@@ -108,45 +117,57 @@ class TrainLoop:
     task.shard_loss(net, shard, totals) -> (loss to backward, dict of
     on-device metric sums); `totals` are host-side batch totals from
     task.batch_totals(batch), so shard losses add up to the one-device loss.
+    run_args: the arguments that shape the trajectory (batch size, lr, seed,
+    ...); a checkpoint made under others is not resumed.
     """
-    def __init__(self, net, task, stream, trainer, ctx_list, out_dir,
-                 checkpoint_every=None, seed=0, progress=True, log_every=10,
+    def __init__(self, net, task, stream, trainer, ctx_list, checkpointer,
+                 run_args, checkpoint_every=None, progress=True, log_every=10,
                  ignore_stale_grad=False):
         self.net, self.task, self.stream, self.trainer = net, task, stream, trainer
         self.ctx_list = ctx_list
-        self.out_dir = Path(out_dir)
-        self.checkpointer = Checkpointer(self.out_dir / 'checkpoints')
+        self.checkpointer = checkpointer
+        self.run_args = dict(run_args)
+        self.seed = int(run_args.get('seed', 0))
         self.checkpoint_every = checkpoint_every
-        self.seed, self.progress, self.log_every = seed, progress, log_every
+        self.progress, self.log_every = progress, log_every
         self.step = 0
         self.history = {}  # metric name -> per-step values
         self.train_seconds = 0.0
         self.examples = 0
         self.extra = {}  # the task's own JSON state (e.g. dev metrics per epoch)
         self.ignore_stale_grad = ignore_stale_grad
+        self.resumed_from = None
 
     def state(self):
         return {'stream': self.stream.state(), 'history': self.history,
                 'train_seconds': self.train_seconds, 'examples': self.examples,
-                'seed': self.seed, 'extra': self.extra}
+                'run': self.run_args, 'extra': self.extra}
 
     def save(self):
         return self.checkpointer.save(self.step, self.net, self.trainer, self.state())
 
+    def _check_same_run(self, state):
+        saved = state.get('run', {'seed': state.get('seed')})
+        changed = [f'{k}={self.run_args.get(k)!r} (the checkpoint has {v!r})'
+                   for k, v in saved.items() if self.run_args.get(k) != v]
+        if changed:
+            raise ValueError('resume with the arguments the checkpoint was made '
+                             'with: ' + ', '.join(changed) + '; or start a new run '
+                             '(another out_dir, or overwrite)')
+
     def resume(self):
-        """Continue from the newest checkpoint; False when there is none."""
-        if self.checkpointer.latest() is None:
+        """Continue from the newest intact checkpoint; False when there is none."""
+        if not self.checkpointer.candidates():
             return False
-        state = self.checkpointer.load(self.net, self.trainer, self.ctx_list)
-        if state.get('seed') != self.seed:
-            raise ValueError(f'seed {self.seed} differs from the checkpoint\'s '
-                             f'{state.get("seed")}: resume with the same seed')
+        state = self.checkpointer.load(self.net, self.trainer, self.ctx_list,
+                                       check=self._check_same_run)
         self.step = int(state['step'])
         self.stream.load_state(state['stream'])
         self.history = {k: list(v) for k, v in state['history'].items()}
         self.train_seconds = float(state['train_seconds'])
         self.examples = int(state['examples'])
         self.extra = state.get('extra', {})
+        self.resumed_from = state['dir']
         return True
 
     def _one_step(self, batch):
@@ -170,24 +191,40 @@ class TrainLoop:
         return {k: sum(m[k].as_in_ctx(mx.cpu()) for m in metrics) / totals[k]
                 for k in metrics[0]}
 
+    def _record(self, pending):
+        """Move finished steps' metrics to the history; stop a diverged run."""
+        for step, values in pending:
+            for k, v in values.items():
+                value = float(v)
+                if not math.isfinite(value):
+                    raise ValueError(
+                        f'step {step}: the {k} loss is {value}: training diverged '
+                        f'(lr={self.trainer.learning_rate}): try a lower lr. No '
+                        'checkpoint holds a diverged step.')
+                self.history.setdefault(k, []).append(value)
+
     def run(self, num_steps):
-        """Train until `num_steps` steps are done; the history."""
+        """Train until `num_steps` steps are done; the history. The progress
+        bar counts steps whose results have been computed (MXNet runs
+        asynchronously: a step is queued before its predecessor ends)."""
         from tqdm.auto import tqdm
         bar = tqdm(total=num_steps, initial=self.step, disable=not self.progress,
                    unit='step', dynamic_ncols=True)
-        pending = []
+        pending = []  # (step, on-device metrics) not yet in the history
         start = time.perf_counter()
         while self.step < num_steps:
             batch = self.stream.next()
-            pending.append(self._one_step(batch))
+            pending.append((self.step + 1, self._one_step(batch)))
             self.examples += len(batch[0])
             self.step += 1
-            bar.update(1)
+            if len(pending) > 1:  # the step before this one: finished, counted
+                for v in pending[-2][1].values():
+                    v.wait_to_read()
+                bar.update(1)
             checkpoint = (self.checkpoint_every and self.step % self.checkpoint_every == 0)
             if len(pending) >= self.log_every or checkpoint or self.step == num_steps:
-                for values in pending:  # the only host sync: every log_every steps
-                    for k, v in values.items():
-                        self.history.setdefault(k, []).append(float(v))
+                self._record(pending)  # the host sync: every log_every steps
+                bar.update(1)
                 pending = []
                 self.train_seconds += time.perf_counter() - start
                 bar.set_postfix({k: f'{v[-1]:.3f}' for k, v in self.history.items()})

@@ -98,3 +98,15 @@ def test_demo_command_prints_the_books_shapes():
     for line in ('encoded_X (2, 8, 768)', 'mlm_Y_hat (2, 3, 10000)',
                  'mlm_l (6,)', 'nsp_Y_hat (2, 2)', 'nsp_l (2,)'):
         assert line in out
+
+
+def test_import_does_not_pull_in_plotting_or_notebook_modules():
+    """d2l imports matplotlib, pandas and IPython; `import bert_gluon` waits
+    until a book block is built."""
+    import subprocess
+    import sys
+    script = ('import sys, bert_gluon\n'
+              "print(sorted(m for m in ('matplotlib', 'pandas', 'IPython', 'd2l') "
+              'if m in sys.modules))')
+    out = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == '[]', out.stdout + out.stderr

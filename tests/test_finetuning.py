@@ -173,3 +173,42 @@ def test_snli_reader_the_books_way(tmp_path):
     assert premises == ['A man is playing a guitar', 'Two dogs run']
     assert hypotheses == ['A person plays', 'Dogs are happy']
     assert labels == [0, 2]  # entailment, neutral; '-' rows dropped
+
+
+def _encode_cli(pretrained, input_path, output_path):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, '-m', 'bert_gluon.cli', 'encode', '--from',
+                           str(pretrained), '--input', str(input_path), '--output',
+                           str(output_path)], capture_output=True, text=True)
+
+
+def test_cli_encode_inputs_and_output_path(tiny_pretrained, tmp_path):
+    mixed = tmp_path / 'mixed.txt'
+    mixed.write_text('a crane is flying\nthe crane\ta bird\n\n')
+    out = _encode_cli(tiny_pretrained, mixed, tmp_path / 'vectors.txt')
+    assert out.returncode == 0, out.stderr
+    assert f'-> {tmp_path / "vectors.txt"} (2, 16)' in out.stdout
+    assert onp.load(tmp_path / 'vectors.txt').shape == (2, 16)  # that path, no '.npy' added
+    (tmp_path / 'empty.txt').write_text('\n  \n')
+    (tmp_path / 'binary.bin').write_bytes(bytes(range(256)))
+    for path, message in ((tmp_path / 'empty.txt', 'holds no text'),
+                          (tmp_path / 'binary.bin', 'is not UTF-8 text'),
+                          (tmp_path, 'is a folder; expected a UTF-8 text file'),
+                          (tmp_path / 'missing.txt', 'does not exist')):
+        out = _encode_cli(tiny_pretrained, path, tmp_path / 'v.npy')
+        assert out.returncode == 2 and message in out.stderr, (path, out.stderr)
+    out = _encode_cli(tiny_pretrained, mixed, tmp_path)
+    assert out.returncode == 2 and '--output' in out.stderr and 'is a folder' in out.stderr
+
+
+def test_a_corrupt_pretrained_folder_is_named(tiny_pretrained, tmp_path):
+    import shutil
+    folder = tmp_path / 'copy'
+    shutil.copytree(tiny_pretrained, folder)
+    (folder / 'config.json').write_text('{"vocab_size": 7,')
+    with pytest.raises(ValueError, match='config.json is not a readable JSON file'):
+        from_pretrained(str(folder))
+    (folder / 'config.json').write_text('{"hidden_size": 7}')
+    with pytest.raises(ValueError, match="config.json is not a bert_gluon config"):
+        from_pretrained(str(folder))

@@ -3,7 +3,7 @@ import pytest
 from mxnet import np
 
 import bert_gluon as bg
-from conftest import TINY, make_batch
+from conftest import TINY, assert_close, make_batch
 
 
 def _models():
@@ -144,3 +144,61 @@ def test_pretraining_objective_names_bad_targets():
         with pytest.raises(ValueError, match=match):
             objective(tokens, segments, valid_lens, positions, kwargs['mlm_weights'],
                       kwargs['mlm_Y'], kwargs['nsp_y'])
+
+
+@pytest.mark.parametrize('kind', ['twin', 'hybrid'])
+def test_numpy_default_dtypes_are_converted(kind):
+    """int64 ids and float64 lengths (NumPy's defaults) give the int32 /
+    float32 result, hybridized or not."""
+    tokens, segments, valid_lens, positions = make_batch()
+    net = MODELS[kind]
+    expected = net(tokens, segments, valid_lens, positions)
+    converted = net(tokens.astype('int64'), segments.astype('int64'),
+                    valid_lens.astype('float64'), positions.astype('int64'))
+    for a, e in zip(converted, expected):
+        assert_close(a, e)
+
+
+@pytest.mark.parametrize('kind', sorted(MODELS))
+def test_classic_ndarrays_are_named(kind):
+    tokens, segments, valid_lens, positions = make_batch()
+    with pytest.raises(ValueError, match=r'tokens must be an mxnet.np.ndarray.*as_np_ndarray'):
+        MODELS[kind](tokens.as_nd_ndarray(), segments, valid_lens, positions)
+    with pytest.raises(ValueError, match=r'valid_lens must be an mxnet.np.ndarray'):
+        MODELS[kind](tokens, segments, valid_lens.as_nd_ndarray(), positions)
+
+
+def test_exported_model_checks_its_inputs(tmp_path):
+    twin = bg.HybridBERTModel(TINY)
+    twin.initialize()
+    prefix = str(tmp_path / 'bert')
+    bg.export_model(twin, prefix)
+    served = bg.load_exported(prefix)
+    tokens, segments, valid_lens, positions = make_batch()
+    with pytest.raises(ValueError, match=r'tokens must be in \[0, 49\]'):
+        served(tokens + TINY.vocab_size, segments, valid_lens, positions)
+    encoded, mlm, nsp = served(tokens, segments)  # valid_lens None: every token
+    assert mlm is None and nsp.shape == (3, 2)
+    assert_close(encoded, twin(tokens, segments)[0])
+    too_long = np.zeros((1, TINY.max_len + 1), dtype='int32')
+    with pytest.raises(ValueError, match='max_len'):
+        served(too_long, too_long)
+
+
+def test_exported_files_that_are_corrupt_are_named(tmp_path):
+    twin = bg.HybridBERTModel(TINY)
+    twin.initialize()
+    prefix = str(tmp_path / 'bert')
+    symbol_file, params_file = bg.export_model(twin, prefix)
+    good = open(symbol_file).read()
+    open(symbol_file, 'w').write(good[:len(good) // 2])
+    with pytest.raises(ValueError, match='bert-symbol.json is not an MXNet symbol file'):
+        bg.load_exported(prefix)
+    open(symbol_file, 'w').write(good)
+    data = open(params_file, 'rb').read()
+    open(params_file, 'wb').write(data[:len(data) // 2])
+    with pytest.raises(ValueError, match='bert-0000.params is corrupt'):
+        bg.load_exported(prefix)
+    open(f'{prefix}-config.json', 'w').write('{"vocab_size": ')
+    with pytest.raises(ValueError, match='bert-config.json is not a readable JSON'):
+        bg.load_exported(prefix)

@@ -174,3 +174,48 @@ def test_d2l_checkpoint_zip_downloads_checks_and_loads(tmp_path, monkeypatch):
     cached.write_bytes(cached.read_bytes()[:1000])
     with pytest.raises(ValueError, match='pretrained.params'):
         from_pretrained('bert.small')
+
+
+def test_tokenize_is_unchanged_by_encode_pairs(minilm):
+    _, tokenizer, _ = minilm
+    text = 'a much longer sentence than the max_len of the batch below allows'
+    before = tokenizer.tokenize(text)
+    tokenizer.encode_pairs([('a', 'b')], 4)
+    assert tokenizer.tokenize(text) == before and len(before) > 4
+
+
+def test_singles_and_pairs_mix_in_one_batch(minilm):
+    _, tokenizer, _ = minilm
+    mixed = tokenizer.encode_pairs([PAIRS[0], (PAIRS[1][0], None)], MAX_LEN)
+    pair = tokenizer.encode_pairs([PAIRS[0]], MAX_LEN)
+    single = tokenizer.encode_pairs([(PAIRS[1][0], None)], MAX_LEN)
+    for m, p, s in zip(mixed, pair, single):
+        onp.testing.assert_array_equal(m, onp.concatenate([p, s]))
+
+
+def test_encode_batch_refuses_a_bare_string(minilm):
+    net, tokenizer, _ = minilm
+    with pytest.raises(ValueError, match='texts must be a list of strings .*got one str'):
+        encode_batch(net, 'A man plays a guitar.', tokenizer)
+    with pytest.raises(ValueError, match='texts is empty'):
+        encode_batch(net, [], tokenizer)
+    with pytest.raises(ValueError, match=r'texts\[1\] must be a string'):
+        encode_batch(net, ['a', 3], tokenizer)
+
+
+def test_broken_checkpoint_folders_are_named(tmp_path):
+    import json
+    import shutil
+    folder = tmp_path / 'hf'
+    shutil.copytree(_installed_minilm(), folder)
+    config = (folder / 'config.json').read_text()
+    (folder / 'config.json').write_text(config[:40])
+    with pytest.raises(ValueError, match='config.json is not a readable JSON file'):
+        from_pretrained(str(folder))
+    (folder / 'config.json').write_text(json.dumps({'model_type': 'bert'}))
+    with pytest.raises(ValueError, match=r"config.json: a BERT config needs the fields \['vocab_size'"):
+        from_pretrained(str(folder))
+    (folder / 'config.json').write_text(config)
+    (folder / 'vocab.txt').write_text('')
+    with pytest.raises(ValueError, match='vocab.txt'):
+        from_pretrained(str(folder))

@@ -1,5 +1,6 @@
 """Pretraining loop: exact resume after SIGKILL, checkpoints, CLI checks."""
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -89,18 +90,28 @@ def test_pretrain_writes_its_outputs_and_every_parameter_learns(tmp_path):
     book.load_parameters(str(tmp_path / 'pretrained.params'))
 
 
-def test_corrupt_checkpoint_names_the_file(tmp_path):
+def _small_net():
     net = bg.HybridBERTModel(bg.get_config('d2l.pretrain', vocab_size=10, num_hiddens=8,
                                            ffn_num_hiddens=8, num_layers=1))
     net.initialize()
+    return net
+
+
+def test_corrupt_checkpoint_names_the_file_and_falls_back(tmp_path):
+    net = _small_net()
     ck = Checkpointer(tmp_path)
+    ck.save(2, net, None, {'stream': {}})
+    older = net.encoder.token_embedding.weight.data().asnumpy()
+    net.encoder.token_embedding.weight.set_data(net.encoder.token_embedding.weight.data() + 1)
     saved = ck.save(3, net, None, {'stream': {}})
     (saved / 'params.params').write_bytes(b'garbage')
-    with pytest.raises(ValueError, match='params.params'):
+    with pytest.warns(UserWarning, match=r'skipping checkpoint step-00000003: .*params.params'):
+        state = ck.load(net, None)
+    assert state['step'] == 2  # the intact one before it
+    onp.testing.assert_array_equal(net.encoder.token_embedding.weight.data().asnumpy(), older)
+    (tmp_path / 'step-00000002' / 'state.json').write_text('{"step"')
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match='no intact checkpoint'):
         ck.load(net, None)
-    (tmp_path / 'latest.json').write_text('{"dir"')
-    with pytest.raises(ValueError, match='latest.json'):
-        ck.latest()
 
 
 def test_checkpoints_keep_the_newest_two(tmp_path):
@@ -139,7 +150,12 @@ def test_contexts_parse_and_reject():
 @pytest.mark.parametrize('args, message', [
     (['--steps', '0'], 'argument --steps: expected a positive integer'),
     (['--batch-size', 'x'], 'argument --batch-size: expected a positive integer'),
-    (['--lr', '-1'], 'argument --lr: expected a positive number'),
+    (['--lr', '-1'], 'argument --lr: expected a finite positive number'),
+    (['--lr', 'inf'], 'argument --lr: expected a finite positive number'),
+    (['--lr', 'nan'], 'argument --lr: expected a finite positive number'),
+    (['--ctx', 'gpu:0'], 'sees 0 GPU(s) (a CPU build'),
+    (['--ctx', 'cpu:0,cpu:0'], 'cpu(0) is listed twice'),
+    (['--backend', 'cuda'], "argument --backend: invalid choice"),
     (['--ctx', 'gpu0'], '--ctx'),
     (['--config', 'nope'], 'argument --config: invalid choice'),
 ])
@@ -155,3 +171,67 @@ def test_pretrain_rejects_bad_arguments(tmp_path):
         pretrain(num_steps=0, out_dir=tmp_path)
     with pytest.raises(ValueError, match='lr'):
         pretrain(lr=0, out_dir=tmp_path)
+
+
+def _tiny_pretrain(out_dir, **changes):
+    config = bg.get_config('d2l.pretrain', num_hiddens=16, ffn_num_hiddens=16,
+                           num_heads=2, num_layers=1)
+    return pretrain(config=config, out_dir=out_dir, **dict(TINY_RUN, **changes))
+
+
+def test_resume_without_latest_json_continues_from_the_newest_checkpoint(tmp_path, capsys):
+    _tiny_pretrain(tmp_path, num_steps=4)
+    (tmp_path / 'checkpoints' / 'latest.json').unlink()
+    capsys.readouterr()
+    result = _tiny_pretrain(tmp_path, num_steps=6, resume=True)
+    assert 'resumed at step 4' in capsys.readouterr().out
+    assert len(result['history']['mlm']) == 6
+    assert sorted(p.name for p in (tmp_path / 'checkpoints').glob('step-*')) == [
+        'step-00000004', 'step-00000006']
+
+
+@pytest.mark.parametrize('changes, name', [
+    ({'lr': 0.02}, 'lr=0.02'), ({'batch_size': 8}, 'batch_size=8'),
+    ({'max_len': 32}, 'max_len=32'), ({'seed': 1}, 'seed=1')])
+def test_resume_refuses_arguments_that_change_the_trajectory(tmp_path, changes, name):
+    _tiny_pretrain(tmp_path, num_steps=2)
+    before = (tmp_path / 'config.json').read_text()
+    with pytest.raises(ValueError, match=rf'resume with the arguments .*{name} \(the checkpoint has'):
+        _tiny_pretrain(tmp_path, num_steps=4, resume=True, **changes)
+    assert (tmp_path / 'config.json').read_text() == before  # nothing was changed
+
+
+def test_a_fresh_run_refuses_a_used_folder_unless_told(tmp_path):
+    _tiny_pretrain(tmp_path, num_steps=2)
+    with pytest.raises(ValueError, match=r'holds a previous run .*--resume.*--overwrite'):
+        _tiny_pretrain(tmp_path, num_steps=2)
+    assert (tmp_path / 'checkpoints' / 'step-00000002').is_dir()  # untouched
+    (tmp_path / 'checkpoints' / 'step-00000009').mkdir()  # a stale checkpoint
+    _tiny_pretrain(tmp_path, num_steps=2, overwrite=True)
+    assert [p.name for p in (tmp_path / 'checkpoints').glob('step-*')] == ['step-00000002']
+
+
+def test_two_runs_cannot_share_a_folder(tmp_path):
+    from bert_gluon.checkpoint import RunFolder
+    with RunFolder(tmp_path, ()):
+        with pytest.raises(ValueError, match=f'in use by another run \\(pid {os.getpid()}\\)'):
+            _tiny_pretrain(tmp_path, num_steps=2)
+    _tiny_pretrain(tmp_path, num_steps=2)  # released with the first run
+
+
+def test_unusable_output_folders_are_refused_before_training(tmp_path):
+    (tmp_path / 'file').write_text('x')
+    with pytest.raises(ValueError, match='out_dir: .*file is a file'):
+        _tiny_pretrain(tmp_path / 'file')
+    (tmp_path / 'run').mkdir()
+    (tmp_path / 'run' / 'checkpoints').write_text('x')  # no checkpoint could be written
+    with pytest.raises(ValueError, match='out_dir: .*checkpoints is a file'):
+        _tiny_pretrain(tmp_path / 'run')
+
+
+def test_a_diverging_run_stops_with_an_error(tmp_path):
+    with pytest.raises(ValueError, match=r'step \d+: the \w+ loss is nan: training diverged'):
+        _tiny_pretrain(tmp_path, lr=1e30)
+    assert not (tmp_path / 'pretrained.params').exists()
+    with pytest.raises(ValueError, match='lr must be a finite number'):
+        _tiny_pretrain(tmp_path / 'b', lr=float('inf'))
