@@ -13,13 +13,14 @@ Layout of a checkpoints folder:
 """
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import shutil
 import tempfile
 import warnings
 from pathlib import Path
+
+from .data.files import sha1_of
 
 __all__ = ['Checkpointer', 'RunFolder', 'atomic_write_json', 'atomic_save_parameters']
 
@@ -30,14 +31,6 @@ def _fsync_dir(folder):
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _sha1(path):
-    digest = hashlib.sha1()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def atomic_write_json(path, value):
@@ -76,7 +69,7 @@ class Checkpointer:
         for name in sorted(os.listdir(tmp)):
             with open(tmp / name, 'rb') as f:
                 os.fsync(f.fileno())
-            files[name] = _sha1(tmp / name)
+            files[name] = sha1_of(tmp / name)
         with open(tmp / 'state.json', 'w', encoding='utf-8') as f:
             json.dump(dict(state, step=step, files=files), f)
             f.flush()
@@ -126,7 +119,7 @@ class Checkpointer:
             raise ValueError(f'checkpoint file {path} is missing or corrupt: {exc}') from exc
         for name, digest in files.items():
             try:
-                actual = _sha1(folder / name)
+                actual = sha1_of(folder / name)
             except OSError as exc:
                 raise ValueError(f'checkpoint file {folder / name} is missing: {exc}') from exc
             if actual != digest:

@@ -127,7 +127,7 @@ def test_one_build_at_a_time_across_processes_and_threads(tmp_path, monkeypatch)
         builds.append(threading.get_ident())
         threading.Event().wait(0.3)  # a slow build: the other caller waits
         target.write_bytes(b'library')
-        target.with_suffix('.sha1').write_text(kernels._sha1_file(target))
+        target.with_suffix('.sha1').write_text(kernels.sha1_of(target))
     monkeypatch.setattr(kernels, '_build', fake_build)
     target = tmp_path / 'libx.so'
     threads = [threading.Thread(target=kernels._locked_build, args=(target,))

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import mxnet as mx
 
+from ..data.files import sha1_of
+
 __all__ = ['has_op', 'native_available', 'unavailable_reason', 'library_path']
 
 _SOURCES = [Path(__file__).with_name(name)
@@ -78,19 +80,11 @@ def _compiler_identity():
     return out.stdout.splitlines()[0]
 
 
-def _sha1_file(path):
-    digest = hashlib.sha1()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _intact(target):
     """True when `target` is the library its build recorded (same SHA-1)."""
     record = target.with_suffix('.sha1')
     try:
-        return record.read_text().strip() == _sha1_file(target)
+        return record.read_text().strip() == sha1_of(target)
     except OSError:
         return False
 
@@ -111,7 +105,7 @@ def _build(target):
         subprocess.run(cmd, check=True, capture_output=True, text=True,
                        timeout=_BUILD_SECONDS)
         record = target.with_suffix('.sha1')
-        record.with_suffix('.tmp').write_text(_sha1_file(tmp))
+        record.with_suffix('.tmp').write_text(sha1_of(tmp))
         os.replace(tmp, target)  # other processes see it whole or not at all
         os.replace(record.with_suffix('.tmp'), record)
     finally:
