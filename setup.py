@@ -18,7 +18,7 @@ setup(
     # mxnet-cu112==1.9.1 (or another CUDA build) and pip must not pull the
     # CPU wheel over it. CPU users take the `cpu` extra.
     install_requires=['numpy<1.24', 'd2l==0.16.7', 'tqdm'],
-    extras_require={'cpu': ['mxnet==1.9.1'],
+    extras_require={'cpu': ['mxnet==1.9.1', 'mkl'],
                     'pretrained': ['safetensors', 'tokenizers']},
     entry_points={'console_scripts': ['bert-gluon=bert_gluon.cli:entry']},
 )

@@ -8,8 +8,11 @@ rows of weight 0 (MXNet's log_softmax backward is ~10x slower).
 `dropout.cc`: dropout from a hashed counter instead of a draw per element,
 for training graphs (it cannot see autograd's train mode).
 `dense.cc`: the MLM vocabulary projection, optionally on rows of nonzero
-weight only, packed; its backward calls the OpenBLAS MXNet ships (built only
-where libopenblas.so.0 sits beside libmxnet.so; `has_op` says).
+weight only, packed.
+`blas.h`, `library.cc`: matrix products from Intel MKL (the `mkl` package:
+it dispatches on the CPU, AVX2 to AMX, and has bf16 products), found at load
+time, or else the OpenBLAS beside libmxnet.so (float32 only);
+`blas_provider()` says which.
 `attention.cc`: self-attention scores (masked softmax) and context straight
 from the (B, T, H) projections, per head (`heads.h`) through a
 register-blocked product (`small_gemm.h`): no head transposes, no BLAS call
@@ -27,30 +30,32 @@ truncated file would otherwise take the process down). Which ops run is the
 model's backend (bert_gluon/backend.py); where the kernels cannot be built,
 `unavailable_reason()` says why and 'auto' models run MXNet's operators.
 """
+import ctypes
 import fcntl
 import hashlib
+import importlib.metadata
 import os
 import platform
 import subprocess
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import mxnet as mx
 
 from ..data.files import sha1_of
 
-__all__ = ['has_op', 'native_available', 'unavailable_reason', 'library_path']
+__all__ = ['has_op', 'native_available', 'unavailable_reason', 'library_path',
+           'blas_provider', 'bf16_unavailable_reason', 'cpu_flags']
 
 _SOURCES = [Path(__file__).with_name(name)
             for name in ('library.cc', 'layer_norm.cc', 'cross_entropy.cc',
-                         'dropout.cc', 'attention.cc', 'encoder_layer.cc', 'embedding.cc')]
-# Ops that call sgemm: linked against MXNet's own OpenBLAS when it has one
-_BLAS_SOURCES = [Path(__file__).with_name(name)
-                 for name in ('dense.cc',)]
+                         'dropout.cc', 'attention.cc', 'encoder_layer.cc', 'embedding.cc',
+                         'dense.cc')]
 _HEADERS = [Path(__file__).with_name(name)
-            for name in ('common.h', 'small_gemm.h', 'heads.h')]
+            for name in ('common.h', 'small_gemm.h', 'heads.h', 'blas.h')]
 _OPENBLAS = Path(mx.__file__).parent / 'libopenblas.so.0'
 _FLAGS = ['-shared', '-fPIC', '-O3', '-march=native', '-fopenmp', '-std=c++17']
 _BUILD_SECONDS = 900  # a cold build takes about a minute on 2 cores
@@ -94,13 +99,8 @@ def _build(target):
     lib_api = Path(mx.__file__).parent / 'src' / 'lib_api.cc'
     fd, tmp = tempfile.mkstemp(suffix='.so', dir=target.parent)
     os.close(fd)
-    sources, libs = list(_SOURCES), ['-lmvec']
-    if _OPENBLAS.is_file():
-        sources += _BLAS_SOURCES
-        libs += [f'-L{_OPENBLAS.parent}', f'-l:{_OPENBLAS.name}',
-                 f'-Wl,-rpath,{_OPENBLAS.parent}']
-    cmd = ['g++', *_FLAGS, f'-I{include}', '-o', tmp, *map(str, sources),
-           str(lib_api), *libs]
+    cmd = ['g++', *_FLAGS, f'-I{include}', '-o', tmp, *map(str, _SOURCES),
+           str(lib_api), '-lmvec', '-ldl']
     try:
         subprocess.run(cmd, check=True, capture_output=True, text=True,
                        timeout=_BUILD_SECONDS)
@@ -137,10 +137,9 @@ def _locked_build(target):
 def library_path():
     """Where this machine's build of the kernels lives (built or not)."""
     digest = hashlib.sha1(mx.__version__.encode())
-    for part in (str(_OPENBLAS.is_file()), _compiler_identity(), ' '.join(_FLAGS),
-                 _cpu_identity()):
+    for part in (_compiler_identity(), ' '.join(_FLAGS), _cpu_identity()):
         digest.update(part.encode())
-    for source in _SOURCES + _BLAS_SOURCES + _HEADERS:
+    for source in _SOURCES + _HEADERS:
         digest.update(source.read_bytes())
     return _BUILD_DIR / f'libbert_gluon_ops-{digest.hexdigest()[:16]}.so'
 
@@ -163,6 +162,63 @@ def _load():
     if missing:
         return f'{target} loaded without the ops {missing}'
     _state['path'] = target
+    return _load_blas(target)
+
+
+def _mkl_library():
+    """libmkl_rt from the installed `mkl` package, or None."""
+    if os.environ.get('BERT_GLUON_BLAS', 'mkl') == 'openblas':  # the fallback, on purpose
+        return None
+    try:
+        files = importlib.metadata.files('mkl') or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    found = sorted(str(f.locate()) for f in files if f.name.startswith('libmkl_rt.so'))
+    return found[-1] if found else None
+
+
+def _load_blas(target):
+    """Give the loaded library its matrix products; None or why not."""
+    library = ctypes.CDLL(str(target))  # the handle MXNet already loaded
+    library.bert_gluon_load_blas.restype = ctypes.c_int
+    library.bert_gluon_blas_provider.restype = ctypes.c_char_p
+    error = ctypes.create_string_buffer(512)
+    mkl = _mkl_library()
+    loaded = library.bert_gluon_load_blas((mkl or '').encode(), str(_OPENBLAS).encode(),
+                                          error, len(error))
+    _state['blas'] = library.bert_gluon_blas_provider().decode()
+    if mkl and loaded != 2:
+        warnings.warn(f'bert_gluon: MKL at {mkl} did not load ({error.value.decode()}); '
+                      'matrix products from OpenBLAS')
+    if not loaded:
+        return (f'no matrix-product library: pip install mkl (or an MXNet wheel '
+                f'with {_OPENBLAS.name} beside libmxnet.so)')
+    return None
+
+
+def blas_provider():
+    """'mkl' or 'openblas': where the native kernels' products come from."""
+    return _state.get('blas') if native_available() else None
+
+
+def cpu_flags():
+    """This CPU's feature flags (from /proc/cpuinfo)."""
+    for line in _cpu_identity().splitlines():
+        if line.startswith('flags'):
+            return set(line.split(':', 1)[1].split())
+    return set()
+
+
+def bf16_unavailable_reason():
+    """None when bf16 products run here at full speed, else why not."""
+    reason = unavailable_reason()
+    if reason:
+        return reason
+    if not {'avx512_bf16', 'amx_bf16'} & cpu_flags():
+        return ('this CPU has neither AVX512_BF16 nor AMX-BF16: bf16 products '
+                'would be emulated, slower than float32')
+    if blas_provider() != 'mkl':
+        return 'bf16 products come from MKL: pip install mkl'
     return None
 
 

@@ -7,15 +7,14 @@
 #include <unordered_map>
 #include <vector>
 
-extern "C" {
-// OpenBLAS, the copy MXNet itself links (libopenblas.so.0 beside libmxnet.so);
-// only the ops built with it (kernels/__init__.py: _BLAS_SOURCES) call it.
-void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k,
-                 float alpha, const float* a, int lda, const float* b, int ldb,
-                 float beta, float* c, int ldc);
-}
+#include "blas.h"
 
-enum { kRowMajor = 101, kNoTrans = 111, kTrans = 112 };
+// blas::to_bf16 over n floats, on all threads
+inline void to_bf16_parallel(const float* x, int64_t n, blas::bf16* out) {
+  constexpr int64_t kChunk = 1 << 16;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; i += kChunk) blas::to_bf16(x + i, n - i < kChunk ? n - i : kChunk, out + i);
+}
 
 // A boolean attribute as Python passes it (True / 1)
 inline bool flag_of(const std::unordered_map<std::string, std::string>& attrs,

@@ -1,14 +1,13 @@
 // The MLM head's vocabulary projection, for MXNet 1.9 on the CPU (extension
-// library). The forward goes a block of W's rows at a time through the
-// register-blocked product (small_gemm.h), the bias added in registers, so
-// the (rows, V) output is written once; the backward's products go through
-// the OpenBLAS that MXNet ships.
+// library), its products from blas.h (MKL where installed): float32, or with
+// bf16=1 bf16 operands accumulated in float32 (the float32 weight converted
+// on each call: it is the master copy the optimizer updates).
 // The projection is most of a pretraining step's FLOPs, and the book pads
 // every sequence to 10 slots, of which ~30% have weight 0 on WikiText-2; with
 // packed=1 the op projects only the rows of nonzero weight, packed at the top
 // of its output (bert_softmax_ce(..., packed=1) reads that layout).
 //
-// Op bert_dense(X (..., H), W (V, H), b (V,)[, weights (...)]; packed=0)
+// Op bert_dense(X (..., H), W (V, H), b (V,)[, weights (...)]; packed=0, bf16=0)
 //      -> Y (..., V) = X W^T + b.
 //   packed=1 takes weights and, in row-major order over the leading axes,
 //   writes row k = X[r_k] W^T + b for the k-th row r_k of nonzero weight;
@@ -20,7 +19,7 @@
 #include <omp.h>
 #include "mxnet/lib_api.h"
 #include "common.h"
-#include "small_gemm.h"
+#include "blas.h"
 
 using namespace mxnet::ext;
 
@@ -69,44 +68,44 @@ static MXReturnValue pd_shape(const std::unordered_map<std::string, std::string>
   return MX_SUCCESS;
 }
 
+// alloc_cpu hands out MXNet's temp space, the same buffer at every call of
+// one op invocation: each invocation takes all it needs at once
+
 static MXReturnValue pd_forward(const std::unordered_map<std::string, std::string>& attrs,
                                 std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
                                 const OpResource& res) {
   MXTensor& X = (*inputs)[0];
   const int64_t H = X.shape.back(), R = X.size() / H, V = (*inputs)[1].shape[0];
-  const float* b = (*inputs)[2].data<float>();
-  const bool packed = flag_of(attrs, "packed");
+  const bool packed = flag_of(attrs, "packed"), bf16 = flag_of(attrs, "bf16");
   const std::vector<int64_t> rows = packed ? weighted_rows((*inputs)[3].data<float>(), R)
                                            : std::vector<int64_t>();
   const int64_t n = packed ? rows.size() : R;
   if (n == 0) return MX_SUCCESS;
-  float* Y = (*outputs)[0].data<float>();
+  const float* A = X.data<float>();
   const float* W = (*inputs)[1].data<float>();
-  using small_gemm::kRows;
-  constexpr int64_t kChunk = 256;  // W's rows per task: (H, 256) packed, in L2
-  const int threads = omp_get_max_threads();
-  const int64_t rows_size = small_gemm::packed_rows_size(n, H);
-  const int64_t chunk_size = small_gemm::packed_size(kChunk, H);
-  // alloc_cpu hands out MXNet's temp space: one buffer per op call
-  float* Ap = static_cast<float*>(res.alloc_cpu((rows_size + threads * chunk_size)
-                                                * sizeof(float)));
-  const float* Xv = X.data<float>();
-#pragma omp parallel for schedule(static)
-  for (int64_t i0 = 0; i0 < n; i0 += kRows)  // X's rows (the weighted ones), packed
-    small_gemm::pack_rows(packed ? Xv : Xv + i0 * H, n - i0 < kRows ? n - i0 : kRows, H,
-                          H, Ap + i0 * H, packed ? rows.data() + i0 : nullptr);
-#pragma omp parallel for schedule(dynamic) num_threads(threads)
-  for (int64_t j0 = 0; j0 < V; j0 += kChunk) {
-    float* Bp = Ap + rows_size + omp_get_thread_num() * chunk_size;
-    const int64_t cols = V - j0 < kChunk ? V - j0 : kChunk;
-    small_gemm::pack_weight(W + j0 * H, cols, H, Bp);
-    // 48 rows at a time: each row's 256 outputs written together, not a
-    // 16-column strip of every row per pass
-    for (int64_t i0 = 0; i0 < n; i0 += 8 * kRows) {
-      const int64_t m = n - i0 < 8 * kRows ? n - i0 : 8 * kRows;
-      small_gemm::gemm_prepacked(m, cols, H, Ap + i0 * H, Bp, b + j0, Y + i0 * V + j0, V);
-    }
+  const float* b = (*inputs)[2].data<float>();
+  float* Y = (*outputs)[0].data<float>();
+  char* space = static_cast<char*>(res.alloc_cpu(
+      (packed ? n * H * sizeof(float) : 0) + (bf16 ? (n + V) * H * sizeof(blas::bf16) : 0)));
+  if (packed) {  // the weighted rows, gathered
+    float* gathered = reinterpret_cast<float*>(space);
+    gather(A, rows, H, gathered);
+    A = gathered;
+    space += n * H * sizeof(float);
   }
+  // Y = A W^T + b: each row starts as the bias (written in parallel: the
+  // first touch of a large output), then one product adds to it
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) std::memcpy(Y + i * V, b, V * sizeof(float));
+  if (!bf16) {
+    blas::sgemm(false, true, n, V, H, 1.f, A, H, W, H, 1.f, Y, V);
+    return MX_SUCCESS;
+  }
+  auto* a16 = reinterpret_cast<blas::bf16*>(space);
+  blas::bf16* w16 = a16 + n * H;
+  to_bf16_parallel(A, n * H, a16);
+  to_bf16_parallel(W, V * H, w16);
+  blas::gemm_bf16(false, true, n, V, H, 1.f, a16, H, w16, H, 1.f, Y, V);
   return MX_SUCCESS;
 }
 
@@ -117,10 +116,11 @@ static MXReturnValue pd_backward(const std::unordered_map<std::string, std::stri
   MXTensor& X = (*inputs)[1];
   const int64_t H = X.shape.back(), R = X.size() / H, V = (*inputs)[2].shape[0];
   const float* dY = (*inputs)[0].data<float>();
+  const float* W = (*inputs)[2].data<float>();
   float* dX = (*outputs)[0].data<float>();
   float* dW = (*outputs)[1].data<float>();
   float* db = (*outputs)[2].data<float>();
-  const bool packed = flag_of(attrs, "packed");
+  const bool packed = flag_of(attrs, "packed"), bf16 = flag_of(attrs, "bf16");
   std::vector<int64_t> rows;
   if (packed) {
     std::memset((*outputs)[3].data_ptr, 0, R * sizeof(float));
@@ -146,15 +146,29 @@ static MXReturnValue pd_backward(const std::unordered_map<std::string, std::stri
   }
   const float* Xv = X.data<float>();
   float* dXv = dX;
+  char* space = static_cast<char*>(res.alloc_cpu(
+      (packed ? 2 * n * H * sizeof(float) : 0)
+      + (bf16 ? (n * V + V * H + n * H) * sizeof(blas::bf16) : 0)));
   if (packed) {  // gather the weighted rows; scatter their gradient after
-    float* scratch = static_cast<float*>(res.alloc_cpu(2 * n * H * sizeof(float)));
+    float* scratch = reinterpret_cast<float*>(space);
     gather(X.data<float>(), rows, H, scratch);
     Xv = scratch;
     dXv = scratch + n * H;
+    space += 2 * n * H * sizeof(float);
   }
-  cblas_sgemm(kRowMajor, kNoTrans, kNoTrans, n, H, V, 1.f, dY, V,
-              (*inputs)[2].data<float>(), H, 0.f, dXv, H);
-  cblas_sgemm(kRowMajor, kTrans, kNoTrans, V, H, n, 1.f, dY, V, Xv, H, 0.f, dW, H);
+  if (bf16) {
+    auto* dy16 = reinterpret_cast<blas::bf16*>(space);
+    blas::bf16* w16 = dy16 + n * V;
+    blas::bf16* x16 = w16 + V * H;
+    to_bf16_parallel(dY, n * V, dy16);
+    to_bf16_parallel(W, V * H, w16);
+    to_bf16_parallel(Xv, n * H, x16);
+    blas::gemm_bf16(false, false, n, H, V, 1.f, dy16, V, w16, H, 0.f, dXv, H);
+    blas::gemm_bf16(true, false, V, H, n, 1.f, dy16, V, x16, H, 0.f, dW, H);
+  } else {
+    blas::sgemm(false, false, n, H, V, 1.f, dY, V, W, H, 0.f, dXv, H);
+    blas::sgemm(true, false, V, H, n, 1.f, dY, V, Xv, H, 0.f, dW, H);
+  }
   for (int64_t i = 0; packed && i < n; ++i)
     std::memcpy(dX + rows[i] * H, dXv + i * H, H * sizeof(float));
   return MX_SUCCESS;

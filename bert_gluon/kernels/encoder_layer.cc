@@ -9,10 +9,16 @@
 //   A = LayerNorm(X + C W_o^T (+ b_o))
 //   Y = LayerNorm(A + act(A W1^T + b1) W2^T + b2), act ReLU or erf-GELU
 //
+// The four Dense products go through blas.h (MKL's packed weights: packed
+// once per call, shared by every row block), in float32 or, with bf16=1, on
+// bf16 operands accumulated in float32; attention's per-head products stay
+// float32 (small_gemm.h, via heads.h).
+//
 // Op bert_encoder_layer(X (B, T, H), valid_lens (B,), W_q, W_k, W_v, W_o (H, H),
 //                       [b_q, b_k, b_v, b_o (H,),] gamma1, beta1 (H,), W1 (F, H),
 //                       b1 (F,), W2 (H, F), b2 (H,), gamma2, beta2 (H,);
-//                       num_heads, scale, eps, activation, use_bias) -> Y (B, T, H)
+//                       num_heads, scale, eps, activation, use_bias, bf16)
+//   -> Y (B, T, H)
 // No backward (MXNet's graph building asks for one to be registered; it
 // fails if run): graphs that may be differentiated use the per-step ops.
 #include <algorithm>
@@ -25,6 +31,7 @@
 #include "mxnet/lib_api.h"
 #include "common.h"
 #include "heads.h"
+#include "blas.h"
 
 using namespace mxnet::ext;
 using namespace heads;
@@ -67,6 +74,42 @@ inline float erf_rational(float x) {
   q = q * x2 - 1.42647390514189e-02f;
   return x * p / q;
 }
+
+// A Dense weight W (N, K) packed for products X (M <= rows, K) @ W^T + bias
+struct Packed {
+  int64_t N, K, rows;
+  bool bf16;
+  int64_t bytes;
+  void* data = nullptr;
+  Packed(int64_t N_, int64_t K_, int64_t rows_, bool bf16_)
+      : N(N_), K(K_), rows(rows_), bf16(bf16_),
+        bytes((blas::packed_weight_bytes(bf16_, rows_, N_, K_) + 63) / 64 * 64) {}
+
+  // pack W into the space at `next` (advanced past it)
+  void pack(const float* W, char*& next) {
+    data = next;
+    next += bytes;
+    if (!bf16) {
+      blas::pack_weight(W, N, K, rows, data);
+      return;
+    }
+    std::vector<blas::bf16> w16(N * K);  // not alloc_cpu: one buffer per op call
+    to_bf16_parallel(W, N * K, w16.data());
+    blas::pack_weight_bf16(w16.data(), N, K, rows, data);
+  }
+
+  // C (n, N) = X (n, K) @ W^T + bias (N,); `operand`: n * K bf16 of scratch
+  void product(int64_t n, const float* X, const float* bias, float* C,
+               blas::bf16* operand) const {
+    for (int64_t r = 0; r < n; ++r) std::memcpy(C + r * N, bias, N * sizeof(float));
+    if (bf16) {
+      blas::to_bf16(X, n * K, operand);
+      blas::gemm_packed_bf16(n, N, K, operand, K, data, 1.f, C, N);
+    } else {
+      blas::gemm_packed(n, N, K, X, K, data, 1.f, C, N);
+    }
+  }
+};
 
 bool gelu_of(const Attrs& attrs) {
   auto it = attrs.find("activation");
@@ -131,32 +174,34 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
   const int64_t seqs = std::max<int64_t>(1, kBlockRows / T);  // per task
   const int64_t rows = seqs * T;
   const int threads = omp_get_max_threads();
-  // The weights packed for the products, then per-thread rows
-  using small_gemm::packed_size;
-  const int64_t weights = packed_size(H3, H) + H3 + packed_size(H, H) + packed_size(F, H)
-                          + packed_size(H, F);
+  const bool bf16 = flag_of(attrs, "bf16");
+  // The weights packed once for every row block's products
+  Packed Wqkv(H3, H, rows, bf16), Wo(H, H, rows, bf16), W1(F, H, rows, bf16),
+      W2(H, F, rows, bf16);
+  const int64_t weight_bytes = Wqkv.bytes + Wo.bytes + W1.bytes + W2.bytes;
+  // then per-thread rows: float32 intermediates and a bf16 copy of an operand
   const int64_t each = rows * (H3 + 2 * H + F) + s.d * T + T * T
-                       + small_gemm::packed_rows_size(rows, std::max(H, F));
-  float* buffer = static_cast<float*>(res.alloc_cpu((weights + threads * each) * sizeof(float)));
-  float* Wqkv = buffer;                        // (H, 3H): columns q | k | v
-  float* bqkv = Wqkv + packed_size(H3, H);     // (3H,)
-  float* Wo = bqkv + H3;                       // (H, H)
-  float* W1 = Wo + packed_size(H, H);          // (H, F)
-  float* W2 = W1 + packed_size(F, H);          // (F, H)
+                       + (bf16 ? rows * std::max(H, F) / 2 + 1 : 0);
+  char* space = static_cast<char*>(
+      res.alloc_cpu(weight_bytes + (H3 * H + 2 * H3 + threads * each) * sizeof(float)));
+  float* stacked = reinterpret_cast<float*>(space + weight_bytes);  // (3H, H)
+  float* bqkv = stacked + H3 * H;  // (3H,)
+  float* zeros = bqkv + H3;        // (3H,)
+  float* per_thread = zeros + H3;
   // q | k | v weights stacked as one (3H, H) weight
-  std::vector<float> stacked(H3 * H);
-  for (int w = 0; w < 3; ++w)
-    std::memcpy(stacked.data() + w * H * H, p(w == 0 ? at.W_q : w == 1 ? at.W_k : at.W_v),
+  for (int w = 0; w < 3; ++w) {
+    std::memcpy(stacked + w * H * H, p(w == 0 ? at.W_q : w == 1 ? at.W_k : at.W_v),
                 H * H * sizeof(float));
-  small_gemm::pack_weight(stacked.data(), H3, H, Wqkv);
-  small_gemm::pack_weight(p(at.W_o), H, H, Wo);
-  small_gemm::pack_weight(p(at.W1), F, H, W1);
-  small_gemm::pack_weight(p(at.W2), H, F, W2);
-  if (at.b_q >= 0) {
-    std::memcpy(bqkv, p(at.b_q), H * sizeof(float));
-    std::memcpy(bqkv + H, p(at.b_k), H * sizeof(float));
-    std::memcpy(bqkv + 2 * H, p(at.b_v), H * sizeof(float));
+    if (at.b_q >= 0)
+      std::memcpy(bqkv + w * H, p(w == 0 ? at.b_q : w == 1 ? at.b_k : at.b_v),
+                  H * sizeof(float));
   }
+  std::fill(zeros, zeros + H3, 0.f);
+  char* next = space;
+  Wqkv.pack(stacked, next);
+  Wo.pack(p(at.W_o), next);
+  W1.pack(p(at.W1), next);
+  W2.pack(p(at.W2), next);
 
   const int64_t tasks = (B + seqs - 1) / seqs;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
@@ -164,15 +209,15 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
     const int64_t b0 = task * seqs, n = std::min(seqs, B - b0) * T;  // n rows
     const float* x = X + b0 * T * H;
     float* y = Y + b0 * T * H;
-    float* qkv = buffer + weights + omp_get_thread_num() * each;  // (n, 3H)
+    float* qkv = per_thread + omp_get_thread_num() * each;  // (n, 3H)
     float* c = qkv + rows * H3;    // (n, H): attention context
     float* a = c + rows * H;       // (n, H)
     float* f = a + rows * H;       // (n, F)
     float* Kt = f + rows * F;      // (d, T)
     float* P = Kt + s.d * T;       // (T, T)
-    float* Ap = P + T * T;         // a product's left operand, packed
+    auto* operand = reinterpret_cast<blas::bf16*>(P + T * T);  // bf16 copy of a left operand
 
-    small_gemm::gemm_packed(n, H3, H, x, H, Wqkv, at.b_q >= 0 ? bqkv : nullptr, qkv, H3, Ap);
+    Wqkv.product(n, x, at.b_q >= 0 ? bqkv : zeros, qkv, operand);
     for (int64_t i = 0; i < n / T; ++i) {
       const int64_t kept = kept_keys(lens, b0 + i, T);
       for (int64_t h = 0; h < s.N; ++h) {
@@ -182,14 +227,14 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
                          H);
       }
     }
-    small_gemm::gemm_packed(n, H, H, c, H, Wo, at.b_o >= 0 ? p(at.b_o) : nullptr, a, H, Ap);
+    Wo.product(n, c, at.b_o >= 0 ? p(at.b_o) : zeros, a, operand);
     for (int64_t r = 0; r < n; ++r) {  // AddNorm 1
       float* ar = a + r * H;
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) ar[j] += x[r * H + j];
       layer_norm_row(ar, p(at.gamma1), p(at.beta1), H, eps, ar);
     }
-    small_gemm::gemm_packed(n, F, H, a, H, W1, p(at.b1), f, F, Ap);
+    W1.product(n, a, p(at.b1), f, operand);
     if (gelu) {
 #pragma omp simd
       for (int64_t i = 0; i < n * F; ++i)
@@ -198,7 +243,7 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
 #pragma omp simd
       for (int64_t i = 0; i < n * F; ++i) f[i] = f[i] > 0.f ? f[i] : 0.f;
     }
-    small_gemm::gemm_packed(n, H, F, f, F, W2, p(at.b2), y, H, Ap);
+    W2.product(n, f, p(at.b2), y, operand);
     for (int64_t r = 0; r < n; ++r) {  // AddNorm 2
       float* yr = y + r * H;
 #pragma omp simd
