@@ -55,9 +55,21 @@ def _native_obstacle(contexts, dtype):
     return kernels.unavailable_reason()
 
 
-def resolve_backend(request, contexts, dtype='float32'):
-    """'native' or 'mxnet' for parameters on `contexts` of `dtype`."""
-    request = check_backend(request)
+def resolve_backend(request, contexts, dtype='float32', precision='float32'):
+    """'native' or 'mxnet' for parameters on `contexts` of `dtype`, whose
+    products run in `precision` (a config's dtype)."""
+    name = _resolve(check_backend(request), contexts, dtype)
+    if precision == 'bfloat16':
+        obstacle = (kernels.bf16_unavailable_reason() if name == 'native' else
+                    "it runs on the 'native' backend (this package's CPU kernels), "
+                    f'not on MXNet\'s operators (the parameters are on {list(contexts)})')
+        if obstacle:
+            raise ValueError(f"dtype='bfloat16' cannot run here: {obstacle}; use "
+                             "dtype='float32'")
+    return name
+
+
+def _resolve(request, contexts, dtype):
     if request == 'mxnet':
         return 'mxnet'
     if request == 'auto' and os.environ.get('BERT_GLUON_NATIVE', '1') == '0':
@@ -85,7 +97,7 @@ def set_backend(block, name, key=None):
             blk.__dict__.update(_bg_backend=name, _bg_key=key)
             blk.__dict__.pop('_inference_graph', None)
             if key is not None:
-                blk.__dict__['_bg_request'] = key[0]
+                blk.__dict__.update(_bg_request=key[0], _bg_precision=key[3])
         if hasattr(blk, '_clear_cached_op'):
             blk._clear_cached_op()
 
@@ -94,19 +106,23 @@ class BackendMixin:
     """For the twin's HybridBlocks: the `backend` attribute and its
     resolution on eager calls (first in the bases: it wraps `forward`)."""
     _bg_request = 'auto'
+    _bg_precision = 'float32'  # of the products: a config's dtype
     _bg_backend = None
     _bg_key = None
 
-    def _init_backend(self, backend=None, source=None):
-        """Ask for `backend` on this block and every block inside it; or,
-        with `source` (a block inside it), follow whatever `source` asks."""
+    def _init_backend(self, backend=None, source=None, precision=None):
+        """Ask for `backend` (and products in `precision`) on this block and
+        every block inside it; or, with `source` (a block inside it), follow
+        whatever `source` asks."""
         if source is not None:
             self.__dict__['_bg_source'] = source  # not a child: no setattr
-            backend = source._request()
+            backend, precision = source._request(), source._bg_precision
         request = check_backend(backend)
         for blk in _blocks(self):
             if isinstance(blk, BackendMixin):
                 blk.__dict__['_bg_request'] = request
+                if precision is not None:
+                    blk.__dict__['_bg_precision'] = precision
 
     def _request(self):
         source = self.__dict__.get('_bg_source')
@@ -155,7 +171,7 @@ class BackendMixin:
             contexts, dtype = (like.ctx,), onp.dtype(like.dtype).name
         else:  # no parameters and no input yet: nothing to resolve for
             return
-        key = (self._request(), contexts, dtype)
+        key = (self._request(), contexts, dtype, self._bg_precision)
         if key != self._bg_key:
             set_backend(self, resolve_backend(*key), key)
 
@@ -167,6 +183,11 @@ class BackendMixin:
     @property
     def native(self):
         return self._bg_backend == 'native'
+
+    @property
+    def bf16(self):
+        """True when this block's products run on bf16 operands."""
+        return self._bg_precision == 'bfloat16' and self.native
 
 
 _graph_kind = contextvars.ContextVar('bert_gluon_graph_kind', default=None)

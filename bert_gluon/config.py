@@ -35,6 +35,11 @@ class BERTConfig:
       layer_norm_eps [1e-5]: epsilon of every LayerNorm (Gluon's default;
           real BERT checkpoints use 1e-12).
       num_segments [2]: segment (token type) ids.
+      dtype ['float32']: precision of the matrix products. 'bfloat16' runs
+          the Dense layers' and the MLM projection's products on bf16
+          operands accumulated in float32 (parameters, optimizer states,
+          LayerNorm, softmax and losses stay float32): the native backend,
+          on a CPU with AVX512_BF16 or AMX.
     """
     vocab_size: int = 10000
     num_hiddens: int = 768
@@ -50,6 +55,7 @@ class BERTConfig:
     embedding_dropout: bool = True
     layer_norm_eps: float = 1e-5
     num_segments: int = 2
+    dtype: str = 'float32'
 
     def __post_init__(self):
         for name in ('vocab_size', 'num_hiddens', 'ffn_num_hiddens',
@@ -68,6 +74,9 @@ class BERTConfig:
         if self.activation not in ('relu', 'gelu'):
             raise ValueError("activation must be 'relu' or 'gelu', got "
                              f'{self.activation!r}')
+        if self.dtype not in ('float32', 'bfloat16'):
+            raise ValueError("dtype must be 'float32' or 'bfloat16', got "
+                             f'{self.dtype!r}')
         if not self.layer_norm_eps > 0:
             raise ValueError('layer_norm_eps must be > 0, got '
                              f'{self.layer_norm_eps!r}')
@@ -79,7 +88,8 @@ class BERTConfig:
                 and self.max_len == 1000
                 and self.activation == 'relu' and not self.embedding_layer_norm
                 and self.embedding_dropout
-                and self.layer_norm_eps == 1e-5 and self.num_segments == 2)
+                and self.layer_norm_eps == 1e-5 and self.num_segments == 2
+                and self.dtype == 'float32')
 
     def replace(self, **changes):
         """A copy with `changes` applied (and validated)."""

@@ -12,7 +12,6 @@ import mxnet as mx
 from mxnet import autograd
 from mxnet.gluon import nn
 
-from . import kernels
 from .backend import BackendMixin, graph_kind
 
 __all__ = ['Dense', 'Dropout', 'LayerNorm', 'MultiHeadSelfAttention', 'AddNorm',
@@ -24,20 +23,28 @@ class Dense(BackendMixin, nn.Dense):
     """`nn.Dense` that also knows 'gelu' (the exact, erf form real BERT uses).
 
     Same parameters as `nn.Dense`, so it can stand where the book has one.
-    blas=True (a wide projection with a bias, flatten=False) runs the native
-    bert_dense op on the native backend: the MLM head's 20k-word output
-    (bench/bench_kernels.py compares it with FullyConnected).
+    On the native backend (flatten=False) its product runs the native
+    bert_linear op, MKL's products in float32 or bf16, forward and backward;
+    vocabulary=True (the MLM head's 20k-word output, with a bias) runs
+    bert_dense instead, which in training projects only weighted slots
+    (bench/bench_kernels.py compares both with FullyConnected).
     """
-    def __init__(self, units, activation=None, blas=False, **kwargs):
+    def __init__(self, units, activation=None, vocabulary=False, **kwargs):
         self._gelu = activation == 'gelu'
         super().__init__(units, activation=None if self._gelu else activation,
                          **kwargs)
-        self._blas = blas and self._flatten is False and self.bias is not None
+        self._vocabulary = vocabulary and self.bias is not None
 
     def hybrid_forward(self, F, x, weight, bias=None):
-        if self._blas and self.native and kernels.has_op('bert_dense'):
-            out = F.bert_dense(x.as_nd_ndarray(), weight.as_nd_ndarray(),
-                               bias.as_nd_ndarray()).as_np_ndarray()
+        if self.native and self._flatten is False:
+            inputs = [x.as_nd_ndarray(), weight.as_nd_ndarray()]
+            if bias is not None:
+                inputs.append(bias.as_nd_ndarray())
+            if self._vocabulary:
+                out = F.bert_dense(*inputs, bf16=self.bf16)
+            else:
+                out = F.bert_linear(*inputs, use_bias=bias is not None, bf16=self.bf16)
+            out = out.as_np_ndarray()
             if self.act is not None:
                 out = self.act(out)
         else:
@@ -109,9 +116,8 @@ class MultiHeadSelfAttention(BackendMixin, nn.HybridBlock):
         with self.name_scope():
             self.dropout = Dropout(dropout)
             for name in ('W_q', 'W_k', 'W_v', 'W_o'):
-                setattr(self, name, nn.Dense(num_hiddens, use_bias=use_bias,
-                                             flatten=False,
-                                             in_units=num_hiddens))
+                setattr(self, name, Dense(num_hiddens, use_bias=use_bias,
+                                          flatten=False, in_units=num_hiddens))
 
     def hybrid_forward(self, F, X, valid_lens):
         # X: (B, T, H); valid_lens: (B,), every row's count of real tokens
@@ -211,7 +217,8 @@ class EncoderBlock(BackendMixin, nn.HybridBlock):
         return F.bert_encoder_layer(
             X.as_nd_ndarray(), valid_lens.as_nd_ndarray(), *(param_value(F, p, X) for p in params),
             num_heads=att.num_heads, scale=att._scale, eps=self._eps,
-            activation=ffn.activation, use_bias=self._use_bias).as_np_ndarray()
+            activation=ffn.activation, use_bias=self._use_bias,
+            bf16=self.bf16).as_np_ndarray()
 
 
 def sinusoidal_positions(F, X, num_hiddens):

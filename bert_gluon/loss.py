@@ -12,7 +12,6 @@ import mxnet as mx
 from mxnet import autograd
 from mxnet.gluon import nn
 
-from . import kernels
 from .backend import BackendMixin, tracing
 from .inputs import check_pred_positions, check_pretraining_targets
 from .model import _as, _checked, _prepare_inputs
@@ -64,11 +63,11 @@ class MLMDecoderLoss(BackendMixin, nn.HybridBlock):
         self.bias = self.params.get('bias')
 
     def hybrid_forward(self, F, hidden, mlm_Y, mlm_weights, weight, bias):
-        if self.native and kernels.has_op('bert_dense'):
+        if self.native:
             mlm_weights = mlm_weights.as_nd_ndarray()
             logits = F.bert_dense(  # (B, P, V), weighted rows packed on top
                 hidden.as_nd_ndarray(), weight.as_nd_ndarray(),
-                bias.as_nd_ndarray(), mlm_weights, packed=True)
+                bias.as_nd_ndarray(), mlm_weights, packed=True, bf16=self.bf16)
             return F.bert_softmax_ce(logits, mlm_Y.as_nd_ndarray(), mlm_weights,
                                      packed=True)[0].as_np_ndarray()
         logits = F.npx.fully_connected(hidden, weight, bias, flatten=False,

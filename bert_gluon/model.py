@@ -123,7 +123,7 @@ class HybridBERTEncoder(BackendMixin, nn.HybridBlock):
                     H, config.ffn_num_hiddens, config.num_heads,
                     config.dropout, config.use_bias, config.activation,
                     config.layer_norm_eps))
-        self._init_backend(backend)
+        self._init_backend(backend, precision=config.dtype)
 
     def forward(self, tokens, segments, valid_lens=None):
         if not _is_eager(tokens):
@@ -192,7 +192,7 @@ class HybridMaskLM(BackendMixin, nn.HybridBlock):
                                in_units=H))
             self.mlp.add(LayerNorm(config.layer_norm_eps, H))
             self.mlp.add(Dense(config.vocab_size, flatten=False, in_units=H,
-                               blas=True))
+                               vocabulary=True))
 
     def forward(self, X, pred_positions):
         if _is_eager(X) and not _inputs_checked.get():
@@ -257,7 +257,7 @@ class HybridBERTModel(BackendMixin, nn.HybridBlock):
             self.encoder = HybridBERTEncoder(config)
             self.nsp = HybridNextSentencePred(config)
             self.mlm = HybridMaskLM(config)
-        self._init_backend(backend)
+        self._init_backend(backend, precision=config.dtype)
 
     @classmethod
     def from_config(cls, config, backend=None, **changes):

@@ -9,6 +9,8 @@ rows of weight 0 (MXNet's log_softmax backward is ~10x slower).
 for training graphs (it cannot see autograd's train mode).
 `dense.cc`: the MLM vocabulary projection, optionally on rows of nonzero
 weight only, packed.
+`linear.cc`: the other Dense layers of training graphs, forward and
+backward, float32 or bf16 operands.
 `blas.h`, `library.cc`: matrix products from Intel MKL (the `mkl` package:
 it dispatches on the CPU, AVX2 to AMX, and has bf16 products), found at load
 time, or else the OpenBLAS beside libmxnet.so (float32 only);
@@ -53,7 +55,7 @@ __all__ = ['has_op', 'native_available', 'unavailable_reason', 'library_path',
 _SOURCES = [Path(__file__).with_name(name)
             for name in ('library.cc', 'layer_norm.cc', 'cross_entropy.cc',
                          'dropout.cc', 'attention.cc', 'encoder_layer.cc', 'embedding.cc',
-                         'dense.cc')]
+                         'dense.cc', 'linear.cc')]
 _HEADERS = [Path(__file__).with_name(name)
             for name in ('common.h', 'small_gemm.h', 'heads.h', 'blas.h')]
 _OPENBLAS = Path(mx.__file__).parent / 'libopenblas.so.0'

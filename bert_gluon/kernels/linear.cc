@@ -1,0 +1,128 @@
+// A Dense layer (flatten=False) for MXNet 1.9 on the CPU (extension
+// library), forward and backward through blas.h: float32, or with bf16=1
+// bf16 operands accumulated in float32 (the float32 weight is the master
+// copy the optimizer updates; it is converted on each call). The bias is
+// the output's starting value, added by the forward product itself.
+//
+// Op bert_linear(X (..., K), W (N, K)[, b (N,)]; use_bias=1, bf16=0)
+//      -> Y (..., N) = X W^T (+ b)
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+#include "mxnet/lib_api.h"
+#include "common.h"
+
+using namespace mxnet::ext;
+
+static MXReturnValue linear_parse(const std::unordered_map<std::string, std::string>& attrs,
+                                  int* num_in, int* num_out) {
+  *num_in = attrs.count("use_bias") && !flag_of(attrs, "use_bias") ? 2 : 3;
+  *num_out = 1;
+  return MX_SUCCESS;
+}
+
+static MXReturnValue linear_type(const std::unordered_map<std::string, std::string>& attrs,
+                                 std::vector<int>* in_types, std::vector<int>* out_types) {
+  for (int t : *in_types) {
+    if (t != kFloat32) {
+      MX_ERROR_MSG << "bert_linear takes float32 inputs";
+      return MX_FAIL;
+    }
+  }
+  (*out_types)[0] = kFloat32;
+  return MX_SUCCESS;
+}
+
+static MXReturnValue linear_shape(const std::unordered_map<std::string, std::string>& attrs,
+                                  std::vector<std::vector<unsigned int>>* in_shapes,
+                                  std::vector<std::vector<unsigned int>>* out_shapes) {
+  const auto& x = (*in_shapes)[0];
+  const auto& w = (*in_shapes)[1];
+  const bool bias = in_shapes->size() == 3;
+  if (x.empty() || w.size() != 2 || w[1] != x.back()
+      || (bias && (*in_shapes)[2] != std::vector<unsigned int>{w[0]})) {
+    MX_ERROR_MSG << "bert_linear: X (..., K), W (N, K), b (N,)";
+    return MX_FAIL;
+  }
+  std::vector<unsigned int> y(x.begin(), x.end() - 1);
+  y.push_back(w[0]);
+  (*out_shapes)[0] = y;
+  return MX_SUCCESS;
+}
+
+static MXReturnValue linear_forward(const std::unordered_map<std::string, std::string>& attrs,
+                                    std::vector<MXTensor>* inputs,
+                                    std::vector<MXTensor>* outputs, const OpResource& res) {
+  MXTensor& Xt = (*inputs)[0];
+  const int64_t K = Xt.shape.back(), M = Xt.size() / K, N = (*inputs)[1].shape[0];
+  const float* X = Xt.data<float>();
+  const float* W = (*inputs)[1].data<float>();
+  const float* b = inputs->size() == 3 ? (*inputs)[2].data<float>() : nullptr;
+  float* Y = (*outputs)[0].data<float>();
+  if (M == 0) return MX_SUCCESS;
+  if (b) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < M; ++i) std::memcpy(Y + i * N, b, N * sizeof(float));
+  }
+  const float beta = b ? 1.f : 0.f;
+  if (!flag_of(attrs, "bf16")) {
+    blas::sgemm(false, true, M, N, K, 1.f, X, K, W, K, beta, Y, N);
+    return MX_SUCCESS;
+  }
+  // one temp-space allocation per call: MXNet hands out the same buffer
+  auto* x16 = static_cast<blas::bf16*>(res.alloc_cpu((M + N) * K * sizeof(blas::bf16)));
+  blas::bf16* w16 = x16 + M * K;
+  to_bf16_parallel(X, M * K, x16);
+  to_bf16_parallel(W, N * K, w16);
+  blas::gemm_bf16(false, true, M, N, K, 1.f, x16, K, w16, K, beta, Y, N);
+  return MX_SUCCESS;
+}
+
+// inputs: dY, X, W[, b], Y.  outputs: dX, dW[, db]
+static MXReturnValue linear_backward(const std::unordered_map<std::string, std::string>& attrs,
+                                     std::vector<MXTensor>* inputs,
+                                     std::vector<MXTensor>* outputs, const OpResource& res) {
+  MXTensor& Xt = (*inputs)[1];
+  const int64_t K = Xt.shape.back(), M = Xt.size() / K, N = (*inputs)[2].shape[0];
+  const float* dY = (*inputs)[0].data<float>();
+  const float* X = Xt.data<float>();
+  const float* W = (*inputs)[2].data<float>();
+  float* dX = (*outputs)[0].data<float>();
+  float* dW = (*outputs)[1].data<float>();
+  float* db = outputs->size() == 3 ? (*outputs)[2].data<float>() : nullptr;
+  if (db) {  // column sums of dY, a block of columns per task
+#pragma omp parallel for schedule(static)
+    for (int64_t j0 = 0; j0 < N; j0 += 64) {
+      const int64_t j1 = j0 + 64 < N ? j0 + 64 : N;
+      for (int64_t j = j0; j < j1; ++j) db[j] = 0.f;
+      for (int64_t i = 0; i < M; ++i) {
+        const float* di = dY + i * N;
+#pragma omp simd
+        for (int64_t j = j0; j < j1; ++j) db[j] += di[j];
+      }
+    }
+  }
+  if (!flag_of(attrs, "bf16")) {
+    blas::sgemm(false, false, M, K, N, 1.f, dY, N, W, K, 0.f, dX, K);  // dX = dY W
+    blas::sgemm(true, false, N, K, M, 1.f, dY, N, X, K, 0.f, dW, K);   // dW = dY^T X
+    return MX_SUCCESS;
+  }
+  auto* dy16 = static_cast<blas::bf16*>(
+      res.alloc_cpu((M * N + N * K + M * K) * sizeof(blas::bf16)));
+  blas::bf16* w16 = dy16 + M * N;
+  blas::bf16* x16 = w16 + N * K;
+  to_bf16_parallel(dY, M * N, dy16);
+  to_bf16_parallel(W, N * K, w16);
+  to_bf16_parallel(X, M * K, x16);
+  blas::gemm_bf16(false, false, M, K, N, 1.f, dy16, N, w16, K, 0.f, dX, K);
+  blas::gemm_bf16(true, false, N, K, M, 1.f, dy16, N, x16, K, 0.f, dW, K);
+  return MX_SUCCESS;
+}
+
+REGISTER_OP(bert_linear)
+.setParseAttrs(linear_parse)
+.setInferType(linear_type)
+.setInferShape(linear_shape)
+.setForward(linear_forward, "cpu")
+.setBackward(linear_backward, "cpu");
