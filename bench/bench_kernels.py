@@ -8,27 +8,46 @@ at batch 128, in one process, ms per call.
     attention: q, k, v (128, 64, 128), 2 heads, lengths 32..64; MXNet's side
       is the twin's fallback (head transposes, batch_dot, masked softmax)
     vocabulary projection, forward: (1280, 128) @ (128, 20256) + bias
+    Dense (8192, 128) -> 256 (the FFN's first layer): bert_linear (MKL)
+      against FullyConnected (MXNet's oneDNN), float32 and bf16 operands
+    encoder block, forward: the fused bert_encoder_layer against the same
+      block as per-step native ops (what a recorded call runs)
+
+The header names the CPU, its ISA flags and the matrix-product library.
 
     OMP_NUM_THREADS=2 python bench/bench_kernels.py
 """
 import os
+import time
 
 import mxnet as mx
 from mxnet import autograd, np, npx
 
 import bert_gluon  # noqa: F401  (numpy mode)
 from bert_gluon import kernels
-from bert_gluon.layers import _merge_heads, _split_heads
-from bench_step import _timed
+from bert_gluon.layers import EncoderBlock, _merge_heads, _split_heads
+from bert_gluon.model import _InferenceGraph
+import harness
 
 
-def ms_per_call(fn, repeats=10):
-    return 1000 / _timed(mx, fn, repeats, warmup=2, batch_size=1)  # calls/s -> ms
+def ms_per_call(fn, repeats=10, rounds=3):
+    """Milliseconds per call, the fastest of `rounds` rounds of `repeats`."""
+    for _ in range(2):
+        fn()
+    mx.nd.waitall()
+    best = float('inf')
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        mx.nd.waitall()
+        best = min(best, (time.perf_counter() - start) / repeats)
+    return 1000 * best
 
 
 def main():
     if not kernels.native_available():
-        raise SystemExit('native kernels unavailable (no g++ or BERT_GLUON_NATIVE=0)')
+        raise SystemExit(f'native kernels unavailable: {kernels.unavailable_reason()}')
     x = np.random.normal(0, 1, (128 * 64, 128))
     gamma, beta = np.ones(128), np.zeros(128)
     for a in (x, gamma, beta):
@@ -106,16 +125,51 @@ def main():
     def mxnet_projection():
         npx.fully_connected(slots, vocab_w, vocab_b, num_hidden=20256, flatten=False)
 
-    print(f'ms per call, OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", "default")}')
-    for name, ours, theirs in (('LayerNorm (8192, 128)', native_ln, mxnet_ln),
-                               ('softmax CE (1280, 20256)', native_ce, mxnet_ce),
-                               ('dropout (128, 64, 128)', native_dropout, mxnet_dropout),
-                               ('attention (128, 64, 128)', native_attention,
-                                mxnet_attention),
-                               ('vocab projection, fwd', native_projection,
-                                mxnet_projection)):
+    dense_x = np.random.normal(0, 1, (8192, 128))
+    dense_w, dense_b = np.random.normal(0, 0.1, (256, 128)), np.zeros(256)
+    for a in (dense_x, dense_w, dense_b):
+        a.attach_grad()
+
+    def linear(bf16):
+        def run():
+            with autograd.record():
+                y = mx.nd.bert_linear(dense_x.as_nd_ndarray(), dense_w.as_nd_ndarray(),
+                                      dense_b.as_nd_ndarray(), bf16=bf16)
+            y.backward()
+        return run
+
+    def mxnet_linear():
+        with autograd.record():
+            y = npx.fully_connected(dense_x, dense_w, dense_b, num_hidden=256, flatten=False)
+        y.backward()
+
+    block = EncoderBlock(128, 256, 2, 0.0)
+    block.backend = 'native'
+    block.initialize(mx.init.Normal(0.1))
+    block.hybridize(static_alloc=True, static_shape=True)
+    fused = _InferenceGraph(block)
+    fused.hybridize(static_alloc=True, static_shape=True)
+
+    def per_step_block():
+        with autograd.record(train_mode=False):  # the model's own graph
+            block(h, lens)
+
+    rows = [('LayerNorm (8192, 128)', native_ln, mxnet_ln),
+            ('softmax CE (1280, 20256)', native_ce, mxnet_ce),
+            ('dropout (128, 64, 128)', native_dropout, mxnet_dropout),
+            ('attention (128, 64, 128)', native_attention, mxnet_attention),
+            ('vocab projection, fwd', native_projection, mxnet_projection),
+            ('Dense 128->256, MKL f32', linear(False), mxnet_linear),
+            ('encoder block, fwd', lambda: fused(h, lens), per_step_block)]
+    if kernels.bf16_unavailable_reason() is None:
+        rows.insert(6, ('Dense 128->256, MKL bf16', linear(True), mxnet_linear))
+    threads = os.environ.get('OMP_NUM_THREADS', 'default')
+    print('\n'.join(harness.header_lines(threads, f'products: {kernels.blas_provider()}')))
+    print(f'ms per call (fastest of 3 rounds of 10), native vs the alternative; last two '
+          'rows: the fused block vs the same block as per-step native ops')
+    for name, ours, theirs in rows:
         a, b = ms_per_call(ours), ms_per_call(theirs)
-        print(f'{name:<26} native {a:8.2f}   MXNet {b:8.2f}   {b / a:5.1f}x')
+        print(f'{name:<26} native {a:8.2f}   other {b:8.2f}   {b / a:5.1f}x')
 
 
 if __name__ == '__main__':

@@ -1,41 +1,62 @@
-"""Pretraining step and inference of d2l's small BERT, side by side, pairs/s:
-the book's blocks (as a user gets them, and with all cores), the hybridized
-twin, GluonNLP 0.10's BERT at the same sizes, and the same architecture in
-PyTorch 2.13 eager and torch.compile (bench/torch_bert.py).
+"""Pretraining step, inference and encoding of d2l's small BERT, side by side,
+pairs/s: the book's blocks, the hybridized twin (native kernels, float32 and
+bf16, and on MXNet's own operators: what a GPU user's graph runs), GluonNLP
+0.10's BERT at the same sizes, and the same architecture in PyTorch 2.13
+eager, torch.compile and eager under bf16 autocast (bench/torch_bert.py).
 
 Workload: vocab 20256, 128 hidden, 256 FFN, 2 heads, 2 layers, max_len 64,
 10 prediction slots (the last 2 padded, weight 0), the book's loss, Adam.
-Columns: train (forward, loss, backward, Adam update), infer (the whole model
-forward: encoder, MLM and NSP heads), encode (the encoder forward), each with
-its ratio to PyTorch eager in the same run. The twin trains through
-PretrainingObjective, what pretrain() runs: model and loss in one hybridized
-graph with the native CPU kernels.
-Every contestant runs in its own process (MXNet reads OMP_NUM_THREADS only at
-import), with its thread count in the table, and with huge pages for large
-buffers unless --no-hugepages. Peak MB is the process's maximum resident
-memory after the training step. Each rate is the best of --repeats rounds.
+train = forward, loss, backward, Adam update; infer = the whole model
+forward (encoder, MLM and NSP heads); encode = the encoder forward. The twin
+trains through PretrainingObjective, what pretrain() runs.
 
-    python bench/bench_step.py                      # batches 128 and 512
-    python bench/bench_step.py --batch-sizes 128 --steps 5 --contestants seed twin
+Every contestant runs in its own process for the whole run, with the thread
+count in the header and huge pages for large buffers unless --no-hugepages;
+rounds are interleaved (bench/harness.py): each figure is the median of
+--rounds rounds, with the min and max. Peak MB is the process's maximum
+resident memory. The training step's FLOPs (the book's matrix products,
+forward and backward) over its median time give GFLOP/s, printed next to
+the machine's peak.
+
+    python bench/bench_step.py                       # batches 128 and 512
+    python bench/bench_step.py --batch-sizes 128 --contestants twin twin-bf16 torch-bf16
+    pip install -r bench/requirements.txt            # torch, gluonnlp, onnx(runtime)
 """
 import argparse
-import json
 import os
-import subprocess
 import sys
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
 
 CONTESTANTS = {
-    # name: (description, threads or None for MXNet's default, runner)
-    'seed-default': ('book blocks, eager, MXNet default threads', None, 'book'),
-    'seed': ('book blocks, eager', 'all', 'book'),
-    'twin': ('twin, hybridize(static_alloc, static_shape)', 'all', 'twin'),
-    'gluonnlp': ('GluonNLP 0.10 BERTModel, same sizes, hybridized', 'all', 'gluonnlp'),
-    'torch-eager': ('PyTorch 2.13 eager, same architecture', 'all', 'torch'),
-    'torch-compile': ('PyTorch 2.13 torch.compile', 'all', 'torch-compile'),
+    # name: (description, threads: 'all' or None for MXNet's default, runner, env)
+    'seed-default': ('book blocks, eager, MXNet default threads', None, 'book', {}),
+    'seed': ('book blocks, eager', 'all', 'book', {}),
+    'twin': ('twin, native kernels, float32', 'all', 'twin', {}),
+    'twin-mxnet': ("twin on MXNet's operators (BERT_GLUON_NATIVE=0, a GPU's path)", 'all',
+                   'twin', {'BERT_GLUON_NATIVE': '0'}),
+    'twin-bf16': ("twin, native kernels, dtype='bfloat16'", 'all', 'twin-bf16', {}),
+    'gluonnlp': ('GluonNLP 0.10 BERTModel, same sizes, hybridized', 'all', 'gluonnlp', {}),
+    'torch-eager': ('PyTorch 2.13 eager, same architecture', 'all', 'torch', {}),
+    'torch-compile': ('PyTorch 2.13 torch.compile', 'all', 'torch-compile', {}),
+    'torch-bf16': ('PyTorch 2.13 eager, torch.autocast bfloat16', 'all', 'torch-bf16', {}),
 }
-
+DEFAULT = ['seed', 'twin', 'twin-mxnet', 'twin-bf16', 'gluonnlp', 'torch-eager',
+           'torch-compile', 'torch-bf16']
 KINDS = ('train', 'infer', 'encode')
+SIZES = dict(vocab_size=20256, num_hiddens=128, ffn_num_hiddens=256, num_heads=2,
+             num_layers=2, max_len=64, num_pred=10)
+
+
+def train_flops(batch_size, vocab_size=20256, num_hiddens=128, ffn_num_hiddens=256,
+                num_heads=2, num_layers=2, max_len=64, num_pred=10):
+    """The book's training step's matrix-product FLOPs: forward x 3 (the
+    backward computes two products per forward one)."""
+    BT, H, F, T = batch_size * max_len, num_hiddens, ffn_num_hiddens, max_len
+    layer = 2 * BT * H * (4 * H + 2 * F) + 2 * 2 * batch_size * T * T * H
+    heads = 2 * batch_size * num_pred * H * (H + vocab_size) + 2 * batch_size * H * (H + 2)
+    return 3 * (num_layers * layer + heads)
 
 
 def _synthetic_batch(np, batch_size, vocab_size=20256, max_len=64, num_pred=10,
@@ -59,17 +80,20 @@ def _synthetic_batch(np, batch_size, vocab_size=20256, max_len=64, num_pred=10,
     return [np.array(a).astype(d) for a, d in zip(arrays, dtypes)]
 
 
-def run_torch_worker(runner, batch_size, steps, warmup):
+def torch_workloads(runner, batch_size):
+    import contextlib
     import numpy as onp
     import torch
     from torch_bert import BERTModel, pretraining_loss
-    torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', os.cpu_count())))
+    torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', harness.threads_default())))
     torch.manual_seed(0)
     batch = [torch.from_numpy(a) for a in _synthetic_batch(onp, batch_size)]
     tokens, segments, lens, positions, weights, mlm_Y, nsp_y = batch
     mlm_Y, nsp_y = mlm_Y.long(), nsp_y.long()
-    net = BERTModel(20256)
+    net = BERTModel(SIZES['vocab_size'])
     optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
+    autocast = ((lambda: torch.autocast('cpu', dtype=torch.bfloat16))
+                if runner == 'torch-bf16' else contextlib.nullcontext)
 
     def loss_of(tokens, segments, lens, positions, weights, mlm_Y, nsp_y):
         _, mlm_Y_hat, nsp_Y_hat = net(tokens, segments, lens, positions)
@@ -81,59 +105,25 @@ def run_torch_worker(runner, batch_size, steps, warmup):
 
     def train_step():
         optimizer.zero_grad(set_to_none=True)
-        loss_of(tokens, segments, lens, positions, weights, mlm_Y, nsp_y).backward()
+        with autocast():
+            loss = loss_of(tokens, segments, lens, positions, weights, mlm_Y, nsp_y)
+        loss.backward()
         optimizer.step()
 
-    def infer():
-        with torch.no_grad():
-            net.eval()
-            forward(tokens, segments, lens, positions)
-            net.train()
-
-    def encode_only():
-        with torch.no_grad():
-            net.eval()
-            encode(tokens, segments, lens)
-            net.train()
-
-    def timed(fn, n):  # PyTorch on the CPU is synchronous
-        return _best_rate(fn, lambda: None, n, warmup, batch_size)
-    train = timed(train_step, steps)
-    peak = _peak_mb()  # of the training step
-    return {'train': train, 'infer': timed(infer, steps * 3),
-            'encode': timed(encode_only, steps * 3), 'peak_mb': peak,
-            'threads': str(torch.get_num_threads())}
+    def inference(fn, *args):
+        def run():
+            with torch.no_grad(), autocast():
+                net.eval()
+                fn(*args)
+                net.train()
+        return run
+    none = lambda: None  # noqa: E731  (PyTorch on the CPU is synchronous)
+    return {'train': (train_step, none),
+            'infer': (inference(forward, tokens, segments, lens, positions), none),
+            'encode': (inference(encode, tokens, segments, lens), none)}
 
 
-REPEATS = 3
-
-
-def _best_rate(fn, sync, n, warmup, batch_size):
-    """Pairs/s of the fastest of REPEATS rounds of n calls (after warmup):
-    the machine is a shared VM, and the best round is the least disturbed."""
-    for _ in range(warmup):
-        fn()
-    sync()
-    best = float('inf')
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        for _ in range(n):
-            fn()
-        sync()
-        best = min(best, time.perf_counter() - start)
-    return batch_size * n / best
-
-
-def _timed(mx, fn, n, warmup, batch_size):
-    return _best_rate(fn, mx.nd.waitall, n, warmup, batch_size)
-
-
-def _peak_mb():
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def run_gluonnlp_worker(batch_size, steps, warmup):
+def gluonnlp_workloads(batch_size):
     """GluonNLP 0.10's BERT (legacy nd API) at d2l's small sizes, ReLU FFN."""
     import mxnet as mx
     from mxnet import autograd, gluon
@@ -145,7 +135,8 @@ def run_gluonnlp_worker(batch_size, steps, warmup):
                                     output_attention=False, output_all_encodings=False,
                                     activation='relu', layer_norm_eps=1e-5)
     net = nlp.model.BERTModel(encoder, vocab_size=20256, token_type_vocab_size=2,
-                              units=128, embed_size=128, use_pooler=True, use_decoder=True, use_classifier=True)
+                              units=128, embed_size=128, use_pooler=True, use_decoder=True,
+                              use_classifier=True)
     net.initialize(mx.init.Xavier())
     net.hybridize(static_alloc=True, static_shape=True)
     ce, nsp_ce = gluon.loss.SoftmaxCELoss(), gluon.loss.SoftmaxCELoss()
@@ -162,26 +153,19 @@ def run_gluonnlp_worker(batch_size, steps, warmup):
             l = mlm_l + nsp_ce(nsp_Y_hat, nsp_y).mean()
         l.backward()
         trainer.step(1)
-    train = _timed(mx, train_step, steps, warmup, batch_size)
-    peak = _peak_mb()
-    infer = _timed(mx, lambda: net(tokens, segments, lens, positions), steps * 3,
-                   warmup, batch_size)
-    encode = _timed(mx, lambda: net._encode_sequence(tokens, segments, lens)[0],
-                    steps * 3, warmup, batch_size)
-    return {'train': train, 'infer': infer, 'encode': encode, 'peak_mb': peak,
-            'threads': os.environ.get('OMP_NUM_THREADS', 'default')}
+    sync = mx.nd.waitall
+    return {'train': (train_step, sync),
+            'infer': (lambda: net(tokens, segments, lens, positions), sync),
+            'encode': (lambda: net._encode_sequence(tokens, segments, lens)[0], sync)}
 
 
-def run_worker(runner, batch_size, steps, warmup):
-    if runner.startswith('torch'):
-        return run_torch_worker(runner, batch_size, steps, warmup)
-    if runner == 'gluonnlp':  # before bert_gluon switches MXNet to numpy mode
-        return run_gluonnlp_worker(batch_size, steps, warmup)
+def mxnet_workloads(runner, batch_size):
     import mxnet as mx
     from mxnet import autograd, gluon, np
     import bert_gluon as bg
 
-    config = bg.get_config('d2l.pretrain')
+    config = bg.get_config('d2l.pretrain',
+                           dtype='bfloat16' if runner == 'twin-bf16' else 'float32')
     batch = _synthetic_batch(np, batch_size)
     tokens, segments, lens, positions, weights, mlm_Y, nsp_y = batch
     mx.random.seed(0)
@@ -216,78 +200,94 @@ def run_worker(runner, batch_size, steps, warmup):
     net.initialize(mx.init.Xavier())
     net(tokens, segments, lens, positions)
     trainer = gluon.Trainer(net.collect_params(), 'adam', {'learning_rate': 0.01})
+    sync = mx.nd.waitall
+    return {'train': (train_step, sync),
+            'infer': (lambda: net(tokens, segments, lens, positions), sync),
+            'encode': (lambda: net.encoder(tokens, segments, lens), sync)}
 
-    train = _timed(mx, train_step, steps, warmup, batch_size)
-    peak = _peak_mb()
-    infer = _timed(mx, lambda: net(tokens, segments, lens, positions), steps * 3,
-                   warmup, batch_size)
-    encode = _timed(mx, lambda: net.encoder(tokens, segments, lens), steps * 3,
-                    warmup, batch_size)
-    return {'train': train, 'infer': infer, 'encode': encode, 'peak_mb': peak,
-            'threads': os.environ.get('OMP_NUM_THREADS', 'default')}
+
+def run_worker(runner, batch_size):
+    if runner.startswith('torch'):
+        workloads = torch_workloads(runner, batch_size)
+    elif runner == 'gluonnlp':  # before bert_gluon switches MXNet to numpy mode
+        workloads = gluonnlp_workloads(batch_size)
+    else:
+        workloads = mxnet_workloads(runner, batch_size)
+    harness.serve(workloads, batch_size)
+
+
+def _cell(stats, base):
+    if stats is None:
+        return f'{"failed":>26}'
+    med, low, high = stats
+    ratio = f'{med / base[0]:.2f}' if base else '-'
+    return f'{med:>8.0f} ({low:>5.0f}-{high:<5.0f}) {ratio:>5}'
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--batch-sizes', type=int, nargs='+', default=[128, 512])
-    parser.add_argument('--steps', type=int, default=5)
-    parser.add_argument('--warmup', type=int, default=2)
-    parser.add_argument('--repeats', type=int, default=3,
-                        help='rounds of --steps calls; the fastest is reported')
-    parser.add_argument('--contestants', nargs='+', default=list(CONTESTANTS),
-                        choices=list(CONTESTANTS))
+    parser.add_argument('--steps', type=int, default=4, help='training steps per round '
+                        '(inference and encoding: 3x as many calls)')
+    parser.add_argument('--rounds', type=int, default=5)
+    parser.add_argument('--threads', type=int, default=harness.threads_default())
+    parser.add_argument('--contestants', nargs='+', default=DEFAULT, choices=list(CONTESTANTS))
     parser.add_argument('--no-hugepages', action='store_true',
                         help='do not set GLIBC_TUNABLES=glibc.malloc.hugetlb=1 '
                              '(by default every contestant runs with it)')
     parser.add_argument('--worker', help=argparse.SUPPRESS)
     args = parser.parse_args()
-    global REPEATS
-    REPEATS = args.repeats
     if args.worker:
         runner, batch_size = args.worker.split(':')
-        print(json.dumps(run_worker(runner, int(batch_size), args.steps, args.warmup)))
+        run_worker(runner, int(batch_size))
         return
-    cores = os.cpu_count()
-    results = {}
+    print('\n'.join(harness.header_lines(
+        args.threads, f'huge pages {"off" if args.no_hugepages else "on"}')))
+    print('d2l small BERT (vocab 20256, 128 hidden, 256 FFN, 2 heads, 2 layers, max_len 64, '
+          f'10 preds); median (min-max) pairs/s of {args.rounds} interleaved rounds of '
+          f'{args.steps} steps (x3 calls for infer and encode); x = ratio to torch-eager')
+    info = harness.machine()
     for batch_size in args.batch_sizes:
+        workers = []
         for name in args.contestants:
-            _, threads, runner = CONTESTANTS[name]
-            env = dict(os.environ)
+            _, threads, runner, extra = CONTESTANTS[name]
+            env = dict(os.environ, **extra)
             env.pop('OMP_NUM_THREADS', None)
             if not args.no_hugepages:  # fresh large buffers page-fault less
                 env['GLIBC_TUNABLES'] = 'glibc.malloc.hugetlb=1'
             if threads == 'all':
-                env['OMP_NUM_THREADS'] = str(cores)
-            out = subprocess.run(
-                [sys.executable, __file__, '--worker', f'{runner}:{batch_size}',
-                 '--steps', str(args.steps), '--warmup', str(args.warmup),
-                 '--repeats', str(args.repeats)],
-                env=env, capture_output=True, text=True)
-            if out.returncode:
-                sys.exit(f'{name} failed:\n{out.stderr}')
-            results[name, batch_size] = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f'  measured {name} batch {batch_size}', file=sys.stderr)
-    print(f'd2l small BERT (20256/128/256/2 heads/2 layers, max_len 64, 10 preds), '
-          f'{cores} cores, MXNet default threads = half the cores, '
-          f'huge pages {"off" if args.no_hugepages else "on"} for every contestant, '
-          f'best of {args.repeats} rounds of {args.steps} calls (x3 for infer/encode)')
-    print('train: forward, loss, backward, Adam update; infer: the whole model '
-          'forward (encoder, MLM and NSP heads); encode: the encoder forward. '
-          'Pairs/s, and x eager = ratio to PyTorch eager in this run. '
-          'Peak MB: the training step\'s peak resident memory.')
-    header = (f'{"contestant":<14}{"threads":>8}{"batch":>6}'
-              + ''.join(f'{k + " p/s":>12}{"x eager":>8}' for k in KINDS)
+                env['OMP_NUM_THREADS'] = str(args.threads)
+            workers.append(harness.Worker(name, [sys.executable, __file__, '--worker',
+                                                 f'{runner}:{batch_size}'], env))
+        calls = {'train': args.steps, 'infer': 3 * args.steps, 'encode': 3 * args.steps}
+        rates, peaks = harness.interleaved(workers, KINDS, args.rounds, calls)
+        for w in workers:
+            w.close()
+        stats = {name: {k: harness.summary(rates[name][k]) for k in KINDS} for name in rates}
+        base = stats.get('torch-eager', {})
+        print(f'\nbatch {batch_size}')
+        print(f'{"contestant":<14}' + ''.join(f'{k + " p/s (min-max)  x":>28}' for k in KINDS)
               + f'{"peak MB":>9}  what')
-    print(header)
-    for batch_size in args.batch_sizes:
-        base = results.get(('torch-eager', batch_size))
-        for name in args.contestants:
-            r = results[name, batch_size]
-            cells = ''.join(f'{r[k]:>12.1f}'
-                            + (f'{r[k] / base[k]:>8.2f}' if base else f'{"-":>8}')
-                            for k in KINDS)
-            print(f'{name:<14}{r["threads"]:>8}{batch_size:>6}{cells}'
-                  f'{r["peak_mb"]:>9.0f}  {CONTESTANTS[name][0]}')
+        for w in workers:
+            cells = ''.join(_cell(stats[w.name][k], base.get(k)) for k in KINDS)
+            peak = f'{peaks[w.name]:>9.0f}' if w.name in peaks else f'{"-":>9}'
+            print(f'{w.name:<14}{cells}{peak}  {CONTESTANTS[w.name][0]}')
+            if w.failed:
+                print(f'    {w.name} failed: {w.failed.strip().splitlines()[-1]}')
+        for ours, theirs in (('twin', 'torch-eager'), ('twin', 'torch-compile'),
+                             ('twin-bf16', 'torch-bf16')):
+            a, b = stats.get(ours), stats.get(theirs)
+            if a and b:
+                print(f'{ours} / {theirs}: ' + ', '.join(
+                    f'{k} {a[k][0] / b[k][0]:.2f}x' for k in KINDS if a[k] and b[k]))
+        flops = train_flops(batch_size)
+        for name, bf16 in (('twin', False), ('twin-bf16', True)):
+            if stats.get(name, {}).get('train'):
+                achieved = flops * stats[name]['train'][0] / batch_size
+                peak, how = harness.peak_flops(info, bf16)
+                print(f'{name} training step: {flops / 1e9:.1f} GFLOP of matrix products '
+                      f'(forward + backward, the book\'s), {achieved / 1e9:.0f} GFLOP/s = '
+                      f'{100 * achieved / peak:.0f}% of peak {peak / 1e9:.0f} GFLOP/s ({how})')
 
 
 if __name__ == '__main__':

@@ -83,7 +83,7 @@ def _pretrain(args):
              resume=args.resume, overwrite=args.overwrite, seed=args.seed,
              data_dir=args.data_dir, dynamic_masking=args.dynamic_masking,
              validate=not args.no_valid, progress=not args.no_progress,
-             backend=args.backend)
+             backend=args.backend, dtype=args.dtype)
     return 0
 
 
@@ -93,7 +93,7 @@ def _finetune(args):
              batch_size=args.batch_size, max_len=args.max_len, lr=args.lr,
              freeze_encoder=args.freeze_encoder, ctx=args.ctx, out_dir=args.out,
              resume=args.resume, overwrite=args.overwrite, seed=args.seed,
-             data_dir=args.data_dir, progress=not args.no_progress)
+             data_dir=args.data_dir, progress=not args.no_progress, dtype=args.dtype)
     return 0
 
 
@@ -151,6 +151,9 @@ def build_parser():
     pre.add_argument('--backend', default='auto', choices=['auto', 'native', 'mxnet'],
                      help="'native' CPU kernels or MXNet's operators (default: "
                           'native where they run)')
+    pre.add_argument('--dtype', default=None, choices=['float32', 'bfloat16'],
+                     help="the products' precision (bfloat16: CPUs with AVX512_BF16 "
+                          'or AMX; parameters stay float32)')
     pre.add_argument('--seed', type=int, default=0)
     pre.add_argument('--data-dir', default=None,
                      help='root holding wikitext-2/ (default: $BERT_GLUON_DATA, '
@@ -177,6 +180,8 @@ def build_parser():
     fin.add_argument('--out', default='runs/finetune')
     fin.add_argument('--resume', action='store_true')
     fin.add_argument('--overwrite', action='store_true')
+    fin.add_argument('--dtype', default=None, choices=['float32', 'bfloat16'],
+                     help="the products' precision (default: the checkpoint's)")
     fin.add_argument('--seed', type=int, default=0)
     fin.add_argument('--data-dir', default=None)
     fin.add_argument('--no-progress', action='store_true')

@@ -118,12 +118,14 @@ OUTPUTS = ('classifier.params', 'metrics.json', 'loss.png')
 def finetune(task, pretrained, num_epochs=3, batch_size=32, max_len=128,
              lr=1e-4, freeze_encoder=False, ctx=None, out_dir='runs/finetune',
              checkpoint_every=None, resume=False, overwrite=False, seed=0,
-             data_dir=None, hybridize=True, progress=True):
+             data_dir=None, hybridize=True, progress=True, dtype=None):
     """Fine-tune on `task` ('MRPC', 'RTE', 'SNLI'), reporting dev metrics
     after every epoch. `pretrained`: a folder from `pretrain` (or any
     `from_pretrained` name), or a (net, tokenizer) pair. resume / overwrite
     as in `pretrain`: a resumed run keeps task, pretrained, batch_size,
-    max_len, lr, freeze_encoder and seed; num_epochs may grow."""
+    max_len, lr, freeze_encoder, seed and dtype; num_epochs may grow.
+    dtype: the products' precision, 'float32' or 'bfloat16' (default: the
+    checkpoint config's)."""
     from .pretrained import from_pretrained
     if task not in TASKS:
         raise ValueError(f'task must be one of {sorted(TASKS)}, got {task!r}')
@@ -131,11 +133,15 @@ def finetune(task, pretrained, num_epochs=3, batch_size=32, max_len=128,
                         max_len=max_len)
     ctx_list = parse_contexts(ctx)
     if isinstance(pretrained, (str, Path)):
-        bert, tokenizer, _ = from_pretrained(pretrained, ctx=ctx_list)
+        bert, tokenizer, _ = from_pretrained(pretrained, ctx=ctx_list,
+                                             **({'dtype': dtype} if dtype else {}))
         source = str(pretrained)
     else:
         bert, tokenizer = pretrained
         source = 'a model passed in'
+        if dtype and dtype != bert.config.dtype:
+            raise ValueError(f'dtype={dtype!r}: the model passed in was built with '
+                             f'dtype={bert.config.dtype!r}')
     if max_len > bert.config.max_len:
         raise ValueError(f'max_len {max_len} exceeds the model\'s max_len '
                          f'{bert.config.max_len}')
@@ -165,7 +171,7 @@ def finetune(task, pretrained, num_epochs=3, batch_size=32, max_len=128,
         steps_per_epoch = stream.batches_per_epoch
         run_args = {'task': task, 'pretrained': source, 'batch_size': batch_size,
                     'max_len': max_len, 'lr': lr, 'freeze_encoder': freeze_encoder,
-                    'seed': seed}
+                    'seed': seed, 'dtype': bert.config.dtype}
         loop = TrainLoop(net, ClassificationTask(), stream, trainer, ctx_list,
                          folder.checkpoints, run_args, checkpoint_every or steps_per_epoch,
                          progress, ignore_stale_grad=True)

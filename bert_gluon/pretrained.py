@@ -184,7 +184,7 @@ def _twin_name(hf_name):
     return None, None
 
 
-def load_hf_bert(folder, ctx=None):
+def load_hf_bert(folder, ctx=None, **changes):
     """(net, WordPieceTokenizer, config) from a Hugging Face BERT folder.
     Fails on any checkpoint tensor neither mapped nor listed in HF_SKIPPED,
     and on any twin parameter left unassigned outside HEADS_NOT_IN_HF."""
@@ -194,6 +194,7 @@ def load_hf_bert(folder, ctx=None):
         if not (folder / name).is_file():
             raise ValueError(f'{folder} is not a Hugging Face BERT folder: no {name}')
     config = config_from_hf(read_json(folder / 'config.json'), folder / 'config.json')
+    config = config.replace(**changes)
     try:
         tensors = load_file(str(folder / 'model.safetensors'))
     except Exception as exc:
@@ -230,7 +231,7 @@ def load_hf_bert(folder, ctx=None):
     return net, WordPieceTokenizer(folder / 'vocab.txt'), config
 
 
-def load_folder(folder, ctx=None):
+def load_folder(folder, ctx=None, **changes):
     """(net, Vocab, config) from a `pretrain` output folder."""
     folder = Path(folder)
     for name in ('config.json', 'vocab.json', 'pretrained.params'):
@@ -238,7 +239,7 @@ def load_folder(folder, ctx=None):
             raise ValueError(f'{folder} is not a bert_gluon pretrained folder: no {name}')
     values = read_json(folder / 'config.json')
     try:
-        config = BERTConfig.from_dict(values)
+        config = BERTConfig.from_dict(values).replace(**changes)
     except (TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f'{folder / "config.json"} is not a bert_gluon config: {exc}') from exc
     vocab = Vocab.from_json(folder / 'vocab.json')
@@ -254,14 +255,14 @@ def load_folder(folder, ctx=None):
     return net, vocab, config
 
 
-def load_d2l_checkpoint(name, data_dir=None, ctx=None):
+def load_d2l_checkpoint(name, data_dir=None, ctx=None, **changes):
     """(net, Vocab, config) for d2l's 'bert.small' or 'bert.base': found like
     a dataset (data_dir, $BERT_GLUON_DATA, cache) or downloaded with the
     zip's SHA-1 checked."""
     from .data.files import find_dataset
     folder = find_dataset(name, data_dir)
     vocab = Vocab.from_json(folder / 'vocab.json')
-    config = get_config(name, vocab_size=len(vocab))
+    config = get_config(name, vocab_size=len(vocab), **changes)
     path = folder / 'pretrained.params'
     try:
         loaded = mx.npx.load(str(path))
@@ -290,17 +291,19 @@ def load_d2l_checkpoint(name, data_dir=None, ctx=None):
     return net, vocab, config
 
 
-def from_pretrained(name, ctx=None):
-    """(net, tokenizer, config) for a registered name or a folder."""
+def from_pretrained(name, ctx=None, **changes):
+    """(net, tokenizer, config) for a registered name or a folder.
+    changes: config fields that do not change the weights' meaning, such as
+    dtype='bfloat16' or dropout."""
     if name == 'all-MiniLM-L6-v2':
-        return load_hf_bert(_installed_minilm(), ctx)
+        return load_hf_bert(_installed_minilm(), ctx, **changes)
     if name in ('bert.small', 'bert.base'):
-        return load_d2l_checkpoint(name, ctx=ctx)
+        return load_d2l_checkpoint(name, ctx=ctx, **changes)
     folder = Path(name)
     if (folder / 'model.safetensors').is_file():
-        return load_hf_bert(folder, ctx)
+        return load_hf_bert(folder, ctx, **changes)
     if (folder / 'pretrained.params').is_file() and (folder / 'config.json').is_file():
-        return load_folder(folder, ctx)
+        return load_folder(folder, ctx, **changes)
     raise ValueError(f'unknown pretrained model {name!r}: expected one of '
                      f'{sorted(PRETRAINED)} or a folder holding pretrained.params '
                      '+ config.json + vocab.json, or model.safetensors + '

@@ -89,7 +89,7 @@ def pretrain(num_steps=50, batch_size=512, max_len=64, lr=0.01,
              config='d2l.pretrain', ctx=None, out_dir='runs/pretrain',
              checkpoint_every=None, resume=False, overwrite=False, seed=0,
              data_dir=None, dynamic_masking=False, validate=True, hybridize=True,
-             progress=True, backend=None):
+             progress=True, backend=None, dtype=None):
     """Pretrain on WikiText-2; returns a dict with the model, vocab and figures.
 
     ctx: a Context, a list of them, or 'cpu:0,cpu:1' / 'gpu:0,gpu:1'.
@@ -102,6 +102,8 @@ def pretrain(num_steps=50, batch_size=512, max_len=64, lr=0.01,
       fresh run refuses a used folder).
     dynamic_masking: draw fresh MLM masks every epoch (the book masks once).
     backend: 'auto' (None), 'native' or 'mxnet' (bert_gluon/backend.py).
+    dtype: the products' precision, 'float32' or 'bfloat16' (default: the
+      config's); parameters and optimizer states stay float32.
     """
     check_run_arguments(lr, num_steps=num_steps, batch_size=batch_size,
                         max_len=max_len)
@@ -109,7 +111,8 @@ def pretrain(num_steps=50, batch_size=512, max_len=64, lr=0.01,
     with RunFolder(out_dir, OUTPUTS, resume, overwrite) as folder:
         out_dir = folder.path
         train_set = load_wiki_pretraining(max_len, data_dir, 'train', seed=seed)
-        config = get_config(config, vocab_size=len(train_set.vocab))
+        config = get_config(config, vocab_size=len(train_set.vocab),
+                            **({'dtype': dtype} if dtype else {}))
         _check_dataset(train_set, config)
 
         mx.random.seed(seed)

@@ -340,3 +340,123 @@ def test_native_layer_norm_of_a_sum_equals_mxnet():
     assert_close(y.asnumpy(), y_ref.asnumpy(), rtol=1e-5, atol=2e-5)
     assert_close(x.grad.asnumpy(), s.grad.asnumpy(), rtol=1e-5, atol=2e-5)
     assert_close(r.grad.asnumpy(), s.grad.asnumpy(), rtol=1e-5, atol=2e-5)
+
+
+def _linear_case(use_bias, bf16, shape=(5, 7, 24), units=40):
+    """bert_linear's output and gradients, and FullyConnected's (float32)."""
+    x = np.random.normal(0, 1, shape)
+    w = np.random.normal(0, 0.3, (units, shape[-1]))
+    b = np.random.normal(0, 0.3, (units,))
+    dy = np.random.normal(0, 1, shape[:-1] + (units,))
+    results = []
+    for native in (True, False):
+        args = [x, w] + ([b] if use_bias else [])
+        for a in args:
+            a.attach_grad()
+        with autograd.record():
+            if native:
+                y = mx.nd.bert_linear(*(a.as_nd_ndarray() for a in args), use_bias=use_bias,
+                                      bf16=bf16).as_np_ndarray()
+            else:
+                y = npx.fully_connected(*args, num_hidden=units, no_bias=not use_bias,
+                                        flatten=False)
+        y.backward(dy)
+        results.append([y.asnumpy()] + [a.grad.asnumpy() for a in args])
+    return results
+
+
+@pytest.mark.parametrize('use_bias', [True, False])
+def test_native_linear_equals_fully_connected(use_bias):
+    ours, theirs = _linear_case(use_bias, bf16=False)
+    for name, a, e in zip(('y', 'dx', 'dw', 'db'), ours, theirs):
+        assert_close(a, e, err_msg=name)
+
+
+# bf16 keeps 8 bits of mantissa: each operand is off by up to 2^-9 of itself,
+# so a sum of K products is off by ~2^-9 * sqrt(K) of its terms' scale (random
+# signs); 2% of the largest magnitude bounds that at these sizes (K <= 128).
+BF16_TOLERANCE = 2e-2
+
+
+@pytest.mark.skipif(kernels.bf16_unavailable_reason() is not None,
+                    reason='bf16 products need AVX512_BF16 or AMX and MKL')
+def test_bf16_linear_is_close_to_float32():
+    ours, theirs = _linear_case(True, bf16=True, shape=(9, 33, 128), units=96)
+    for name, a, e in zip(('y', 'dx', 'dw', 'db'), ours, theirs):
+        assert_close(a, e, atol=BF16_TOLERANCE, rtol=0, err_msg=name)
+    assert not onp.array_equal(ours[0], theirs[0])  # bf16 products really ran
+
+
+def test_bf16_is_refused_where_the_cpu_lacks_it(monkeypatch):
+    monkeypatch.setattr(kernels, 'cpu_flags', lambda: {'avx2', 'fma'})
+    net = bg.HybridBERTModel(TINY.replace(dtype='bfloat16'))
+    net.initialize()
+    with pytest.raises(ValueError, match=r"dtype='bfloat16' cannot run here: .*neither "
+                                         'AVX512_BF16 nor AMX-BF16'):
+        net(*make_batch())
+    with pytest.raises(ValueError, match="dtype='bfloat16' cannot run here: it runs on the "
+                                         "'native' backend"):
+        bg.backend.resolve_backend('mxnet', [mx.cpu()], precision='bfloat16')
+
+
+@pytest.mark.skipif(kernels.bf16_unavailable_reason() is not None,
+                    reason='bf16 products need AVX512_BF16 or AMX and MKL')
+@pytest.mark.parametrize('config', ['tiny', 'minilm-shaped'])
+def test_bf16_model_is_close_to_float32(tmp_path, config):
+    """The whole twin in bf16 (training graph, model graph and the fused
+    inference blocks) against float32 on the same weights."""
+    base = TINY if config == 'tiny' else bg.get_config(
+        'all-MiniLM-L6-v2', vocab_size=50, num_hiddens=96, ffn_num_hiddens=192,
+        num_heads=3, num_layers=2, max_len=32)
+    base = base.replace(dropout=0.0)
+    outputs = {}
+    for dtype in ('float32', 'bfloat16'):
+        net = bg.HybridBERTModel(base.replace(dtype=dtype))
+        mx.random.seed(7)
+        net.initialize(mx.init.Normal(0.1))
+        net.hybridize(static_alloc=True, static_shape=True)
+        batch = make_batch(base, batch_size=4, seq_len=16, seed=3)
+        inference = net(*batch)  # unrecorded: the fused blocks
+        with autograd.record():
+            recorded = net(*batch)
+            loss = (recorded[1] ** 2).mean() + recorded[2].sum()
+        loss.backward()
+        grads = {k: p.grad().asnumpy() for k, p in net._collect_params_with_prefix().items()}
+        outputs[dtype] = (inference, recorded, grads)
+        assert net.bf16 == (dtype == 'bfloat16')
+    (inf32, rec32, g32), (inf16, rec16, g16) = outputs['float32'], outputs['bfloat16']
+    for a, e in zip(inf16 + rec16, inf32 + rec32):
+        assert_close(a, e, atol=BF16_TOLERANCE, rtol=0)
+    for name in g32:
+        assert_close(g16[name], g32[name], atol=5 * BF16_TOLERANCE, rtol=0, err_msg=name)
+    assert not onp.array_equal(inf16[0].asnumpy(), inf32[0].asnumpy())
+
+
+def test_openblas_fallback_computes_the_same(tmp_path):
+    """Without MKL the products come from the OpenBLAS MXNet ships."""
+    net = bg.HybridBERTModel(TINY, backend='native')
+    net.initialize(mx.init.Normal(0.5))
+    net.hybridize(static_alloc=True, static_shape=True)
+    batch = make_batch()
+    expected = [o.asnumpy() for o in net(*batch)]
+    net.save_parameters(str(tmp_path / 'p.params'))
+    onp.save(tmp_path / 'expected.npy', onp.concatenate([e.ravel() for e in expected]))
+    script = f"""
+import numpy as onp, bert_gluon as bg
+from bert_gluon import kernels
+from conftest import TINY, make_batch
+net = bg.HybridBERTModel(TINY, backend='native')
+net.load_parameters(r'{tmp_path / "p.params"}')
+net.hybridize(static_alloc=True, static_shape=True)
+out = onp.concatenate([o.asnumpy().ravel() for o in net(*make_batch())])
+assert kernels.blas_provider() == 'openblas', kernels.blas_provider()
+expected = onp.load(r'{tmp_path / "expected.npy"}')
+onp.testing.assert_allclose(out, expected, atol=1e-5 * max(1, abs(expected).max()))
+print('same')
+"""
+    import os
+    env = dict(os.environ, BERT_GLUON_BLAS='openblas',
+               PYTHONPATH=os.pathsep.join([str(__import__('pathlib').Path(__file__).parent),
+                                           os.environ.get('PYTHONPATH', '')]))
+    out = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and 'same' in out.stdout, out.stderr[-2000:]

@@ -75,7 +75,7 @@ inline float erf_rational(float x) {
   return x * p / q;
 }
 
-// A Dense weight W (N, K) packed for products X (M <= rows, K) @ W^T + bias
+// A Dense weight W (N, K) packed once for products X (M <= rows, K) @ W^T
 struct Packed {
   int64_t N, K, rows;
   bool bf16;
@@ -85,29 +85,32 @@ struct Packed {
       : N(N_), K(K_), rows(rows_), bf16(bf16_),
         bytes((blas::packed_weight_bytes(bf16_, rows_, N_, K_) + 63) / 64 * 64) {}
 
-  // pack W into the space at `next` (advanced past it)
-  void pack(const float* W, char*& next) {
+  // pack W into the space at `next` (advanced past it); w16: N * K bf16 of scratch
+  void pack(const float* W, char*& next, blas::bf16* w16) {
     data = next;
     next += bytes;
     if (!bf16) {
       blas::pack_weight(W, N, K, rows, data);
       return;
     }
-    std::vector<blas::bf16> w16(N * K);  // not alloc_cpu: one buffer per op call
-    to_bf16_parallel(W, N * K, w16.data());
-    blas::pack_weight_bf16(w16.data(), N, K, rows, data);
+    to_bf16_parallel(W, N * K, w16);
+    blas::pack_weight_bf16(w16, N, K, rows, data);
   }
 
-  // C (n, N) = X (n, K) @ W^T + bias (N,); `operand`: n * K bf16 of scratch
-  void product(int64_t n, const float* X, const float* bias, float* C,
-               blas::bf16* operand) const {
-    for (int64_t r = 0; r < n; ++r) std::memcpy(C + r * N, bias, N * sizeof(float));
-    if (bf16) {
-      blas::to_bf16(X, n * K, operand);
-      blas::gemm_packed_bf16(n, N, K, operand, K, data, 1.f, C, N);
-    } else {
-      blas::gemm_packed(n, N, K, X, K, data, 1.f, C, N);
+  // C (n, N) = X (n, K) @ W^T (+ C when accumulate). With bf16 weights X16,
+  // X's bf16 copy, is used when given, else X is converted into `scratch`.
+  void product(int64_t n, const float* X, const blas::bf16* X16, float* C,
+               blas::bf16* scratch, bool accumulate = false) const {
+    const float beta = accumulate ? 1.f : 0.f;
+    if (!bf16) {
+      blas::gemm_packed(n, N, K, X, K, data, beta, C, N);
+      return;
     }
+    if (!X16) {
+      blas::to_bf16(X, n * K, scratch);
+      X16 = scratch;
+    }
+    blas::gemm_packed_bf16(n, N, K, X16, K, data, beta, C, N);
   }
 };
 
@@ -179,16 +182,20 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
   Packed Wqkv(H3, H, rows, bf16), Wo(H, H, rows, bf16), W1(F, H, rows, bf16),
       W2(H, F, rows, bf16);
   const int64_t weight_bytes = Wqkv.bytes + Wo.bytes + W1.bytes + W2.bytes;
-  // then per-thread rows: float32 intermediates and a bf16 copy of an operand
+  // then float32 scratch: the stacked q | k | v weight (3H, H), its bias and
+  // zero biases (3H each), a bf16 copy of the largest weight; then per
+  // thread: float32 intermediates and a bf16 copy of a product's operand
+  const int64_t shared = H3 * H + 2 * H3 + (bf16 ? std::max(H3, F) * H / 2 + 1 : 0);
   const int64_t each = rows * (H3 + 2 * H + F) + s.d * T + T * T
                        + (bf16 ? rows * std::max(H, F) / 2 + 1 : 0);
+  // one temp-space allocation per call: MXNet hands out the same buffer
   char* space = static_cast<char*>(
-      res.alloc_cpu(weight_bytes + (H3 * H + 2 * H3 + threads * each) * sizeof(float)));
+      res.alloc_cpu(weight_bytes + (shared + threads * each) * sizeof(float)));
   float* stacked = reinterpret_cast<float*>(space + weight_bytes);  // (3H, H)
   float* bqkv = stacked + H3 * H;  // (3H,)
   float* zeros = bqkv + H3;        // (3H,)
-  float* per_thread = zeros + H3;
-  // q | k | v weights stacked as one (3H, H) weight
+  auto* w16 = reinterpret_cast<blas::bf16*>(zeros + H3);
+  float* per_thread = zeros + shared - H3 * H - H3;
   for (int w = 0; w < 3; ++w) {
     std::memcpy(stacked + w * H * H, p(w == 0 ? at.W_q : w == 1 ? at.W_k : at.W_v),
                 H * H * sizeof(float));
@@ -198,10 +205,13 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
   }
   std::fill(zeros, zeros + H3, 0.f);
   char* next = space;
-  Wqkv.pack(stacked, next);
-  Wo.pack(p(at.W_o), next);
-  W1.pack(p(at.W1), next);
-  W2.pack(p(at.W2), next);
+  Wqkv.pack(stacked, next, w16);
+  Wo.pack(p(at.W_o), next, w16);
+  W1.pack(p(at.W1), next, w16);
+  W2.pack(p(at.W2), next, w16);
+  const float* b_qkv = at.b_q >= 0 ? bqkv : zeros;
+  const float* b_o = at.b_o >= 0 ? p(at.b_o) : zeros;
+  const float *b1 = p(at.b1), *b2 = p(at.b2);
 
   const int64_t tasks = (B + seqs - 1) / seqs;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
@@ -217,7 +227,8 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
     float* P = Kt + s.d * T;       // (T, T)
     auto* operand = reinterpret_cast<blas::bf16*>(P + T * T);  // bf16 copy of a left operand
 
-    Wqkv.product(n, x, at.b_q >= 0 ? bqkv : zeros, qkv, operand);
+    for (int64_t r = 0; r < n; ++r) std::memcpy(qkv + r * H3, b_qkv, H3 * sizeof(float));
+    Wqkv.product(n, x, nullptr, qkv, operand, true);  // (n, 3H) = x W^T + b
     for (int64_t i = 0; i < n / T; ++i) {
       const int64_t kept = kept_keys(lens, b0 + i, T);
       for (int64_t h = 0; h < s.N; ++h) {
@@ -227,27 +238,36 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
                          H);
       }
     }
-    Wo.product(n, c, at.b_o >= 0 ? p(at.b_o) : zeros, a, operand);
-    for (int64_t r = 0; r < n; ++r) {  // AddNorm 1
+    Wo.product(n, c, nullptr, a, operand);
+    for (int64_t r = 0; r < n; ++r) {  // AddNorm 1, W_o's bias added here
       float* ar = a + r * H;
+      const float* xr = x + r * H;
 #pragma omp simd
-      for (int64_t j = 0; j < H; ++j) ar[j] += x[r * H + j];
+      for (int64_t j = 0; j < H; ++j) ar[j] += xr[j] + b_o[j];
       layer_norm_row(ar, p(at.gamma1), p(at.beta1), H, eps, ar);
+      if (bf16) blas::to_bf16(ar, H, operand + r * H);  // W1's operand, while in cache
     }
-    W1.product(n, a, p(at.b1), f, operand);
-    if (gelu) {
+    W1.product(n, a, bf16 ? operand : nullptr, f, nullptr);
+    for (int64_t r = 0; r < n; ++r) {  // W1's bias and the activation (and bf16 for W2)
+      float* fr = f + r * F;
+      if (gelu) {
 #pragma omp simd
-      for (int64_t i = 0; i < n * F; ++i)
-        f[i] = 0.5f * f[i] * (1.f + erf_rational(f[i] * 0.70710678f));
-    } else {
+        for (int64_t j = 0; j < F; ++j) {
+          const float v = fr[j] + b1[j];
+          fr[j] = 0.5f * v * (1.f + erf_rational(v * 0.70710678f));
+        }
+      } else {
 #pragma omp simd
-      for (int64_t i = 0; i < n * F; ++i) f[i] = f[i] > 0.f ? f[i] : 0.f;
+        for (int64_t j = 0; j < F; ++j) fr[j] = std::max(fr[j] + b1[j], 0.f);
+      }
+      if (bf16) blas::to_bf16(fr, F, operand + r * F);
     }
-    W2.product(n, f, p(at.b2), y, operand);
-    for (int64_t r = 0; r < n; ++r) {  // AddNorm 2
+    W2.product(n, f, bf16 ? operand : nullptr, y, nullptr);
+    for (int64_t r = 0; r < n; ++r) {  // AddNorm 2, W2's bias added here
       float* yr = y + r * H;
+      const float* ar = a + r * H;
 #pragma omp simd
-      for (int64_t j = 0; j < H; ++j) yr[j] += a[r * H + j];
+      for (int64_t j = 0; j < H; ++j) yr[j] += ar[j] + b2[j];
       layer_norm_row(yr, p(at.gamma2), p(at.beta2), H, eps, yr);
     }
   }
