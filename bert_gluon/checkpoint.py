@@ -172,9 +172,16 @@ class RunFolder:
     Refuses a path that is a file or not writable, a folder another run
     holds (a lock released when the run ends or dies), and a fresh run over
     a previous run's outputs unless `overwrite`, which deletes them first.
+    writer=False: the view of a job's other workers, which only read its
+    checkpoints (the chief owns the folder).
     """
-    def __init__(self, path, outputs, resume=False, overwrite=False):
+    def __init__(self, path, outputs, resume=False, overwrite=False, writer=True):
         self.path = Path(path)
+        self.checkpoints = Checkpointer(self.path / 'checkpoints')
+        self.writer = writer
+        if not writer:  # another worker of the job owns it: read checkpoints only
+            self._lock = None
+            return
         for folder in (self.path, self.path / 'checkpoints'):
             if folder.exists() and not folder.is_dir():
                 raise ValueError(f'out_dir: {folder} is a file, not a folder')
@@ -198,7 +205,6 @@ class RunFolder:
         self._lock.truncate(0)
         self._lock.write(str(os.getpid()))
         self._lock.flush()
-        self.checkpoints = Checkpointer(self.path / 'checkpoints')
         used = [name for name in outputs if (self.path / name).exists()]
         if self.checkpoints.candidates():
             used.append('checkpoints/')
@@ -215,7 +221,7 @@ class RunFolder:
                              'overwrite (--overwrite), or choose another out_dir')
 
     def close(self):
-        if not self._lock.closed:
+        if self._lock is not None and not self._lock.closed:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
 

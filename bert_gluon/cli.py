@@ -83,7 +83,7 @@ def _pretrain(args):
              resume=args.resume, overwrite=args.overwrite, seed=args.seed,
              data_dir=args.data_dir, dynamic_masking=args.dynamic_masking,
              validate=not args.no_valid, progress=not args.no_progress,
-             backend=args.backend, dtype=args.dtype)
+             backend=args.backend, dtype=args.dtype, kvstore=args.kvstore)
     return 0
 
 
@@ -93,7 +93,8 @@ def _finetune(args):
              batch_size=args.batch_size, max_len=args.max_len, lr=args.lr,
              freeze_encoder=args.freeze_encoder, ctx=args.ctx, out_dir=args.out,
              resume=args.resume, overwrite=args.overwrite, seed=args.seed,
-             data_dir=args.data_dir, progress=not args.no_progress, dtype=args.dtype)
+             data_dir=args.data_dir, progress=not args.no_progress, dtype=args.dtype,
+             kvstore=args.kvstore)
     return 0
 
 
@@ -122,8 +123,27 @@ def _encode(args):
     return 0
 
 
+def _launch(args):
+    from .distributed import launch
+    command = args.job[1:] if args.job[:1] == ['--'] else args.job
+    if not command:
+        raise ValueError("the training command each worker runs, after '--': "
+                         'bert-gluon launch -- bert-gluon pretrain --kvstore dist_sync')
+    try:
+        launch(command, num_workers=args.workers, num_servers=args.servers,
+               hosts=args.hosts.split(','), port=args.port)
+    except RuntimeError as exc:  # a role failed: the job was ended
+        print(f'bert-gluon launch: {exc}', file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print('bert-gluon launch: interrupted: ended the whole job', file=sys.stderr)
+        return 130
+    return 0
+
+
 def build_parser():
     from .config import list_configs
+    from .distributed import KVSTORES
     parser = argparse.ArgumentParser(
         prog='bert-gluon', description='BERT as d2l teaches it, on MXNet Gluon')
     sub = parser.add_subparsers(dest='command', required=True)
@@ -151,6 +171,10 @@ def build_parser():
     pre.add_argument('--backend', default='auto', choices=['auto', 'native', 'mxnet'],
                      help="'native' CPU kernels or MXNet's operators (default: "
                           'native where they run)')
+    pre.add_argument('--kvstore', default='device', choices=KVSTORES,
+                     help="'device'/'local': this process's contexts; 'dist_sync' "
+                          "(under `bert-gluon launch` or SageMaker) or 'horovod' "
+                          '(under horovodrun): one worker of a job, --batch-size global')
     pre.add_argument('--dtype', default=None, choices=['float32', 'bfloat16'],
                      help="the products' precision (bfloat16: CPUs with AVX512_BF16 "
                           'or AMX; parameters stay float32)')
@@ -180,12 +204,28 @@ def build_parser():
     fin.add_argument('--out', default='runs/finetune')
     fin.add_argument('--resume', action='store_true')
     fin.add_argument('--overwrite', action='store_true')
+    fin.add_argument('--kvstore', default='device', choices=KVSTORES)
     fin.add_argument('--dtype', default=None, choices=['float32', 'bfloat16'],
                      help="the products' precision (default: the checkpoint's)")
     fin.add_argument('--seed', type=int, default=0)
     fin.add_argument('--data-dir', default=None)
     fin.add_argument('--no-progress', action='store_true')
     fin.set_defaults(func=_finetune)
+
+    lau = sub.add_parser('launch', help="run a command as the workers of MXNet's "
+                                        'parameter-server job (dist_sync), with its '
+                                        'scheduler and servers, all watched')
+    lau.add_argument('--workers', type=_positive_int, default=2)
+    lau.add_argument('--servers', type=_positive_int, default=1)
+    lau.add_argument('--hosts', default='127.0.0.1',
+                     help='comma-separated hosts, round robin (others over ssh); '
+                          'the scheduler runs on the first')
+    lau.add_argument('--port', type=_positive_int, default=None,
+                     help="the scheduler's port (default: a free one)")
+    lau.add_argument('job', nargs=argparse.REMAINDER,
+                     help="-- then the training command, e.g. -- bert-gluon pretrain "
+                          '--kvstore dist_sync')
+    lau.set_defaults(func=_launch)
 
     enc = sub.add_parser('encode', help='sentence (or tab-separated pair) '
                                         'representations to a .npy file')

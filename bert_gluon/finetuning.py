@@ -12,6 +12,7 @@ from mxnet.gluon import nn
 
 from .checkpoint import RunFolder, atomic_save_parameters, atomic_write_json
 from .data.pairs import TASKS, encode_pairs, read_pairs
+from .distributed import connect
 from .backend import BackendMixin
 from .model import HybridBERTModel, _checked, _is_eager, _prepare_inputs, _run
 from .training import (BatchStream, TrainLoop, check_run_arguments, parse_contexts,
@@ -118,20 +119,24 @@ OUTPUTS = ('classifier.params', 'metrics.json', 'loss.png')
 def finetune(task, pretrained, num_epochs=3, batch_size=32, max_len=128,
              lr=1e-4, freeze_encoder=False, ctx=None, out_dir='runs/finetune',
              checkpoint_every=None, resume=False, overwrite=False, seed=0,
-             data_dir=None, hybridize=True, progress=True, dtype=None):
+             data_dir=None, hybridize=True, progress=True, dtype=None,
+             kvstore='device'):
     """Fine-tune on `task` ('MRPC', 'RTE', 'SNLI'), reporting dev metrics
     after every epoch. `pretrained`: a folder from `pretrain` (or any
     `from_pretrained` name), or a (net, tokenizer) pair. resume / overwrite
     as in `pretrain`: a resumed run keeps task, pretrained, batch_size,
     max_len, lr, freeze_encoder, seed and dtype; num_epochs may grow.
     dtype: the products' precision, 'float32' or 'bfloat16' (default: the
-    checkpoint config's)."""
+    checkpoint config's). kvstore: as in `pretrain` (the chief, rank 0,
+    evaluates and writes)."""
     from .pretrained import from_pretrained
     if task not in TASKS:
         raise ValueError(f'task must be one of {sorted(TASKS)}, got {task!r}')
     check_run_arguments(lr, num_epochs=num_epochs, batch_size=batch_size,
                         max_len=max_len)
     ctx_list = parse_contexts(ctx)
+    cluster = connect(kvstore, ctx_list)
+    cluster.shard([onp.zeros(batch_size)])  # a global batch the workers can split
     if isinstance(pretrained, (str, Path)):
         bert, tokenizer, _ = from_pretrained(pretrained, ctx=ctx_list,
                                              **({'dtype': dtype} if dtype else {}))
@@ -156,7 +161,7 @@ def finetune(task, pretrained, num_epochs=3, batch_size=32, max_len=128,
         return list(arrays) + [onp.array(labels, dtype=onp.int32)]
     train, dev = encode('train'), encode('dev')
 
-    with RunFolder(out_dir, OUTPUTS, resume, overwrite) as folder:
+    with RunFolder(out_dir, OUTPUTS, resume, overwrite, writer=cluster.is_chief) as folder:
         mx.random.seed(seed)
         net = BERTClassifier(bert, num_outputs=len(TASKS[task][5]))
         net.output.initialize(mx.init.Xavier(), ctx=ctx_list)
@@ -166,7 +171,7 @@ def finetune(task, pretrained, num_epochs=3, batch_size=32, max_len=128,
         if hybridize:
             net.hybridize(static_alloc=True, static_shape=True)
         trainable = {k: p for k, p in net.collect_params().items() if p.grad_req != 'null'}
-        trainer = gluon.Trainer(trainable, 'adam', {'learning_rate': lr})
+        trainer = cluster.trainer(trainable, 'adam', {'learning_rate': lr})
         stream = BatchStream(train, min(batch_size, len(train[0])), seed)
         steps_per_epoch = stream.batches_per_epoch
         run_args = {'task': task, 'pretrained': source, 'batch_size': batch_size,
@@ -174,12 +179,15 @@ def finetune(task, pretrained, num_epochs=3, batch_size=32, max_len=128,
                     'seed': seed, 'dtype': bert.config.dtype}
         loop = TrainLoop(net, ClassificationTask(), stream, trainer, ctx_list,
                          folder.checkpoints, run_args, checkpoint_every or steps_per_epoch,
-                         progress, ignore_stale_grad=True)
-        if resume and loop.resume():
+                         progress, ignore_stale_grad=True, cluster=cluster)
+        if resume and loop.resume() and cluster.is_chief:
             print(f'resumed at step {loop.step} from {loop.resumed_from}')
         epochs = loop.extra.setdefault('epochs', [])
         for epoch in range(len(epochs), num_epochs):
             loop.run((epoch + 1) * steps_per_epoch)
+            if not cluster.is_chief:  # the chief evaluates; the count stays in step
+                epochs.append({'epoch': epoch + 1})
+                continue
             metrics = evaluate_classifier(net, dev, ctx_list[0])
             metrics['epoch'] = epoch + 1
             metrics['train_loss'] = float(onp.mean(loop.history['loss'][-steps_per_epoch:]))
@@ -189,6 +197,8 @@ def finetune(task, pretrained, num_epochs=3, batch_size=32, max_len=128,
                   f'(majority class {metrics["majority_baseline"]:.3f}, '
                   f'{metrics["examples"]} pairs)')
             loop.save()  # the epoch's dev metrics go into the checkpoint too
+        if not folder.writer:
+            return {'task': task, 'epochs': epochs, 'net': net}
         save_loss_plot(loop.history, folder.path / 'loss.png', f'fine-tuning on {task}')
         atomic_save_parameters(net, folder.path / 'classifier.params')
         result = {'task': task, 'epochs': epochs, 'lr': lr, 'batch_size': batch_size,

@@ -15,6 +15,7 @@ from mxnet import gluon
 from .checkpoint import RunFolder, atomic_save_parameters, atomic_write_json
 from .config import get_config
 from .data.wikitext import load_wiki_pretraining
+from .distributed import connect
 from .loss import PretrainingLoss, PretrainingObjective
 from .model import HybridBERTModel
 from .training import (BatchStream, TrainLoop, check_run_arguments, parse_contexts,
@@ -89,7 +90,7 @@ def pretrain(num_steps=50, batch_size=512, max_len=64, lr=0.01,
              config='d2l.pretrain', ctx=None, out_dir='runs/pretrain',
              checkpoint_every=None, resume=False, overwrite=False, seed=0,
              data_dir=None, dynamic_masking=False, validate=True, hybridize=True,
-             progress=True, backend=None, dtype=None):
+             progress=True, backend=None, dtype=None, kvstore='device'):
     """Pretrain on WikiText-2; returns a dict with the model, vocab and figures.
 
     ctx: a Context, a list of them, or 'cpu:0,cpu:1' / 'gpu:0,gpu:1'.
@@ -104,11 +105,16 @@ def pretrain(num_steps=50, batch_size=512, max_len=64, lr=0.01,
     backend: 'auto' (None), 'native' or 'mxnet' (bert_gluon/backend.py).
     dtype: the products' precision, 'float32' or 'bfloat16' (default: the
       config's); parameters and optimizer states stay float32.
+    kvstore: 'device' / 'local' (this process's contexts), 'dist_sync' or
+      'horovod' (a worker of a multi-process job; batch_size is the global
+      batch, split among the workers): bert_gluon/distributed.py.
     """
     check_run_arguments(lr, num_steps=num_steps, batch_size=batch_size,
                         max_len=max_len)
     ctx_list = parse_contexts(ctx)
-    with RunFolder(out_dir, OUTPUTS, resume, overwrite) as folder:
+    cluster = connect(kvstore, ctx_list)
+    cluster.shard([onp.zeros(batch_size)])  # a global batch the workers can split
+    with RunFolder(out_dir, OUTPUTS, resume, overwrite, writer=cluster.is_chief) as folder:
         out_dir = folder.path
         train_set = load_wiki_pretraining(max_len, data_dir, 'train', seed=seed)
         config = get_config(config, vocab_size=len(train_set.vocab),
@@ -121,7 +127,7 @@ def pretrain(num_steps=50, batch_size=512, max_len=64, lr=0.01,
         net.check_inputs = False  # the dataset was checked whole above
         if hybridize:
             net.hybridize(static_alloc=True, static_shape=True)
-        trainer = gluon.Trainer(net.collect_params(), 'adam', {'learning_rate': lr})
+        trainer = cluster.trainer(net.collect_params(), 'adam', {'learning_rate': lr})
 
         def remask(epoch):
             if dynamic_masking and epoch > 0:
@@ -132,29 +138,37 @@ def pretrain(num_steps=50, batch_size=512, max_len=64, lr=0.01,
                     'config': config.to_dict(), 'dynamic_masking': dynamic_masking}
         loop = TrainLoop(net, PretrainingTask(hybridize), stream, trainer, ctx_list,
                          folder.checkpoints, run_args,
-                         checkpoint_every or max(1, num_steps // 5), progress)
+                         checkpoint_every or max(1, num_steps // 5), progress,
+                         cluster=cluster)
+        say = print if cluster.is_chief else (lambda *a: None)
         if resume and loop.resume():
-            print(f'resumed at step {loop.step} from {loop.resumed_from}')
+            say(f'resumed at step {loop.step} from {loop.resumed_from}')
         elif resume:
-            print(f'no checkpoint in {folder.checkpoints.folder}: starting at step 0')
-        # written once the run is known to be this one (a refused resume changes nothing)
-        train_set.vocab.to_json(out_dir / 'vocab.json')
-        atomic_write_json(out_dir / 'config.json', config.to_dict())
+            say(f'no checkpoint in {folder.checkpoints.folder}: starting at step 0')
+        if folder.writer:  # once the run is known to be this one (a refused resume changes nothing)
+            train_set.vocab.to_json(out_dir / 'vocab.json')
+            atomic_write_json(out_dir / 'config.json', config.to_dict())
         history = loop.run(num_steps)
-        if loop.checkpointer.latest() is None or loop.step % loop.checkpoint_every:
+        if loop.step % loop.checkpoint_every:  # the last step, unless just saved
             loop.save()
 
         mlm_l, nsp_l = onp.mean(history['mlm']), onp.mean(history['nsp'])
         pairs_per_sec = loop.examples / max(loop.train_seconds, 1e-9)
-        print(f'MLM loss {mlm_l:.3f}, NSP loss {nsp_l:.3f}')
-        print(f'{pairs_per_sec:.1f} sentence pairs/sec on {ctx_list}')
+        where = ctx_list if cluster.num_workers == 1 else (
+            f'{cluster.num_workers} {kvstore} workers x {ctx_list}')
+        say(f'MLM loss {mlm_l:.3f}, NSP loss {nsp_l:.3f}')
+        say(f'{pairs_per_sec:.1f} sentence pairs/sec on {where}')
         metrics = {'steps': loop.step, 'mlm_loss': mlm_l, 'nsp_loss': nsp_l,
                    'final_mlm_loss': history['mlm'][-1],
                    'final_nsp_loss': history['nsp'][-1],
                    'pairs_per_sec': pairs_per_sec, 'batch_size': batch_size,
                    'max_len': max_len, 'lr': lr, 'seed': seed,
                    'dynamic_masking': dynamic_masking, 'backend': net.backend,
-                   'contexts': [str(c) for c in ctx_list]}
+                   'contexts': [str(c) for c in ctx_list], 'kvstore': kvstore,
+                   'workers': cluster.num_workers}
+        if not folder.writer:  # the chief evaluates and writes the outputs
+            return {'net': net, 'vocab': train_set.vocab, 'config': config,
+                    'history': history, 'metrics': metrics}
         if validate:
             valid_set = load_wiki_pretraining(max_len, data_dir, 'valid',
                                               vocab=train_set.vocab, seed=seed)

@@ -119,12 +119,17 @@ class TrainLoop:
     task.batch_totals(batch), so shard losses add up to the one-device loss.
     run_args: the arguments that shape the trajectory (batch size, lr, seed,
     ...); a checkpoint made under others is not resumed.
+    cluster: this process's place in a multi-worker job (distributed.py):
+    every worker draws the global batch and trains on its rows; only the
+    chief (rank 0) writes checkpoints and shows progress.
     """
     def __init__(self, net, task, stream, trainer, ctx_list, checkpointer,
                  run_args, checkpoint_every=None, progress=True, log_every=10,
-                 ignore_stale_grad=False):
+                 ignore_stale_grad=False, cluster=None):
+        from .distributed import Cluster
         self.net, self.task, self.stream, self.trainer = net, task, stream, trainer
         self.ctx_list = ctx_list
+        self.cluster = cluster or Cluster('device')
         self.checkpointer = checkpointer
         self.run_args = dict(run_args)
         self.seed = int(run_args.get('seed', 0))
@@ -144,7 +149,9 @@ class TrainLoop:
                 'run': self.run_args, 'extra': self.extra}
 
     def save(self):
-        return self.checkpointer.save(self.step, self.net, self.trainer, self.state())
+        """Checkpoint (the chief; other workers hold the same state)."""
+        if self.cluster.is_chief:
+            self.checkpointer.save(self.step, self.net, self.trainer, self.state())
 
     def _check_same_run(self, state):
         saved = state.get('run', {'seed': state.get('seed')})
@@ -175,9 +182,9 @@ class TrainLoop:
         mx.random.seed((self.seed * 1000003 + self.step) % (2 ** 31))
         if hasattr(self.task, 'prepare'):
             batch = self.task.prepare(batch)
-        totals = self.task.batch_totals(batch)
-        shards = [gluon.utils.split_and_load(onp.asarray(a), self.ctx_list,
-                                             even_split=False) for a in batch]
+        totals = self.task.batch_totals(batch)  # of the global batch
+        shards = [gluon.utils.split_and_load(onp.asarray(a), self.ctx_list, even_split=False)
+                  for a in self.cluster.shard(batch)]
         with autograd.record():
             losses, metrics = [], []
             for shard in zip(*shards):
@@ -186,10 +193,13 @@ class TrainLoop:
                 metrics.append(sums)
         for loss in losses:
             loss.backward()
-        # losses are already normalized by the totals
-        self.trainer.step(1, ignore_stale_grad=self.ignore_stale_grad)
-        return {k: sum(m[k].as_in_ctx(mx.cpu()) for m in metrics) / totals[k]
-                for k in metrics[0]}
+        # losses are already normalized by the global totals: the step applies
+        # the sum of every device's and worker's gradients
+        self.trainer.step(self.cluster.step_scale(), ignore_stale_grad=self.ignore_stale_grad)
+        names = list(metrics[0])
+        sums = mx.np.stack([sum(m[k].as_in_ctx(mx.cpu()) for m in metrics) for k in names])
+        sums = self.cluster.sum_metrics(sums)
+        return {k: sums[i] / totals[k] for i, k in enumerate(names)}
 
     def _record(self, pending):
         """Move finished steps' metrics to the history; stop a diverged run."""
@@ -208,8 +218,8 @@ class TrainLoop:
         bar counts steps whose results have been computed (MXNet runs
         asynchronously: a step is queued before its predecessor ends)."""
         from tqdm.auto import tqdm
-        bar = tqdm(total=num_steps, initial=self.step, disable=not self.progress,
-                   unit='step', dynamic_ncols=True)
+        bar = tqdm(total=num_steps, initial=self.step, unit='step', dynamic_ncols=True,
+                   disable=not (self.progress and self.cluster.is_chief))
         pending = []  # (step, on-device metrics) not yet in the history
         start = time.perf_counter()
         while self.step < num_steps:
