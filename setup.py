@@ -19,6 +19,8 @@ setup(
     # CPU wheel over it. CPU users take the `cpu` extra.
     install_requires=['numpy<1.24', 'd2l==0.16.7', 'tqdm'],
     extras_require={'cpu': ['mxnet==1.9.1', 'mkl'],
-                    'pretrained': ['safetensors', 'tokenizers']},
+                    'pretrained': ['safetensors', 'tokenizers'],
+                    # builds against the installed MXNet: README, "Several machines"
+                    'horovod': ['horovod==0.28.1']},
     entry_points={'console_scripts': ['bert-gluon=bert_gluon.cli:entry']},
 )

@@ -87,7 +87,8 @@ class Cluster:
             return values
         if self.kind == 'horovod':
             import horovod.mxnet as hvd
-            return hvd.allreduce(values, average=False, name='bert_gluon_metrics')
+            return hvd.allreduce(values.as_nd_ndarray(), average=False,
+                                 name='bert_gluon_metrics').as_np_ndarray()
         if not self._metrics_ready:
             self.kvstore.init(_METRICS_KEY, mx.nd.zeros(values.shape))
             self._metrics_ready = True
@@ -129,6 +130,9 @@ def connect(kvstore, ctx_list):
         store = mx.kv.create('dist_sync')
         cluster = Cluster('dist_sync', store.rank, store.num_workers, store)
     else:
+        if len(ctx_list) != 1:
+            raise ValueError("kvstore='horovod' runs one context per rank (Horovod sums "
+                             f'the first context\'s gradients only), got {ctx_list}')
         try:
             import horovod.mxnet as hvd
         except ImportError as exc:

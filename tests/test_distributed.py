@@ -95,7 +95,8 @@ def test_a_dead_role_ends_the_whole_job(tmp_path, role):
     _, rest = proc.communicate(timeout=120)
     stderr += rest
     assert proc.returncode != 0
-    assert re.search(f'{role} {1 if role == "worker" else 0} .*was killed by SIGKILL: ended the '
+    # (the launcher's worker numbers are its own: ps-lite ranks workers as they connect)
+    assert re.search(rf'{role} [01] \(pid \d+, host \S+\) was killed by SIGKILL: ended the '
                      'whole job', stderr), stderr[-3000:]
     assert time.monotonic() - killed_at < 30 + (60 if role == 'worker' else 0)
     pids = _pids(stderr)

@@ -389,7 +389,7 @@ def test_bf16_linear_is_close_to_float32():
 
 def test_bf16_is_refused_where_the_cpu_lacks_it(monkeypatch):
     monkeypatch.setattr(kernels, 'cpu_flags', lambda: {'avx2', 'fma'})
-    net = bg.HybridBERTModel(TINY.replace(dtype='bfloat16'))
+    net = bg.HybridBERTModel(TINY.replace(dtype='bfloat16'), backend='native')
     net.initialize()
     with pytest.raises(ValueError, match=r"dtype='bfloat16' cannot run here: .*neither "
                                          'AVX512_BF16 nor AMX-BF16'):
@@ -411,7 +411,7 @@ def test_bf16_model_is_close_to_float32(tmp_path, config):
     base = base.replace(dropout=0.0)
     outputs = {}
     for dtype in ('float32', 'bfloat16'):
-        net = bg.HybridBERTModel(base.replace(dtype=dtype))
+        net = bg.HybridBERTModel(base.replace(dtype=dtype), backend='native')
         mx.random.seed(7)
         net.initialize(mx.init.Normal(0.1))
         net.hybridize(static_alloc=True, static_shape=True)

@@ -59,8 +59,12 @@ _SOURCES = [Path(__file__).with_name(name)
 _HEADERS = [Path(__file__).with_name(name)
             for name in ('common.h', 'small_gemm.h', 'heads.h', 'blas.h')]
 _OPENBLAS = Path(mx.__file__).parent / 'libopenblas.so.0'
+# Exported: only what MXNet and this module call (a version script), bound
+# locally (-Bsymbolic): another extension library loaded beside it, such as
+# Horovod's, neither sees nor replaces its symbols.
 _FLAGS = ['-shared', '-fPIC', '-O3', '-march=native', '-mprefer-vector-width=512',
-          '-fopenmp', '-std=c++17']
+          '-fopenmp', '-std=c++17', '-Wl,-Bsymbolic']
+_EXPORTS = '{ global: _op*; _part*; _pass*; _msg*; initialize; bert_gluon_*; local: *; };\n'
 _BUILD_SECONDS = 900  # a cold build takes about a minute on 2 cores
 _state = {'loaded': None, 'reason': None, 'path': None}
 _lock = threading.Lock()
@@ -102,8 +106,10 @@ def _build(target):
     lib_api = Path(mx.__file__).parent / 'src' / 'lib_api.cc'
     fd, tmp = tempfile.mkstemp(suffix='.so', dir=target.parent)
     os.close(fd)
-    cmd = ['g++', *_FLAGS, f'-I{include}', '-o', tmp, *map(str, _SOURCES),
-           str(lib_api), '-lmvec', '-ldl']
+    exports = target.with_suffix('.map')
+    exports.write_text(_EXPORTS)
+    cmd = ['g++', *_FLAGS, f'-Wl,--version-script={exports}', f'-I{include}', '-o', tmp,
+           *map(str, _SOURCES), str(lib_api), '-lmvec', '-ldl']
     try:
         subprocess.run(cmd, check=True, capture_output=True, text=True,
                        timeout=_BUILD_SECONDS)
@@ -140,7 +146,7 @@ def _locked_build(target):
 def library_path():
     """Where this machine's build of the kernels lives (built or not)."""
     digest = hashlib.sha1(mx.__version__.encode())
-    for part in (_compiler_identity(), ' '.join(_FLAGS), _cpu_identity()):
+    for part in (_compiler_identity(), ' '.join(_FLAGS), _EXPORTS, _cpu_identity()):
         digest.update(part.encode())
     for source in _SOURCES + _HEADERS:
         digest.update(source.read_bytes())

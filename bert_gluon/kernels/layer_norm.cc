@@ -29,14 +29,14 @@ static inline const float* row_of(const float* x, const float* r, int64_t i, int
   return buf;
 }
 
-MXReturnValue parse_attrs(const std::unordered_map<std::string, std::string>& attrs,
+static MXReturnValue parse_attrs(const std::unordered_map<std::string, std::string>& attrs,
                           int* num_in, int* num_out) {
   *num_in = flag_of(attrs, "residual") ? 4 : 3;
   *num_out = 3;
   return MX_SUCCESS;
 }
 
-MXReturnValue infer_type(const std::unordered_map<std::string, std::string>& attrs,
+static MXReturnValue infer_type(const std::unordered_map<std::string, std::string>& attrs,
                          std::vector<int>* in_types, std::vector<int>* out_types) {
   for (int t : *in_types) {
     if (t != kFloat32) {
@@ -48,7 +48,7 @@ MXReturnValue infer_type(const std::unordered_map<std::string, std::string>& att
   return MX_SUCCESS;
 }
 
-MXReturnValue infer_shape(const std::unordered_map<std::string, std::string>& attrs,
+static MXReturnValue infer_shape(const std::unordered_map<std::string, std::string>& attrs,
                           std::vector<std::vector<unsigned int>>* in_shapes,
                           std::vector<std::vector<unsigned int>>* out_shapes) {
   const auto& x = (*in_shapes)[0];
@@ -64,7 +64,7 @@ MXReturnValue infer_shape(const std::unordered_map<std::string, std::string>& at
   return MX_SUCCESS;
 }
 
-MXReturnValue forward(const std::unordered_map<std::string, std::string>& attrs,
+static MXReturnValue forward(const std::unordered_map<std::string, std::string>& attrs,
                       std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
                       const OpResource& res) {
   const float eps = float_of(attrs, "eps", 1e-5f);
@@ -92,7 +92,7 @@ MXReturnValue forward(const std::unordered_map<std::string, std::string>& attrs,
 
 // inputs: dy, dmean, drstd (ignored), x, gamma, beta, [residual,] y, mean, rstd
 // outputs: dx, dgamma, dbeta[, dresidual]
-MXReturnValue backward(const std::unordered_map<std::string, std::string>& attrs,
+static MXReturnValue backward(const std::unordered_map<std::string, std::string>& attrs,
                        std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
                        const OpResource& res) {
   const MXTensor& xt = (*inputs)[3];
