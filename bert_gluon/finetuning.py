@@ -32,13 +32,18 @@ class BERTClassifier(BackendMixin, nn.HybridBlock):
     parameters are not trained (the book's `ignore_stale_grad` remark).
     Its backend follows its encoder's request.
     """
-    def __init__(self, bert, num_outputs=3, **kwargs):
+    def __init__(self, bert, num_outputs=3, labels=None, task=None, max_len=None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(bert, HybridBERTModel):
             raise ValueError('bert must be a bert_gluon.HybridBERTModel (load a '
                              'book model\'s parameters into one), got '
                              f'{type(bert).__name__}')
         self.config = bert.config
+        if labels is not None and len(labels) != num_outputs:
+            raise ValueError(f'labels: {num_outputs} names expected, got {labels!r}')
+        # what serving needs to answer in words: label names, task, input length
+        self.labels = tuple(labels) if labels is not None else tuple(map(str, range(num_outputs)))
+        self.task, self.max_len = task, max_len or bert.config.max_len
         with self.name_scope():
             self.encoder = bert.encoder
             self.hidden = bert.nsp.mlp[0]
@@ -113,7 +118,31 @@ def evaluate_classifier(net, arrays, ctx=None, batch_size=256):
 
 
 # What a fine-tuning run writes into its folder (besides checkpoints/)
-OUTPUTS = ('classifier.params', 'metrics.json', 'loss.png')
+OUTPUTS = ('classifier.params', 'classifier.json', 'config.json', 'vocab.json',
+           'vocab.txt', 'metrics.json', 'loss.png')
+
+
+def save_classifier_folder(folder, net, tokenizer, task, max_len):
+    """Everything needed to reload and serve a fine-tuned classifier:
+    classifier.json (task, label names, max_len, tokenizer kind),
+    config.json, the tokenizer's vocabulary (vocab.json or vocab.txt) and
+    classifier.params. `pretrained.from_pretrained(folder)` reads it."""
+    import shutil
+    from .data.vocab import Vocab
+    folder = Path(folder)
+    if isinstance(tokenizer, Vocab):
+        kind = 'word'
+        tokenizer.to_json(folder / 'vocab.json')
+    else:  # a WordPieceTokenizer: its vocab.txt
+        kind = 'wordpiece'
+        shutil.copyfile(tokenizer.vocab_file, folder / 'vocab.txt.tmp')
+        (folder / 'vocab.txt.tmp').replace(folder / 'vocab.txt')
+    atomic_write_json(folder / 'config.json', net.config.to_dict())
+    atomic_write_json(folder / 'classifier.json', {
+        'task': task, 'labels': list(net.labels), 'num_outputs': net.output._units,
+        'max_len': max_len, 'tokenizer': kind,
+        'lowercase': getattr(tokenizer, 'lowercase', True)})
+    atomic_save_parameters(net, folder / 'classifier.params')
 
 
 def finetune(task, pretrained, num_epochs=3, batch_size=32, max_len=128,
@@ -163,7 +192,8 @@ def finetune(task, pretrained, num_epochs=3, batch_size=32, max_len=128,
 
     with RunFolder(out_dir, OUTPUTS, resume, overwrite, writer=cluster.is_chief) as folder:
         mx.random.seed(seed)
-        net = BERTClassifier(bert, num_outputs=len(TASKS[task][5]))
+        net = BERTClassifier(bert, num_outputs=len(TASKS[task][5]), labels=TASKS[task][5],
+                             task=task, max_len=max_len)
         net.output.initialize(mx.init.Xavier(), ctx=ctx_list)
         if freeze_encoder:
             net.freeze_encoder()
@@ -200,7 +230,7 @@ def finetune(task, pretrained, num_epochs=3, batch_size=32, max_len=128,
         if not folder.writer:
             return {'task': task, 'epochs': epochs, 'net': net}
         save_loss_plot(loop.history, folder.path / 'loss.png', f'fine-tuning on {task}')
-        atomic_save_parameters(net, folder.path / 'classifier.params')
+        save_classifier_folder(folder.path, net, tokenizer, task, max_len)
         result = {'task': task, 'epochs': epochs, 'lr': lr, 'batch_size': batch_size,
                   'max_len': max_len, 'freeze_encoder': freeze_encoder, 'seed': seed,
                   'pairs_per_sec': loop.examples / max(loop.train_seconds, 1e-9)}

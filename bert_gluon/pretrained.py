@@ -91,7 +91,7 @@ class WordPieceTokenizer:
     giving the arrays the twin takes."""
     def __init__(self, vocab_file, lowercase=True):
         from tokenizers import BertWordPieceTokenizer
-        self.vocab_file = str(vocab_file)
+        self.vocab_file, self.lowercase = str(vocab_file), lowercase
         try:
             # one for `tokenize`, one whose truncation and padding
             # encode_pairs sets per call (under a lock): neither leaks
@@ -255,6 +255,35 @@ def load_folder(folder, ctx=None, **changes):
     return net, vocab, config
 
 
+def load_classifier(folder, ctx=None, **changes):
+    """(BERTClassifier, tokenizer, config) from a `finetune` output folder;
+    the classifier knows its label names (`.labels`) and task (`.task`)."""
+    from .finetuning import BERTClassifier
+    folder = Path(folder)
+    meta = read_json(folder / 'classifier.json')
+    try:
+        kind, labels, num_outputs = meta['tokenizer'], meta['labels'], int(meta['num_outputs'])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f'{folder / "classifier.json"} lacks a field: {exc}') from exc
+    values = read_json(folder / 'config.json')
+    try:
+        config = BERTConfig.from_dict(values).replace(**changes)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f'{folder / "config.json"} is not a bert_gluon config: {exc}') from exc
+    if kind == 'wordpiece':
+        tokenizer = WordPieceTokenizer(folder / 'vocab.txt', meta.get('lowercase', True))
+    else:
+        tokenizer = Vocab.from_json(folder / 'vocab.json')
+    net = BERTClassifier(HybridBERTModel(config), num_outputs, labels=labels,
+                         task=meta.get('task'), max_len=meta.get('max_len'))
+    try:
+        net.load_parameters(str(folder / 'classifier.params'), ctx=ctx or mx.cpu())
+    except Exception as exc:  # MXNet raises its own error types
+        raise ValueError(f'{folder / "classifier.params"} is missing, corrupt or for '
+                         f'another model: {exc}') from exc
+    return net, tokenizer, config
+
+
 def load_d2l_checkpoint(name, data_dir=None, ctx=None, **changes):
     """(net, Vocab, config) for d2l's 'bert.small' or 'bert.base': found like
     a dataset (data_dir, $BERT_GLUON_DATA, cache) or downloaded with the
@@ -292,7 +321,8 @@ def load_d2l_checkpoint(name, data_dir=None, ctx=None, **changes):
 
 
 def from_pretrained(name, ctx=None, **changes):
-    """(net, tokenizer, config) for a registered name or a folder.
+    """(net, tokenizer, config) for a registered name or a folder: a
+    `finetune` folder gives its BERTClassifier, the others a HybridBERTModel.
     changes: config fields that do not change the weights' meaning, such as
     dtype='bfloat16' or dropout."""
     if name == 'all-MiniLM-L6-v2':
@@ -300,6 +330,8 @@ def from_pretrained(name, ctx=None, **changes):
     if name in ('bert.small', 'bert.base'):
         return load_d2l_checkpoint(name, ctx=ctx, **changes)
     folder = Path(name)
+    if (folder / 'classifier.json').is_file():
+        return load_classifier(folder, ctx, **changes)
     if (folder / 'model.safetensors').is_file():
         return load_hf_bert(folder, ctx, **changes)
     if (folder / 'pretrained.params').is_file() and (folder / 'config.json').is_file():

@@ -31,13 +31,13 @@ def _params(path):
 
 
 def _launch(out_dir, *worker_args, servers=1, workers=2, timeout=300):
-    """`bert-gluon launch` of dist_worker.py; (exit code, stderr, seconds)."""
+    """`bert-gluon launch` of dist_worker.py; (exit code, stdout + stderr, seconds)."""
     start = time.monotonic()
     out = subprocess.run([sys.executable, '-m', 'bert_gluon.cli', 'launch', '--workers',
                           str(workers), '--servers', str(servers), '--', sys.executable,
                           WORKER, str(out_dir), 'dist_sync', *worker_args],
                          env=ENV, capture_output=True, text=True, timeout=timeout)
-    return out.returncode, out.stderr, time.monotonic() - start
+    return out.returncode, out.stdout + out.stderr, time.monotonic() - start
 
 
 def _pids(stderr):
@@ -110,12 +110,14 @@ def test_a_killed_job_resumes_to_the_uninterrupted_parameters(tmp_path, one_proc
     assert code != 0 and 'worker 1' in stderr
     assert not (tmp_path / 'pretrained.params').exists()
     assert (tmp_path / 'checkpoints' / 'step-00000004').is_dir()
-    code, stderr, _ = _launch(tmp_path, 'resume')
-    assert code == 0, stderr[-3000:]
+    code, output, _ = _launch(tmp_path, 'resume')
+    assert code == 0, output[-3000:]
+    assert 'resumed at step 4' in output, output[-3000:]
     resumed = _params(tmp_path / 'worker-0.params')
     for name, expected in one_process.items():
         onp.testing.assert_allclose(resumed[name], expected, rtol=1e-5,
-                                    atol=1e-5 * max(1, abs(expected).max()), err_msg=name)
+                                    atol=1e-5 * max(1, abs(expected).max()),
+                                    err_msg=f'{name}\n{output[-2000:]}')
 
 
 def test_unknown_or_unsafe_kvstores_are_refused():

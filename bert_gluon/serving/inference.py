@@ -1,0 +1,138 @@
+"""Inference handlers for SageMaker's MXNet serving container (and its
+multi-model-server): model_fn, input_fn, predict_fn, output_fn.
+
+A model folder (what SageMaker unpacks from model.tar.gz into model_dir;
+`bert_gluon.serving.train` writes one, with code/inference.py importing
+these) holds one of:
+  - a `finetune` output (classifier.json ...): a classifier, answering
+    {"labels": [...], "probabilities": [[...], ...]} (label names from the task);
+  - a `pretrain` output or a Hugging Face BERT folder: an encoder, answering
+    {"embeddings": [[...], ...]} (mean pooling, as sentence-transformers).
+
+Requests, application/json:
+  {"inputs": "one sentence"}  or  {"inputs": ["s1", "s2", ...]}
+  {"inputs": [["premise", "hypothesis"], ...]}   sentence pairs
+  optional "pooling": "mean" | "cls" (encoders)
+Bad requests get a 4xx with a message: 415 (not JSON), 400 (malformed,
+empty, more than MAX_BATCH inputs), 413 (a text longer than the model's
+max_len in tokens), 406 (an Accept other than JSON).
+"""
+import json
+
+import mxnet as mx
+import numpy as onp
+
+__all__ = ['model_fn', 'input_fn', 'predict_fn', 'output_fn', 'MAX_BATCH', 'BadRequest']
+
+MAX_BATCH = 256
+JSON = 'application/json'
+
+
+class BadRequest(Exception):
+    """A request the model cannot answer: its HTTP status and why."""
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def _toolkit_error(status, message):
+    """The serving toolkit's error type when it is installed (the model
+    server then answers with `status`), else BadRequest."""
+    try:
+        from sagemaker_inference.errors import GenericInferenceToolkitError
+    except ImportError:
+        return BadRequest(status, message)
+    return GenericInferenceToolkitError(status, message)
+
+
+def model_fn(model_dir):
+    """The model of `model_dir` (a Gluon Block, as the MXNet container
+    requires), hybridized, with its tokenizer and what it answers attached."""
+    from ..finetuning import BERTClassifier
+    from ..pretrained import from_pretrained
+    net, tokenizer, config = from_pretrained(str(model_dir))
+    net.hybridize(static_alloc=True, static_shape=False)
+    net.tokenizer = tokenizer
+    net.kind = 'classifier' if isinstance(net, BERTClassifier) else 'encoder'
+    if net.kind == 'encoder':
+        net.max_len = config.max_len
+    return net
+
+
+def input_fn(request_body, content_type=JSON):
+    """The request as {'pairs': [(a, b or None), ...], 'pooling': ...}."""
+    if (content_type or '').split(';')[0].strip() != JSON:
+        raise _toolkit_error(415, f'content type {content_type!r} is not supported: send '
+                                  f'{JSON} ({{"inputs": ["a sentence", ...]}})')
+    try:
+        text = request_body.decode('utf-8') if isinstance(request_body, (bytes, bytearray)) \
+            else request_body
+        body = json.loads(text)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise _toolkit_error(400, f'the body is not UTF-8 JSON: {exc}') from exc
+    if not isinstance(body, dict) or 'inputs' not in body:
+        raise _toolkit_error(400, 'expected a JSON object with "inputs": a sentence, a list '
+                                  'of sentences, or a list of [a, b] pairs')
+    inputs = body['inputs']
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if not isinstance(inputs, list) or not inputs:
+        raise _toolkit_error(400, '"inputs" must be a sentence or a non-empty list')
+    if len(inputs) > MAX_BATCH:
+        raise _toolkit_error(400, f'"inputs" holds {len(inputs)} texts; at most {MAX_BATCH} '
+                                  'per request')
+    pairs = []
+    for i, item in enumerate(inputs):
+        if isinstance(item, str) and item.strip():
+            pairs.append((item, None))
+        elif (isinstance(item, list) and len(item) == 2
+              and all(isinstance(t, str) and t.strip() for t in item)):
+            pairs.append(tuple(item))
+        else:
+            raise _toolkit_error(400, f'"inputs"[{i}] must be a non-empty sentence or a pair '
+                                      f'[a, b] of them, got {item!r:.80}')
+    pooling = body.get('pooling', 'mean')
+    if pooling not in ('mean', 'cls'):
+        raise _toolkit_error(400, f'"pooling" must be "mean" or "cls", got {pooling!r}')
+    return {'pairs': pairs, 'pooling': pooling}
+
+
+def _token_count(tokenizer, a, b):
+    from ..data.pairs import word_tokenize
+    tokenize = getattr(tokenizer, 'tokenize', word_tokenize)
+    return len(tokenize(a)) + (len(tokenize(b)) + 1 if b is not None else 0) + 2
+
+
+def predict_fn(data, model):
+    """Labels and probabilities (a classifier) or embeddings (an encoder)."""
+    from ..data.pairs import encode_pairs
+    from ..represent import encode_batch
+    pairs, tokenizer, max_len = data['pairs'], model.tokenizer, model.max_len
+    for i, (a, b) in enumerate(pairs):
+        count = _token_count(tokenizer, a, b)
+        if count > max_len:
+            raise _toolkit_error(413, f'"inputs"[{i}] is {count} tokens with its markers; '
+                                      f'the model takes at most {max_len}')
+    if model.kind == 'encoder':
+        return {'embeddings': encode_batch(model, pairs, tokenizer, max_len=max_len,
+                                           pooling=data['pooling']).tolist()}
+    if hasattr(tokenizer, 'encode_pairs'):
+        arrays = tokenizer.encode_pairs(pairs, max_len)
+    else:
+        arrays = encode_pairs(pairs, tokenizer, max_len)
+    ctx = next(iter(model.collect_params().values())).list_ctx()[0]
+    width = int(arrays[2].max())  # the longest request: no compute on padding
+    tokens, segments, lens = (mx.np.array(a[:, :width] if a.ndim == 2 else a, ctx=ctx)
+                              for a in arrays)
+    logits = model(tokens, segments, lens)
+    probs = mx.npx.softmax(logits, axis=-1).asnumpy()
+    return {'labels': [model.labels[i] for i in onp.argmax(probs, axis=1)],
+            'probabilities': probs.astype('float64').round(6).tolist(), 'label_names': list(model.labels)}
+
+
+def output_fn(prediction, accept=JSON):
+    """The prediction as JSON."""
+    accept = (accept or JSON).split(';')[0].strip()
+    if accept not in (JSON, '*/*'):
+        raise _toolkit_error(406, f'accept {accept!r} is not supported: {JSON} only')
+    return json.dumps(prediction)

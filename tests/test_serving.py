@@ -1,0 +1,192 @@
+"""Deployment: the fine-tuned folder reloads; the inference handlers answer
+and refuse as documented, alone and inside SageMaker's own MXNet serving
+container and model server; the training entry point runs under SageMaker's
+own training toolkit."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mxnet as mx
+import numpy as onp
+import pytest
+
+from bert_gluon.finetuning import BERTClassifier, finetune
+from bert_gluon.pretrained import from_pretrained
+from bert_gluon.represent import encode_batch
+from bert_gluon.serving import inference
+from conftest import assert_close
+
+PAIRS = [['A man plays a guitar.', 'Someone makes music.'],
+         ['The cat sleeps.', 'A dog barks loudly at night.']]
+
+
+@pytest.fixture(scope='module')
+def classifier_folder(tiny_pretrained, tmp_path_factory):
+    out = tmp_path_factory.mktemp('classifier')
+    result = finetune('RTE', tiny_pretrained, num_epochs=1, batch_size=64, max_len=32,
+                      lr=1e-3, out_dir=out, progress=False)
+    return out, result['net']
+
+
+def _status(call, *args):
+    with pytest.raises(Exception) as info:
+        call(*args)
+    return getattr(info.value, 'status_code', getattr(info.value, 'status', None)), str(info.value)
+
+
+def test_finetune_folder_holds_everything_to_reload(classifier_folder):
+    folder, trained = classifier_folder
+    for name in ('classifier.params', 'classifier.json', 'config.json', 'vocab.json',
+                 'metrics.json'):
+        assert (folder / name).is_file(), name
+    net, vocab, config = from_pretrained(str(folder))
+    assert isinstance(net, BERTClassifier)
+    assert net.labels == ('not_entailment', 'entailment') and net.task == 'RTE'
+    from bert_gluon.data.pairs import encode_pairs
+    arrays = [mx.np.array(a) for a in encode_pairs([tuple(p) for p in PAIRS], vocab, 32)]
+    assert_close(net(*arrays), trained(*arrays))
+
+
+def test_handlers_answer_with_label_names(classifier_folder):
+    folder, trained = classifier_folder
+    model = inference.model_fn(str(folder))
+    data = inference.input_fn(json.dumps({'inputs': PAIRS}), 'application/json')
+    answer = json.loads(inference.output_fn(inference.predict_fn(data, model),
+                                            'application/json'))
+    probs = onp.array(answer['probabilities'])
+    assert probs.shape == (2, 2) and onp.allclose(probs.sum(1), 1, atol=1e-5)
+    assert answer['labels'] == [model.labels[i] for i in probs.argmax(1)]
+    from bert_gluon.data.pairs import encode_pairs
+    arrays = [mx.np.array(a) for a in encode_pairs([tuple(p) for p in PAIRS],
+                                                   model.tokenizer, 32)]
+    expected = mx.npx.softmax(trained(*arrays), axis=-1).asnumpy()
+    assert_close(probs, expected, atol=1e-5)
+    one = inference.input_fn(b'{"inputs": "A single sentence."}', 'application/json')
+    assert len(inference.predict_fn(one, model)['labels']) == 1
+
+
+def test_handlers_refuse_bad_requests(classifier_folder):
+    folder, _ = classifier_folder
+    model = inference.model_fn(str(folder))
+    for body, content_type, status, message in (
+            ('a,b', 'text/csv', 415, 'not supported'),
+            ('{"inputs": ', 'application/json', 400, 'not UTF-8 JSON'),
+            (b'\xff\xfe', 'application/json', 400, 'not UTF-8 JSON'),
+            ('{"text": "a"}', 'application/json', 400, '"inputs"'),
+            ('{"inputs": []}', 'application/json', 400, 'non-empty list'),
+            ('{"inputs": [["a"]]}', 'application/json', 400, r'"inputs"[0]'),
+            ('{"inputs": ["  "]}', 'application/json', 400, r'"inputs"[0]'),
+            (json.dumps({'inputs': ['a'] * (inference.MAX_BATCH + 1)}), 'application/json', 400,
+             'at most'),
+            ('{"inputs": ["a"], "pooling": "max"}', 'application/json', 400, 'pooling')):
+        code, text = _status(inference.input_fn, body, content_type)
+        assert code == status and message in text, (body, code, text)
+    long = inference.input_fn(json.dumps({'inputs': ['word ' * 40]}), 'application/json')
+    code, text = _status(inference.predict_fn, long, model)
+    assert code == 413 and 'at most 32' in text
+    code, text = _status(inference.output_fn, {'labels': []}, 'text/csv')
+    assert code == 406
+
+
+def test_encoder_handler_gives_mean_pooled_embeddings(tiny_pretrained):
+    model = inference.model_fn(str(tiny_pretrained))
+    data = inference.input_fn(json.dumps({'inputs': ['a crane is flying', 'the bird']}),
+                              'application/json')
+    answer = json.loads(inference.output_fn(inference.predict_fn(data, model), '*/*'))
+    net, vocab, config = from_pretrained(str(tiny_pretrained))
+    expected = encode_batch(net, ['a crane is flying', 'the bird'], vocab,
+                            max_len=config.max_len, pooling='mean')
+    assert_close(onp.array(answer['embeddings']), expected)
+
+
+def _free_port():
+    """A free port below 32768 (the model server refuses higher ones)."""
+    for port in range(8080, 9000):
+        with socket.socket() as s:
+            try:
+                s.bind(('0.0.0.0', port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError('no free port in 8080-8999')
+
+
+def _post(port, body, content_type='application/json'):
+    request = urllib.request.Request(f'http://127.0.0.1:{port}/invocations',
+                                     data=body.encode(), method='POST',
+                                     headers={'Content-Type': content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+@pytest.fixture(scope='module')
+def model_server(classifier_folder, tmp_path_factory):
+    """SageMaker's MXNet serving container (multi-model-server, Java) on
+    127.0.0.1, serving the fine-tuned folder through code/inference.py."""
+    folder, _ = classifier_folder
+    base = tmp_path_factory.mktemp('sagemaker')
+    model = base / 'model'
+    model.mkdir()
+    for item in folder.iterdir():
+        if item.is_file():
+            (model / item.name).write_bytes(item.read_bytes())
+    from bert_gluon.serving.train import INFERENCE_ENTRY
+    (model / 'code').mkdir()
+    (model / 'code' / 'inference.py').write_text(INFERENCE_ENTRY)
+    port = _free_port()
+    env = dict(os.environ, SAGEMAKER_BASE_DIR=str(base), SAGEMAKER_PROGRAM='inference.py',
+               SAGEMAKER_BIND_TO_PORT=str(port), SAGEMAKER_MODEL_SERVER_WORKERS='1',
+               OMP_NUM_THREADS='1',  # multi-model-server is a command of this venv
+               PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ['PATH']]))
+    log = open(base / 'server.log', 'w')
+    proc = subprocess.Popen([sys.executable, '-c', 'from sagemaker_mxnet_serving_container '
+                             'import serving; serving.main()'], env=env, cwd=base,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 180
+    ready = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f'http://127.0.0.1:{port}/ping', timeout=5) as r:
+                ready = r.status == 200
+        except (urllib.error.URLError, ConnectionError, OSError):
+            pass
+        if ready:
+            break
+        time.sleep(1)
+    if not ready:
+        subprocess.run(['pkill', '-f', f'mms.*{port}|{base}'], check=False)
+        pytest.fail('the model server did not answer /ping:\n'
+                    + (base / 'server.log').read_text()[-3000:])
+    yield port, base
+    os.killpg(proc.pid, signal.SIGTERM)
+    time.sleep(2)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    subprocess.run(['pkill', '-f', f'sagemaker-mms|{base}'], check=False)
+
+
+def test_model_server_answers_and_refuses(model_server, classifier_folder):
+    port, base = model_server
+    status, body = _post(port, json.dumps({'inputs': PAIRS}))
+    assert status == 200, body
+    answer = json.loads(body)
+    assert set(answer['labels']) <= {'not_entailment', 'entailment'}
+    assert len(answer['probabilities']) == 2
+    for payload, content_type, expected in (('a,b', 'text/csv', 415),
+                                            ('{"inputs": []}', 'application/json', 400),
+                                            (json.dumps({'inputs': ['w ' * 40]}),
+                                             'application/json', 413)):
+        status, body = _post(port, payload, content_type)
+        assert status == expected, (payload, status, body[-500:])
