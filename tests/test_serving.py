@@ -190,3 +190,85 @@ def test_model_server_answers_and_refuses(model_server, classifier_folder):
                                              'application/json', 413)):
         status, body = _post(port, payload, content_type)
         assert status == expected, (payload, status, body[-500:])
+
+
+TOOLKIT_TRAIN = ('from sagemaker_training import environment\n'
+                 'from sagemaker_mxnet_container import training\n'
+                 'training.train(environment.Environment())\n')
+
+
+def _toolkit_job(root, host, hosts, hyperparameters):
+    """A SageMaker training container's layout under root/host (what
+    sagemaker-training reads); the env to run its toolkit with."""
+    base = root / host
+    for sub in ('input/config', 'input/data', 'model', 'output'):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    (base / 'input' / 'data' / 'training').symlink_to(os.environ['BERT_GLUON_DATA'])
+    src = root / 'src'
+    src.mkdir(exist_ok=True)
+    (src / 'train.py').write_text('from bert_gluon.serving.train import main\nmain()\n')
+    hp = dict(hyperparameters, sagemaker_program='train.py',
+              sagemaker_submit_directory=str(src), sagemaker_region='us-east-1')
+    (base / 'input/config/hyperparameters.json').write_text(
+        json.dumps({k: json.dumps(v) for k, v in hp.items()}))
+    (base / 'input/config/resourceconfig.json').write_text(
+        json.dumps({'current_host': host, 'hosts': hosts}))
+    (base / 'input/config/inputdataconfig.json').write_text(
+        json.dumps({'training': {'TrainingInputMode': 'File'}}))
+    return dict(os.environ, SAGEMAKER_BASE_DIR=str(base), AWS_DEFAULT_REGION='us-east-1',
+                AWS_EC2_METADATA_DISABLED='true', SM_STUDIO_LOCAL_MODE='true',
+                OMP_NUM_THREADS='1',
+                PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ['PATH']]))
+
+
+JOB = {'job': 'pretrain', 'steps': 4, 'batch-size': 16, 'max-len': 32}
+
+
+def test_sagemaker_training_toolkit_runs_the_entry_point(tmp_path):
+    """SageMaker's MXNet training toolkit runs the entry point offline; the
+    model folder it leaves deploys as it is (code/inference.py)."""
+    env = _toolkit_job(tmp_path, 'algo-1', ['algo-1'], JOB)
+    out = subprocess.run([sys.executable, '-c', TOOLKIT_TRAIN], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    model = tmp_path / 'algo-1' / 'model'
+    for name in ('pretrained.params', 'config.json', 'vocab.json', 'code/inference.py'):
+        assert (model / name).is_file(), name
+    metrics = json.loads((model / 'metrics.json').read_text())
+    assert metrics['steps'] == 4 and metrics['kvstore'] == 'device'
+    served = inference.model_fn(str(model))
+    data = inference.input_fn('{"inputs": ["a crane is flying"]}', 'application/json')
+    assert len(inference.predict_fn(data, served)['embeddings'][0]) == 128
+
+
+def test_sagemaker_parameter_server_distribution_on_two_hosts(tmp_path):
+    """Two 'hosts' on loopback (127.0.0.1 and 127.0.0.2) under SageMaker's
+    own parameter_server launch: the toolkit starts the scheduler and a
+    server per host and sets DMLC_*; the entry point trains as one of two
+    dist_sync workers; the chief alone writes the model."""
+    hosts = ['127.0.0.1', '127.0.0.2']
+    port = _free_port()
+    job = dict(JOB, sagemaker_parameter_server_enabled=True, _ps_port=str(port))
+    procs = []
+    for host in hosts:
+        # ps-lite advertises this address (a SageMaker host has its own; here
+        # every role is on the loopback interface)
+        env = dict(_toolkit_job(tmp_path, host, hosts, job), DMLC_NODE_HOST='127.0.0.1')
+        procs.append(subprocess.Popen([sys.executable, '-c', TOOLKIT_TRAIN], env=env,
+                                      cwd=tmp_path / host, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True,
+                                      start_new_session=True))
+    try:
+        outputs = [p.communicate(timeout=240)[0] for p in procs]
+    finally:
+        for p in procs:  # the toolkit's scheduler and servers, if the job failed
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        subprocess.run(['pkill', '-f', f'DMLC_PS_ROOT_PORT={port}'], check=False)
+    assert all(p.returncode == 0 for p in procs), '\n'.join(o[-2000:] for o in outputs)
+    written = [h for h in hosts if (tmp_path / h / 'model' / 'pretrained.params').exists()]
+    assert len(written) == 1
+    metrics = json.loads((tmp_path / written[0] / 'model' / 'metrics.json').read_text())
+    assert metrics['kvstore'] == 'dist_sync' and metrics['workers'] == 2

@@ -70,7 +70,10 @@ def build_parser():
 
 def main(argv=None, env=None):
     env = os.environ if env is None else env
-    args, unknown = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    parser.add_argument('--_ps_port', '--_ps_verbose', dest='_toolkit', action='append',
+                        help=argparse.SUPPRESS)  # the MXNet container's own, passed along too
+    args, unknown = parser.parse_known_args(argv)
     if unknown:  # SageMaker passes every hyperparameter: name the ones not taken
         raise SystemExit(f'bert_gluon.serving.train: unknown hyperparameters {unknown}')
     model_dir = Path(env.get('SM_MODEL_DIR', 'model'))
