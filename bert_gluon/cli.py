@@ -123,6 +123,25 @@ def _encode(args):
     return 0
 
 
+def _export(args):
+    from . import export
+    from .model import HybridBERTModel
+    from .pretrained import from_pretrained
+    net, tokenizer, _ = from_pretrained(args.pretrained)
+    if not isinstance(net, HybridBERTModel):
+        raise ValueError(f'--from {args.pretrained}: export takes a BERT model (a pretrain '
+                         'output, a named checkpoint or a Hugging Face folder), not a classifier')
+    if args.format == 'symbol':
+        paths = export.export_model(net, args.output)
+    elif args.format == 'onnx':
+        paths = (export.export_onnx(net, args.output),)
+    else:
+        paths = (export.export_huggingface(
+            net, args.output, tokenizer if hasattr(tokenizer, 'vocab_file') else None),)
+    print(f'{args.format}: ' + ', '.join(map(str, paths)))
+    return 0
+
+
 def _launch(args):
     from .distributed import launch
     command = args.job[1:] if args.job[:1] == ['--'] else args.job
@@ -211,6 +230,14 @@ def build_parser():
     fin.add_argument('--data-dir', default=None)
     fin.add_argument('--no-progress', action='store_true')
     fin.set_defaults(func=_finetune)
+
+    exp = sub.add_parser('export', help='write a model as MXNet symbol + params, ONNX '
+                                        '(onnxruntime) or a Hugging Face BERT folder')
+    exp.add_argument('--from', dest='pretrained', required=True)
+    exp.add_argument('--format', required=True, choices=['symbol', 'onnx', 'huggingface'])
+    exp.add_argument('--output', required=True,
+                     help='symbol: a prefix; onnx: a .onnx file; huggingface: a folder')
+    exp.set_defaults(func=_export)
 
     lau = sub.add_parser('launch', help="run a command as the workers of MXNet's "
                                         'parameter-server job (dist_sync), with its '

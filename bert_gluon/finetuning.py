@@ -14,6 +14,7 @@ from .checkpoint import RunFolder, atomic_save_parameters, atomic_write_json
 from .data.pairs import TASKS, encode_pairs, read_pairs
 from .distributed import connect
 from .backend import BackendMixin
+from .layers import cls_rows
 from .model import HybridBERTModel, _checked, _is_eager, _prepare_inputs, _run
 from .training import (BatchStream, TrainLoop, check_run_arguments, parse_contexts,
                        save_loss_plot)
@@ -62,7 +63,7 @@ class BERTClassifier(BackendMixin, nn.HybridBlock):
 
     def hybrid_forward(self, F, tokens, segments, valid_lens):
         encoded_X = self.encoder(tokens, segments, valid_lens)
-        return self.output(self.hidden(encoded_X[:, 0, :]))
+        return self.output(self.hidden(cls_rows(F, encoded_X)))
 
     def freeze_encoder(self):
         """Train only the hidden and output layers."""

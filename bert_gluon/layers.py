@@ -16,7 +16,7 @@ from .backend import BackendMixin, graph_kind
 
 __all__ = ['Dense', 'Dropout', 'LayerNorm', 'MultiHeadSelfAttention', 'AddNorm',
            'PositionWiseFFN', 'EncoderBlock', 'sinusoidal_positions',
-           'param_value', 'gather_rows']
+           'param_value', 'gather_rows', 'cls_rows']
 
 
 class Dense(BackendMixin, nn.Dense):
@@ -243,6 +243,12 @@ def param_value(F, param, like):
     value on `like`'s context."""
     value = param.var() if F is mx.sym else param.data(like.ctx)
     return value.as_nd_ndarray()
+
+
+def cls_rows(F, X):
+    """X[:, 0, :], the '<cls>' rows: (B, T, H) -> (B, H), as a slice and a
+    squeeze (X[:, 0, :] traces to a reshape ONNX converters mishandle)."""
+    return F.np.squeeze(F.npx.slice(X, begin=(None, 0, None), end=(None, 1, None)), axis=1)
 
 
 def gather_rows(F, X, pred_positions):

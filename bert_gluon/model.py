@@ -16,7 +16,7 @@ from mxnet.gluon import nn
 from .backend import BackendMixin, tracing
 from .config import BERTConfig
 from .inputs import check_encoded, check_encoder_inputs, check_pred_positions
-from .layers import (Dense, Dropout, EncoderBlock, LayerNorm, gather_rows,
+from .layers import (Dense, Dropout, EncoderBlock, LayerNorm, cls_rows, gather_rows,
                      param_value, sinusoidal_positions)
 
 __all__ = ['HybridBERTEncoder', 'HybridMaskLM', 'HybridNextSentencePred',
@@ -234,7 +234,7 @@ class HybridNextSentencePred(BackendMixin, nn.HybridBlock):
 
     def hybrid_forward(self, F, X):
         # 0 is the index of the '<cls>' token; X[:, 0, :] is (B, H)
-        return self.mlp(X[:, 0, :])
+        return self.mlp(cls_rows(F, X))
 
 
 class HybridBERTModel(BackendMixin, nn.HybridBlock):

@@ -1,0 +1,76 @@
+"""Export: ONNX with dynamic batch and length that onnxruntime runs to the
+twin's numbers; the Hugging Face format that transformers loads to equal
+outputs; the `bert-gluon export` command."""
+import os
+import subprocess
+import sys
+
+import mxnet as mx
+import numpy as onp
+import pytest
+
+import bert_gluon as bg
+from bert_gluon.export import export_huggingface, export_onnx
+from bert_gluon.pretrained import from_pretrained
+from conftest import TINY, assert_close, make_batch
+
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+REAL = bg.get_config('all-MiniLM-L6-v2', vocab_size=50, num_layers=2, num_hiddens=48,
+                     ffn_num_hiddens=64, num_heads=4, max_len=32)
+
+
+@pytest.mark.parametrize('config', [TINY, REAL], ids=['book', 'real-bert'])
+def test_onnx_runs_in_onnxruntime_with_any_batch_and_length(tmp_path, config):
+    import onnxruntime as ort
+    net = bg.HybridBERTModel(config)
+    net.initialize(mx.init.Normal(0.3))
+    path = export_onnx(net, str(tmp_path / 'bert.onnx'))
+    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    assert [i.shape for i in session.get_inputs()] == [
+        ['batch', 'length'], ['batch', 'length'], ['batch'], ['batch', 'predictions']]
+    for batch_size, seq_len in ((3, 9), (5, 17)):  # neither is the traced (2, 8)
+        batch = make_batch(config, batch_size=batch_size, seq_len=seq_len, num_pred=4)
+        expected = net(*batch)
+        feed = {i.name: a.asnumpy() for i, a in zip(session.get_inputs(), batch)}
+        for ours, theirs in zip(session.run(None, feed), expected):
+            assert ours.shape == theirs.shape
+            assert_close(ours, theirs, atol=1e-5)
+
+
+def test_huggingface_format_loads_in_transformers_with_equal_outputs(tmp_path):
+    import torch
+    from transformers import BertModel
+    net, tokenizer, _ = from_pretrained('all-MiniLM-L6-v2')
+    folder = export_huggingface(net, tmp_path / 'hf', tokenizer)
+    model, info = BertModel.from_pretrained(str(folder), output_loading_info=True)
+    assert not info['missing_keys'] and not info['unexpected_keys']
+    arrays = tokenizer.encode_pairs([('A man plays a guitar.', 'Music is played.'),
+                                     ('Hello there.', None)], 24)
+    mask = (onp.arange(24)[None] < arrays[2][:, None]).astype('int64')
+    with torch.no_grad():
+        out = model.eval()(input_ids=torch.from_numpy(arrays[0].astype('int64')),
+                           token_type_ids=torch.from_numpy(arrays[1].astype('int64')),
+                           attention_mask=torch.from_numpy(mask))
+    encoded, _, _ = net(*[mx.np.array(a) for a in arrays])
+    for row, n in enumerate(arrays[2].astype(int)):
+        assert_close(encoded.asnumpy()[row, :n], out.last_hidden_state.numpy()[row, :n])
+    reloaded, _, _ = from_pretrained(str(folder))  # and back into the twin
+    assert_close(reloaded(*[mx.np.array(a) for a in arrays])[0], encoded)
+    with pytest.raises(ValueError, match='real-BERT configs'):
+        book = bg.HybridBERTModel(TINY)
+        book.initialize()
+        export_huggingface(book, tmp_path / 'book')
+
+
+def test_cli_export_writes_each_format(tiny_pretrained, tmp_path):
+    for fmt, output, made in (('symbol', tmp_path / 'sym' / 'bert', 'bert-symbol.json'),
+                              ('onnx', tmp_path / 'bert.onnx', 'bert.onnx')):
+        out = subprocess.run([sys.executable, '-m', 'bert_gluon.cli', 'export', '--from',
+                              str(tiny_pretrained), '--format', fmt, '--output', str(output)],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert (output.parent / made).is_file()
+    out = subprocess.run([sys.executable, '-m', 'bert_gluon.cli', 'export', '--from',
+                          str(tiny_pretrained), '--format', 'huggingface', '--output',
+                          str(tmp_path / 'hf')], capture_output=True, text=True)
+    assert out.returncode == 2 and 'real-BERT configs' in out.stderr
