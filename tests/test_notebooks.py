@@ -15,7 +15,8 @@ def workdir(tmp_path_factory):
 
 
 @pytest.mark.parametrize('name', ['bert.ipynb', 'bert-pretraining.ipynb',
-                                  'bert-finetuning.ipynb'])
+                                  'bert-finetuning.ipynb', 'bert-pretrained.ipynb',
+                                  'bert-deployment.ipynb'])
 def test_notebook_runs_top_to_bottom(name, workdir, monkeypatch):
     for key, value in SMALL.items():
         monkeypatch.setenv(key, value)
@@ -34,5 +35,11 @@ def test_notebook_runs_top_to_bottom(name, workdir, monkeypatch):
         assert 'MLM loss' in text and 'sentence pairs/sec' in text
         assert '(1, 6, 128) (1, 10, 128)' in text
         assert any('image/png' in o.get('data', {}) for o in outputs)
-    else:
+    elif name == 'bert-finetuning.ipynb':
         assert 'MRPC epoch 1' in text and 'RTE epoch 1' in text
+    elif name == 'bert-pretrained.ipynb':
+        assert '6 layers, 384 hidden, 12 heads, gelu' in text and '(4, 384)' in text
+        assert '7 (1, 16, 384)' in text
+    else:
+        assert 'classifier.json' in text and '"labels": ' in text and 'refused: 415' in text
+        assert 'largest difference:' in text and 'bert-symbol.json' in text
