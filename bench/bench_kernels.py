@@ -144,8 +144,8 @@ def main():
         y.backward()
 
     block = EncoderBlock(128, 256, 2, 0.0)
-    block.backend = 'native'
     block.initialize(mx.init.Normal(0.1))
+    block.backend = 'native'  # resolved now that the parameters exist
     block.hybridize(static_alloc=True, static_shape=True)
     fused = _InferenceGraph(block)
     fused.hybridize(static_alloc=True, static_shape=True)

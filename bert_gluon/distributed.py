@@ -72,10 +72,23 @@ class Cluster:
             trainer = hvd.DistributedTrainer(params, optimizer, optimizer_params)
             hvd.broadcast_parameters(params, root_rank=0)
             return trainer
+        if self.kind != 'dist_sync':
+            return gluon.Trainer(params, optimizer, optimizer_params, kvstore=self.kvstore)
         # update_on_kvstore=False: every worker runs the optimizer on the
         # summed gradients, so its states can be saved and resumed
-        return gluon.Trainer(params, optimizer, optimizer_params, kvstore=self.kvstore,
-                             update_on_kvstore=False if self.kind == 'dist_sync' else None)
+        trainer = gluon.Trainer(params, optimizer, optimizer_params, kvstore=self.kvstore,
+                                update_on_kvstore=False)
+        # Rank 0's parameters reach every worker now, not inside the first
+        # step(): there, a worker's pull of a parameter could be served after
+        # the gradients pushed under the same key were summed, and return
+        # those instead (seen: about one loopback job in six diverged)
+        trainer._init_kvstore()
+        trainer._init_params()
+        for param in trainer._params:
+            for array in param.list_data():
+                array.wait_to_read()
+        self.barrier()
+        return trainer
 
     def step_scale(self):
         """The batch_size argument of trainer.step() that applies the sum."""
@@ -93,7 +106,8 @@ class Cluster:
             self.kvstore.init(_METRICS_KEY, mx.nd.zeros(values.shape))
             self._metrics_ready = True
         out = values.as_nd_ndarray().copy()
-        self.kvstore.pushpull(_METRICS_KEY, out, out=out)
+        self.kvstore.push(_METRICS_KEY, out)  # not pushpull: see _PushPullTrainer
+        self.kvstore.pull(_METRICS_KEY, out=out)
         return out.as_np_ndarray()
 
     def barrier(self):
