@@ -168,13 +168,22 @@ def model_server(classifier_folder, tmp_path_factory):
         pytest.fail('the model server did not answer /ping:\n'
                     + (base / 'server.log').read_text()[-3000:])
     yield port, base
-    os.killpg(proc.pid, signal.SIGTERM)
-    time.sleep(2)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    subprocess.run(['pkill', '-f', f'sagemaker-mms|{base}'], check=False)
+    os.killpg(proc.pid, signal.SIGTERM)  # as SageMaker stops a container: the toolkit
+    proc.wait(timeout=60)                 # passes it on to the model server
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _server_processes(port):
+        time.sleep(0.5)
+    left = _server_processes(port)
+    subprocess.run(['pkill', '-9', '-f', 'com.amazonaws.ml.mms'], check=False)
+    assert not left, f'model server processes left: {left}'
+
+
+def _server_processes(port):
+    """The model server's processes still alive (its Java frontend and
+    Python workers), by their command lines."""
+    out = subprocess.run(['pgrep', '-af', 'com.amazonaws.ml.mms|mms/model_service_worker'],
+                         capture_output=True, text=True)
+    return [line for line in out.stdout.splitlines() if 'pgrep' not in line]
 
 
 def test_model_server_answers_and_refuses(model_server, classifier_folder):
@@ -222,6 +231,40 @@ def _toolkit_job(root, host, hosts, hyperparameters):
 
 
 JOB = {'job': 'pretrain', 'steps': 4, 'batch-size': 16, 'max-len': 32}
+
+
+def test_handler_service_in_process_equals_the_python_api(classifier_folder, tmp_path,
+                                                         monkeypatch):
+    """SageMaker's MXNet serving handler service, in this process, loads
+    code/inference.py and answers with the Python API's numbers."""
+    from mms.context import Context, RequestProcessor
+    from sagemaker_mxnet_serving_container.handler_service import HandlerService
+    from bert_gluon.serving.train import INFERENCE_ENTRY
+    folder, trained = classifier_folder
+    model = tmp_path / 'model'
+    (model / 'code').mkdir(parents=True)
+    for item in folder.iterdir():
+        if item.is_file():
+            (model / item.name).write_bytes(item.read_bytes())
+    (model / 'code' / 'inference.py').write_text(INFERENCE_ENTRY)
+    monkeypatch.setenv('SAGEMAKER_PROGRAM', 'inference.py')
+    monkeypatch.syspath_prepend(str(model / 'code'))
+    monkeypatch.delitem(sys.modules, 'inference', raising=False)
+    context = Context('model', str(model), {}, 1, None, '1.1.11')
+    service = HandlerService()
+    service.initialize(context)
+    context.request_processor = [RequestProcessor({'Content-Type': 'application/json',
+                                                   'Accept': 'application/json'})]
+    out = service.handle([{'body': json.dumps({'inputs': PAIRS}).encode()}], context)
+    answer = json.loads(out[0])
+    from bert_gluon.data.pairs import encode_pairs
+    net, vocab, _ = from_pretrained(str(folder))
+    arrays = [mx.np.array(a) for a in encode_pairs([tuple(p) for p in PAIRS], vocab, 32)]
+    expected = mx.npx.softmax(trained(*arrays), axis=-1).asnumpy()
+    assert_close(onp.array(answer['probabilities']), expected, atol=1e-5)
+    context.request_processor = [RequestProcessor({'Content-Type': 'text/csv'})]
+    service.handle([{'body': b'a,b'}], context)
+    assert context.get_response_status(0)[0] == 415
 
 
 def test_sagemaker_training_toolkit_runs_the_entry_point(tmp_path):
