@@ -39,7 +39,8 @@ def test_notebook_runs_top_to_bottom(name, workdir, monkeypatch):
         assert 'MRPC epoch 1' in text and 'RTE epoch 1' in text
     elif name == 'bert-pretrained.ipynb':
         assert '6 layers, 384 hidden, 12 heads, gelu' in text and '(4, 384)' in text
-        assert '7 (1, 16, 384)' in text
+        assert '7 (1, 16, 384)' in text and 'A man is playing a guitar.' in text
     else:
         assert 'classifier.json' in text and '"labels": ' in text and 'refused: 415' in text
         assert 'largest difference:' in text and 'bert-symbol.json' in text
+        assert 'endpoint: {"labels"' in text and 'SageMaker cells are skipped' in text

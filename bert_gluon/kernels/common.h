@@ -16,6 +16,39 @@ inline void to_bf16_parallel(const float* x, int64_t n, blas::bf16* out) {
   for (int64_t i = 0; i < n; i += kChunk) blas::to_bf16(x + i, n - i < kChunk ? n - i : kChunk, out + i);
 }
 
+// db (N,) = the column sums of dY (M, N), a block of columns per task
+inline void column_sums(const float* dY, int64_t M, int64_t N, float* db) {
+#pragma omp parallel for schedule(static)
+  for (int64_t j0 = 0; j0 < N; j0 += 64) {
+    const int64_t j1 = j0 + 64 < N ? j0 + 64 : N;
+    for (int64_t j = j0; j < j1; ++j) db[j] = 0.f;
+    for (int64_t i = 0; i < M; ++i) {
+      const float* di = dY + i * N;
+#pragma omp simd
+      for (int64_t j = j0; j < j1; ++j) db[j] += di[j];
+    }
+  }
+}
+
+// The products of a Dense layer's backward, Y (M, N) = X (M, K) W^T:
+// dX = dY W and dW = dY^T X, in float32, or with bf16 on copies of dY, W and
+// X made in `scratch` ((M * N + N * K + M * K) bf16)
+inline void dense_backward(int64_t M, int64_t N, int64_t K, const float* dY, const float* X,
+                           const float* W, float* dX, float* dW, bool bf16,
+                           blas::bf16* scratch) {
+  if (!bf16) {
+    blas::sgemm(false, false, M, K, N, 1.f, dY, N, W, K, 0.f, dX, K);
+    blas::sgemm(true, false, N, K, M, 1.f, dY, N, X, K, 0.f, dW, K);
+    return;
+  }
+  blas::bf16 *dy16 = scratch, *w16 = dy16 + M * N, *x16 = w16 + N * K;
+  to_bf16_parallel(dY, M * N, dy16);
+  to_bf16_parallel(W, N * K, w16);
+  to_bf16_parallel(X, M * K, x16);
+  blas::gemm_bf16(false, false, M, K, N, 1.f, dy16, N, w16, K, 0.f, dX, K);
+  blas::gemm_bf16(true, false, N, K, M, 1.f, dy16, N, x16, K, 0.f, dW, K);
+}
+
 // A boolean attribute as Python passes it (True / 1)
 inline bool flag_of(const std::unordered_map<std::string, std::string>& attrs,
                     const char* name) {

@@ -137,17 +137,7 @@ static MXReturnValue pd_backward(const std::unordered_map<std::string, std::stri
     std::memset(db, 0, V * sizeof(float));
     return MX_SUCCESS;
   }
-  // db = column sums of dY's packed rows, a block of columns per task
-#pragma omp parallel for schedule(static)
-  for (int64_t j0 = 0; j0 < V; j0 += 256) {
-    const int64_t j1 = j0 + 256 < V ? j0 + 256 : V;
-    for (int64_t j = j0; j < j1; ++j) db[j] = 0.f;
-    for (int64_t i = 0; i < n; ++i) {
-      const float* di = dY + i * V;
-#pragma omp simd
-      for (int64_t j = j0; j < j1; ++j) db[j] += di[j];
-    }
-  }
+  column_sums(dY, n, V, db);  // of the packed rows
   const float* Xv = X.data<float>();
   float* dXv = dX;
   char* space = static_cast<char*>(res.alloc_cpu(
@@ -160,19 +150,7 @@ static MXReturnValue pd_backward(const std::unordered_map<std::string, std::stri
     dXv = scratch + n * H;
     space += 2 * n * H * sizeof(float);
   }
-  if (bf16) {
-    auto* dy16 = reinterpret_cast<blas::bf16*>(space);
-    blas::bf16* w16 = dy16 + n * V;
-    blas::bf16* x16 = w16 + V * H;
-    to_bf16_parallel(dY, n * V, dy16);
-    to_bf16_parallel(W, V * H, w16);
-    to_bf16_parallel(Xv, n * H, x16);
-    blas::gemm_bf16(false, false, n, H, V, 1.f, dy16, V, w16, H, 0.f, dXv, H);
-    blas::gemm_bf16(true, false, V, H, n, 1.f, dy16, V, x16, H, 0.f, dW, H);
-  } else {
-    blas::sgemm(false, false, n, H, V, 1.f, dY, V, W, H, 0.f, dXv, H);
-    blas::sgemm(true, false, V, H, n, 1.f, dY, V, Xv, H, 0.f, dW, H);
-  }
+  dense_backward(n, V, H, dY, Xv, W, dXv, dW, bf16, reinterpret_cast<blas::bf16*>(space));
   for (int64_t i = 0; packed && i < n; ++i)
     std::memcpy(dX + rows[i] * H, dXv + i * H, H * sizeof(float));
   return MX_SUCCESS;

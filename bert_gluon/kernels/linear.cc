@@ -91,32 +91,12 @@ static MXReturnValue linear_backward(const std::unordered_map<std::string, std::
   float* dX = (*outputs)[0].data<float>();
   float* dW = (*outputs)[1].data<float>();
   float* db = outputs->size() == 3 ? (*outputs)[2].data<float>() : nullptr;
-  if (db) {  // column sums of dY, a block of columns per task
-#pragma omp parallel for schedule(static)
-    for (int64_t j0 = 0; j0 < N; j0 += 64) {
-      const int64_t j1 = j0 + 64 < N ? j0 + 64 : N;
-      for (int64_t j = j0; j < j1; ++j) db[j] = 0.f;
-      for (int64_t i = 0; i < M; ++i) {
-        const float* di = dY + i * N;
-#pragma omp simd
-        for (int64_t j = j0; j < j1; ++j) db[j] += di[j];
-      }
-    }
-  }
-  if (!flag_of(attrs, "bf16")) {
-    blas::sgemm(false, false, M, K, N, 1.f, dY, N, W, K, 0.f, dX, K);  // dX = dY W
-    blas::sgemm(true, false, N, K, M, 1.f, dY, N, X, K, 0.f, dW, K);   // dW = dY^T X
-    return MX_SUCCESS;
-  }
-  auto* dy16 = static_cast<blas::bf16*>(
-      res.alloc_cpu((M * N + N * K + M * K) * sizeof(blas::bf16)));
-  blas::bf16* w16 = dy16 + M * N;
-  blas::bf16* x16 = w16 + N * K;
-  to_bf16_parallel(dY, M * N, dy16);
-  to_bf16_parallel(W, N * K, w16);
-  to_bf16_parallel(X, M * K, x16);
-  blas::gemm_bf16(false, false, M, K, N, 1.f, dy16, N, w16, K, 0.f, dX, K);
-  blas::gemm_bf16(true, false, N, K, M, 1.f, dy16, N, x16, K, 0.f, dW, K);
+  if (db) column_sums(dY, M, N, db);
+  const bool bf16 = flag_of(attrs, "bf16");
+  // one temp-space allocation per call: MXNet hands out the same buffer
+  auto* scratch = bf16 ? static_cast<blas::bf16*>(
+      res.alloc_cpu((M * N + N * K + M * K) * sizeof(blas::bf16))) : nullptr;
+  dense_backward(M, N, K, dY, X, W, dX, dW, bf16, scratch);
   return MX_SUCCESS;
 }
 

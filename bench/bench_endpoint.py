@@ -1,0 +1,152 @@
+"""A local SageMaker endpoint serving MiniLM embeddings: requests per second
+and p50 / p99 latency at batch 1 and 32 through SageMaker's own MXNet
+serving container and multi-model-server on 127.0.0.1; and, on the same
+inputs, onnxruntime (the twin exported with export_onnx) against the twin.
+
+    HF_HUB_OFFLINE=1 python bench/bench_endpoint.py [--requests 50]
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+SENTENCES = ['A man is playing a guitar on a stage tonight.',
+             'The stock market fell sharply after the announcement.',
+             'Two dogs run across a green field in the morning.',
+             'She reads a long book about the history of science.']
+
+
+def _batch(n):
+    return [SENTENCES[i % len(SENTENCES)] for i in range(n)]
+
+
+def _free_port():
+    import socket
+    for port in range(8080, 9000):  # the model server refuses ports above 32767
+        with socket.socket() as s:
+            try:
+                s.bind(('0.0.0.0', port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError('no free port')
+
+
+def start_endpoint(base, threads):
+    from bert_gluon.pretrained import _installed_minilm
+    from bert_gluon.serving.train import INFERENCE_ENTRY
+    model = base / 'model'
+    shutil.copytree(_installed_minilm(), model, ignore=shutil.ignore_patterns('*.onnx', 'onnx'))
+    (model / 'code').mkdir(exist_ok=True)
+    (model / 'code' / 'inference.py').write_text(INFERENCE_ENTRY)
+    port = _free_port()
+    env = dict(os.environ, SAGEMAKER_BASE_DIR=str(base), SAGEMAKER_PROGRAM='inference.py',
+               SAGEMAKER_BIND_TO_PORT=str(port), SAGEMAKER_MODEL_SERVER_WORKERS='1',
+               OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE='1',
+               PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ['PATH']]))
+    proc = subprocess.Popen([sys.executable, '-c', 'from sagemaker_mxnet_serving_container '
+                             'import serving; serving.main()'], env=env, cwd=base,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f'http://127.0.0.1:{port}/ping', timeout=5) as r:
+                if r.status == 200:
+                    return proc, port
+        except OSError:
+            time.sleep(1)
+    raise SystemExit('the endpoint did not start')
+
+
+def post(port, texts):
+    body = json.dumps({'inputs': texts}).encode()
+    request = urllib.request.Request(f'http://127.0.0.1:{port}/invocations', data=body,
+                                     headers={'Content-Type': 'application/json'})
+    with urllib.request.urlopen(request, timeout=300) as r:
+        return json.loads(r.read())
+
+
+def percentile(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--requests', type=int, default=50)
+    parser.add_argument('--threads', type=int, default=harness.threads_default())
+    args = parser.parse_args()
+    print('\n'.join(harness.header_lines(args.threads, 'one model-server worker')))
+    base = Path(tempfile.mkdtemp(prefix='bench-endpoint-'))
+    proc, port = start_endpoint(base, args.threads)
+    try:
+        print('local endpoint (SageMaker MXNet serving container, multi-model-server), '
+              f'MiniLM embeddings, {args.requests} sequential requests each')
+        for n in (1, 32):
+            texts = _batch(n)
+            for _ in range(3):
+                post(port, texts)  # warm up
+            latencies = []
+            start = time.perf_counter()
+            for _ in range(args.requests):
+                t = time.perf_counter()
+                answer = post(port, texts)
+                latencies.append(1000 * (time.perf_counter() - t))
+            seconds = time.perf_counter() - start
+            assert len(answer['embeddings']) == n
+            print(f'batch {n:>2}: {args.requests / seconds:7.1f} requests/s '
+                  f'({n * args.requests / seconds:7.1f} sentences/s), p50 '
+                  f'{percentile(latencies, 50):7.1f} ms, p99 {percentile(latencies, 99):7.1f} ms')
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    # onnxruntime against the twin, same inputs, in this process
+    os.environ.setdefault('OMP_NUM_THREADS', str(args.threads))
+    import mxnet as mx
+    import onnxruntime as ort
+    from bert_gluon.export import export_onnx
+    from bert_gluon.pretrained import from_pretrained
+    net, tokenizer, _ = from_pretrained('all-MiniLM-L6-v2')
+    net.check_inputs = False
+    net.hybridize(static_alloc=True, static_shape=True)
+    path = export_onnx(net, str(base / 'minilm.onnx'))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    print('the encoder on the same tokenized inputs (padded to 32 tokens), '
+          'median of 7 rounds of 10 calls, sentences/s')
+    for n in (1, 32):
+        arrays = list(tokenizer.encode_pairs([(t, None) for t in _batch(n)], 32))
+        arrays.append(__import__('numpy').zeros((n, 1), 'int32'))
+        feed = {i.name: a for i, a in zip(session.get_inputs(), arrays)}
+        twin_inputs = [mx.np.array(a) for a in arrays]
+
+        def rate(fn, sync):
+            fn(), sync()
+            rounds = []
+            for _ in range(7):
+                t = time.perf_counter()
+                for _ in range(10):
+                    fn()
+                sync()
+                rounds.append(10 * n / (time.perf_counter() - t))
+            return sorted(rounds)[3]
+        twin = rate(lambda: net(*twin_inputs), mx.nd.waitall)
+        onnx = rate(lambda: session.run(None, feed), lambda: None)
+        print(f'batch {n:>2}: twin {twin:8.1f}, onnxruntime (the twin exported) {onnx:8.1f}, '
+              f'twin / onnxruntime {twin / onnx:.2f}x')
+
+
+if __name__ == '__main__':
+    main()
