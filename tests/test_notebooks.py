@@ -39,7 +39,10 @@ def test_notebook_runs_top_to_bottom(name, workdir, monkeypatch):
         assert 'MRPC epoch 1' in text and 'RTE epoch 1' in text
     elif name == 'bert-pretrained.ipynb':
         assert '6 layers, 384 hidden, 12 heads, gelu' in text and '(4, 384)' in text
-        assert '7 (1, 16, 384)' in text and 'A man is playing a guitar.' in text
+        assert '7 (1, 16, 384)' in text
+        assert ('nearest: A man is playing a guitar.' in text
+                or 'nearest: Someone is making music.' in text)  # a music sentence
+        assert 'RTE epoch 1' in text
     else:
         assert 'classifier.json' in text and '"labels": ' in text and 'refused: 415' in text
         assert 'largest difference:' in text and 'bert-symbol.json' in text
