@@ -108,13 +108,14 @@ def predict_fn(data, model):
     from ..data.pairs import encode_pairs
     from ..represent import encode_batch
     pairs, tokenizer, max_len = data['pairs'], model.tokenizer, model.max_len
-    for i, (a, b) in enumerate(pairs):
-        count = _token_count(tokenizer, a, b)
+    counts = [_token_count(tokenizer, a, b) for a, b in pairs]
+    for i, count in enumerate(counts):
         if count > max_len:
             raise _toolkit_error(413, f'"inputs"[{i}] is {count} tokens with its markers; '
                                       f'the model takes at most {max_len}')
-    if model.kind == 'encoder':
-        return {'embeddings': encode_batch(model, pairs, tokenizer, max_len=max_len,
+    if model.kind == 'encoder':  # padded to the longest request, not to max_len
+        width = min(max_len, -(-max(counts) // 16) * 16)
+        return {'embeddings': encode_batch(model, pairs, tokenizer, max_len=width,
                                            pooling=data['pooling']).tolist()}
     if hasattr(tokenizer, 'encode_pairs'):
         arrays = tokenizer.encode_pairs(pairs, max_len)
