@@ -6,15 +6,10 @@ inputs, onnxruntime (the twin exported with export_onnx) against the twin.
     HF_HUB_OFFLINE=1 python bench/bench_endpoint.py [--requests 50]
 """
 import argparse
-import json
 import os
-import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -30,53 +25,6 @@ def _batch(n):
     return [SENTENCES[i % len(SENTENCES)] for i in range(n)]
 
 
-def _free_port():
-    import socket
-    for port in range(8080, 9000):  # the model server refuses ports above 32767
-        with socket.socket() as s:
-            try:
-                s.bind(('0.0.0.0', port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError('no free port')
-
-
-def start_endpoint(base, threads):
-    from bert_gluon.pretrained import _installed_minilm
-    from bert_gluon.serving.train import INFERENCE_ENTRY
-    model = base / 'model'
-    shutil.copytree(_installed_minilm(), model, ignore=shutil.ignore_patterns('*.onnx', 'onnx'))
-    (model / 'code').mkdir(exist_ok=True)
-    (model / 'code' / 'inference.py').write_text(INFERENCE_ENTRY)
-    port = _free_port()
-    env = dict(os.environ, SAGEMAKER_BASE_DIR=str(base), SAGEMAKER_PROGRAM='inference.py',
-               SAGEMAKER_BIND_TO_PORT=str(port), SAGEMAKER_MODEL_SERVER_WORKERS='1',
-               OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE='1',
-               PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ['PATH']]))
-    proc = subprocess.Popen([sys.executable, '-c', 'from sagemaker_mxnet_serving_container '
-                             'import serving; serving.main()'], env=env, cwd=base,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f'http://127.0.0.1:{port}/ping', timeout=5) as r:
-                if r.status == 200:
-                    return proc, port
-        except OSError:
-            time.sleep(1)
-    raise SystemExit('the endpoint did not start')
-
-
-def post(port, texts):
-    body = json.dumps({'inputs': texts}).encode()
-    request = urllib.request.Request(f'http://127.0.0.1:{port}/invocations', data=body,
-                                     headers={'Content-Type': 'application/json'})
-    with urllib.request.urlopen(request, timeout=300) as r:
-        return json.loads(r.read())
-
-
 def percentile(values, q):
     values = sorted(values)
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
@@ -88,29 +36,27 @@ def main():
     parser.add_argument('--threads', type=int, default=harness.threads_default())
     args = parser.parse_args()
     print('\n'.join(harness.header_lines(args.threads, 'one model-server worker')))
+    from bert_gluon.pretrained import _installed_minilm
+    from bert_gluon.serving.endpoint import LocalEndpoint
     base = Path(tempfile.mkdtemp(prefix='bench-endpoint-'))
-    proc, port = start_endpoint(base, args.threads)
-    try:
+    with LocalEndpoint(_installed_minilm(), threads=args.threads, work_dir=base) as endpoint:
         print('local endpoint (SageMaker MXNet serving container, multi-model-server), '
               f'MiniLM embeddings, {args.requests} sequential requests each')
         for n in (1, 32):
             texts = _batch(n)
             for _ in range(3):
-                post(port, texts)  # warm up
+                endpoint.predict({'inputs': texts})  # warm up
             latencies = []
             start = time.perf_counter()
             for _ in range(args.requests):
                 t = time.perf_counter()
-                answer = post(port, texts)
+                answer = endpoint.predict({'inputs': texts})
                 latencies.append(1000 * (time.perf_counter() - t))
             seconds = time.perf_counter() - start
             assert len(answer['embeddings']) == n
             print(f'batch {n:>2}: {args.requests / seconds:7.1f} requests/s '
                   f'({n * args.requests / seconds:7.1f} sentences/s), p50 '
                   f'{percentile(latencies, 50):7.1f} ms, p99 {percentile(latencies, 99):7.1f} ms')
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
     # onnxruntime against the twin, same inputs, in this process
     os.environ.setdefault('OMP_NUM_THREADS', str(args.threads))
     import mxnet as mx

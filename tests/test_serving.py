@@ -5,12 +5,8 @@ own training toolkit."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import mxnet as mx
@@ -21,6 +17,7 @@ from bert_gluon.finetuning import BERTClassifier, finetune
 from bert_gluon.pretrained import from_pretrained
 from bert_gluon.represent import encode_batch
 from bert_gluon.serving import inference
+from bert_gluon.serving.endpoint import LocalEndpoint, free_port
 from conftest import assert_close
 
 PAIRS = [['A man plays a guitar.', 'Someone makes music.'],
@@ -106,98 +103,30 @@ def test_encoder_handler_gives_mean_pooled_embeddings(tiny_pretrained):
     assert_close(onp.array(answer['embeddings']), expected)
 
 
-def _free_port():
-    """A free port below 32768 (the model server refuses higher ones)."""
-    for port in range(8080, 9000):
-        with socket.socket() as s:
-            try:
-                s.bind(('0.0.0.0', port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError('no free port in 8080-8999')
-
-
-def _post(port, body, content_type='application/json'):
-    request = urllib.request.Request(f'http://127.0.0.1:{port}/invocations',
-                                     data=body.encode(), method='POST',
-                                     headers={'Content-Type': content_type})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
 @pytest.fixture(scope='module')
 def model_server(classifier_folder, tmp_path_factory):
     """SageMaker's MXNet serving container (multi-model-server, Java) on
-    127.0.0.1, serving the fine-tuned folder through code/inference.py."""
+    127.0.0.1, serving the fine-tuned folder through code/inference.py;
+    stopped as SageMaker stops a container, with no process left."""
     folder, _ = classifier_folder
-    base = tmp_path_factory.mktemp('sagemaker')
-    model = base / 'model'
-    model.mkdir()
-    for item in folder.iterdir():
-        if item.is_file():
-            (model / item.name).write_bytes(item.read_bytes())
-    from bert_gluon.serving.train import INFERENCE_ENTRY
-    (model / 'code').mkdir()
-    (model / 'code' / 'inference.py').write_text(INFERENCE_ENTRY)
-    port = _free_port()
-    env = dict(os.environ, SAGEMAKER_BASE_DIR=str(base), SAGEMAKER_PROGRAM='inference.py',
-               SAGEMAKER_BIND_TO_PORT=str(port), SAGEMAKER_MODEL_SERVER_WORKERS='1',
-               OMP_NUM_THREADS='1',  # multi-model-server is a command of this venv
-               PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ['PATH']]))
-    log = open(base / 'server.log', 'w')
-    proc = subprocess.Popen([sys.executable, '-c', 'from sagemaker_mxnet_serving_container '
-                             'import serving; serving.main()'], env=env, cwd=base,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 180
-    ready = False
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            with urllib.request.urlopen(f'http://127.0.0.1:{port}/ping', timeout=5) as r:
-                ready = r.status == 200
-        except (urllib.error.URLError, ConnectionError, OSError):
-            pass
-        if ready:
-            break
-        time.sleep(1)
-    if not ready:
-        subprocess.run(['pkill', '-f', f'mms.*{port}|{base}'], check=False)
-        pytest.fail('the model server did not answer /ping:\n'
-                    + (base / 'server.log').read_text()[-3000:])
-    yield port, base
-    os.killpg(proc.pid, signal.SIGTERM)  # as SageMaker stops a container: the toolkit
-    proc.wait(timeout=60)                 # passes it on to the model server
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and _server_processes(port):
-        time.sleep(0.5)
-    left = _server_processes(port)
-    subprocess.run(['pkill', '-9', '-f', 'com.amazonaws.ml.mms'], check=False)
+    endpoint = LocalEndpoint(folder, threads=1, work_dir=tmp_path_factory.mktemp('sagemaker'),
+                             start_timeout=180)
+    yield endpoint
+    endpoint.close()
+    left = endpoint.processes()
+    subprocess.run(['pkill', '-9', '-f', str(endpoint.work_dir)], check=False)
     assert not left, f'model server processes left: {left}'
 
 
-def _server_processes(port):
-    """The model server's processes still alive (its Java frontend and
-    Python workers), by their command lines."""
-    out = subprocess.run(['pgrep', '-af', 'com.amazonaws.ml.mms|mms/model_service_worker'],
-                         capture_output=True, text=True)
-    return [line for line in out.stdout.splitlines() if 'pgrep' not in line]
-
-
 def test_model_server_answers_and_refuses(model_server, classifier_folder):
-    port, base = model_server
-    status, body = _post(port, json.dumps({'inputs': PAIRS}))
-    assert status == 200, body
-    answer = json.loads(body)
+    answer = model_server.predict({'inputs': PAIRS})
     assert set(answer['labels']) <= {'not_entailment', 'entailment'}
     assert len(answer['probabilities']) == 2
     for payload, content_type, expected in (('a,b', 'text/csv', 415),
                                             ('{"inputs": []}', 'application/json', 400),
                                             (json.dumps({'inputs': ['w ' * 40]}),
                                              'application/json', 413)):
-        status, body = _post(port, payload, content_type)
+        status, body = model_server.invoke(payload, content_type)
         assert status == expected, (payload, status, body[-500:])
 
 
@@ -212,7 +141,7 @@ def _toolkit_job(root, host, hosts, hyperparameters):
     base = root / host
     for sub in ('input/config', 'input/data', 'model', 'output'):
         (base / sub).mkdir(parents=True, exist_ok=True)
-    (base / 'input' / 'data' / 'training').symlink_to(os.environ['BERT_GLUON_DATA'])
+    (base / 'input' / 'data' / 'training').symlink_to(Path(os.environ['BERT_GLUON_DATA']).resolve())
     src = root / 'src'
     src.mkdir(exist_ok=True)
     (src / 'train.py').write_text('from bert_gluon.serving.train import main\nmain()\n')
@@ -290,7 +219,7 @@ def test_sagemaker_parameter_server_distribution_on_two_hosts(tmp_path):
     server per host and sets DMLC_*; the entry point trains as one of two
     dist_sync workers; the chief alone writes the model."""
     hosts = ['127.0.0.1', '127.0.0.2']
-    port = _free_port()
+    port = free_port()
     job = dict(JOB, sagemaker_parameter_server_enabled=True, _ps_port=str(port))
     procs = []
     for host in hosts:
@@ -315,3 +244,8 @@ def test_sagemaker_parameter_server_distribution_on_two_hosts(tmp_path):
     assert len(written) == 1
     metrics = json.loads((tmp_path / written[0] / 'model' / 'metrics.json').read_text())
     assert metrics['kvstore'] == 'dist_sync' and metrics['workers'] == 2
+
+
+def test_local_endpoint_refuses_a_folder_that_is_not_there(tmp_path):
+    with pytest.raises(ValueError, match='model_dir: .*nothing here is not a folder'):
+        LocalEndpoint(tmp_path / 'nothing here')
