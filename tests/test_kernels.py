@@ -158,12 +158,11 @@ def test_native_attention_equals_d2l_forward_and_backward(path, T, H, num_heads,
         assert_close(grads[name], grads_ref[name], err_msg=name)
 
 
-@pytest.mark.parametrize('activation, use_bias', [('relu', False), ('gelu', True)])
-def test_fused_encoder_block_equals_per_step_blocks(activation, use_bias):
+def check_fused_encoder_block(activation, use_bias, batch_size):
     """bert_encoder_layer (what inference graphs run) against the same block's
     per-step path and, in the book's configuration, d2l.EncoderBlock itself.
-    T = 37: three sequences per task, the last task partial (B = 5); a
-    sequence with no valid key; GELU, biases and eps 1e-12 as real BERT."""
+    T = 37: up to three sequences per task, the last task partial; a sequence
+    with no valid key; GELU, biases and eps 1e-12 as real BERT."""
     from d2l import mxnet as d2l
     from bert_gluon.layers import EncoderBlock
     from bert_gluon.model import _InferenceGraph
@@ -174,8 +173,8 @@ def test_fused_encoder_block_equals_per_step_blocks(activation, use_bias):
                        layer_norm_eps=1e-5 if book else 1e-12)
     blk.backend = 'native'
     blk.initialize(mx.init.Normal(0.3))
-    X = np.random.normal(0, 1, (5, T, H))
-    valid_lens = np.array([37, 20, 0, 9, 33], dtype='float32')
+    X = np.random.normal(0, 1, (batch_size, T, H))
+    valid_lens = np.array([20, 37, 0, 9, 33][:batch_size], dtype='float32')
     references = [blk(X, valid_lens)]  # eager outside train mode: no dropout
     if book:
         theirs = d2l.EncoderBlock(H, F, 2, 0.5)
@@ -188,6 +187,33 @@ def test_fused_encoder_block_equals_per_step_blocks(activation, use_bias):
     fused = graph(X, valid_lens).asnumpy()
     for reference in references:
         assert_close(fused, reference.asnumpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('batch_size', [1, 2, 5])
+@pytest.mark.parametrize('activation, use_bias', [('relu', False), ('gelu', True)])
+def test_fused_encoder_block_equals_per_step_blocks(activation, use_bias, batch_size):
+    """On this process's threads: one sequence on every thread (a request of
+    one), a task per sequence, tasks of several sequences."""
+    check_fused_encoder_block(activation, use_bias, batch_size)
+
+
+def test_fused_encoder_block_with_more_threads_than_tasks():
+    """Four threads: batches 1, 2 and 5 leave fewer tasks than threads, so
+    the tasks run one after another, each on every thread (at batch 5 two
+    tasks, the last partial)."""
+    script = """
+from test_kernels import check_fused_encoder_block
+for batch_size in (1, 2, 5):
+    for activation, use_bias in (('relu', False), ('gelu', True)):
+        check_fused_encoder_block(activation, use_bias, batch_size)
+print('same')
+"""
+    import os
+    env = dict(os.environ, OMP_NUM_THREADS='4',
+               PYTHONPATH=os.pathsep.join([str(__import__('pathlib').Path(__file__).parent),
+                                           os.environ.get('PYTHONPATH', '')]))
+    out = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and 'same' in out.stdout, out.stderr[-2000:]
 
 
 @pytest.mark.parametrize('id_dtype', ['int32', 'float32'])

@@ -75,18 +75,24 @@ inline float erf_rational(float x) {
   return x * p / q;
 }
 
-// A Dense weight W (N, K) packed once for products X (M <= rows, K) @ W^T
+// A Dense weight W (N, K) packed once for products X (M <= rows, K) @ W^T.
+// Used by one product only (float32), W is left as it is: packing would cost
+// what it saves.
 struct Packed {
   int64_t N, K, rows;
-  bool bf16;
+  bool bf16, direct;
   int64_t bytes;
   void* data = nullptr;
-  Packed(int64_t N_, int64_t K_, int64_t rows_, bool bf16_)
-      : N(N_), K(K_), rows(rows_), bf16(bf16_),
-        bytes((blas::packed_weight_bytes(bf16_, rows_, N_, K_) + 63) / 64 * 64) {}
+  Packed(int64_t N_, int64_t K_, int64_t rows_, bool bf16_, bool once)
+      : N(N_), K(K_), rows(rows_), bf16(bf16_), direct(once && !bf16_),
+        bytes(direct ? 0 : (blas::packed_weight_bytes(bf16_, rows_, N_, K_) + 63) / 64 * 64) {}
 
   // pack W into the space at `next` (advanced past it); w16: N * K bf16 of scratch
   void pack(const float* W, char*& next, blas::bf16* w16) {
+    if (direct) {  // W outlives the products
+      data = const_cast<float*>(W);
+      return;
+    }
     data = next;
     next += bytes;
     if (!bf16) {
@@ -102,6 +108,19 @@ struct Packed {
   void product(int64_t n, const float* X, const blas::bf16* X16, float* C,
                blas::bf16* scratch, bool accumulate = false) const {
     const float beta = accumulate ? 1.f : 0.f;
+    if (direct) {  // a block of W's rows (C's columns) per thread: MKL keeps
+                   // products this small on one thread
+      const auto* W = static_cast<const float*>(data);
+      const int parts = omp_in_parallel() ? 1 : omp_get_max_threads();
+      const int64_t width = (N / parts + 15) / 16 * 16;
+#pragma omp parallel for num_threads(parts)
+      for (int part = 0; part < parts; ++part) {
+        const int64_t j0 = part * width, j1 = std::min(N, j0 + width);
+        if (j0 < j1)
+          blas::sgemm(false, true, n, j1 - j0, K, 1.f, X, K, W + j0 * K, K, beta, C + j0, N);
+      }
+      return;
+    }
     if (!bf16) {
       blas::gemm_packed(n, N, K, X, K, data, beta, C, N);
       return;
@@ -174,13 +193,22 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
   float* Y = (*outputs)[0].data<float>();
   auto p = [&](int slot) { return in[slot].data<float>(); };
 
-  const int64_t seqs = std::max<int64_t>(1, kBlockRows / T);  // per task
-  const int64_t rows = seqs * T;
   const int threads = omp_get_max_threads();
+  // Whole sequences per task: about kBlockRows rows, fewer when that would
+  // leave a thread idle. When there are still fewer tasks than threads (a
+  // request of one sequence), tasks are "wide" and run one after another:
+  // each product uses every thread (MKL), heads and rows are shared out.
+  int64_t seqs = std::max<int64_t>(
+      1, std::min<int64_t>(kBlockRows / T, (B + threads - 1) / threads));
+  const bool wide = (B + seqs - 1) / seqs < threads;
+  if (wide) seqs = std::max<int64_t>(1, std::min<int64_t>(B, kBlockRows / T));
+  const int64_t rows = seqs * T;
+  const int64_t tasks = (B + seqs - 1) / seqs;
   const bool bf16 = flag_of(attrs, "bf16");
   // The weights packed once for every row block's products
-  Packed Wqkv(H3, H, rows, bf16), Wo(H, H, rows, bf16), W1(F, H, rows, bf16),
-      W2(H, F, rows, bf16);
+  const bool once = tasks == 1;
+  Packed Wqkv(H3, H, rows, bf16, once), Wo(H, H, rows, bf16, once),
+      W1(F, H, rows, bf16, once), W2(H, F, rows, bf16, once);
   const int64_t weight_bytes = Wqkv.bytes + Wo.bytes + W1.bytes + W2.bytes;
   // then float32 scratch: the stacked q | k | v weight (3H, H), its bias and
   // zero biases (3H each), a bf16 copy of the largest weight; then per
@@ -212,33 +240,38 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
   const float* b_qkv = at.b_q >= 0 ? bqkv : zeros;
   const float* b_o = at.b_o >= 0 ? p(at.b_o) : zeros;
   const float *b1 = p(at.b1), *b2 = p(at.b2);
+  // a thread's scratch: intermediates (n rows), then K^T and probabilities
+  auto Kt_of = [&](int thread) { return per_thread + thread * each + rows * (H3 + 2 * H + F); };
 
-  const int64_t tasks = (B + seqs - 1) / seqs;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-  for (int64_t task = 0; task < tasks; ++task) {
+  // Every step for the sequences of one task, on `slot`'s scratch; when
+  // wide, called outside a parallel region and parallel inside.
+  auto run_task = [&](int64_t task, int slot) {
     const int64_t b0 = task * seqs, n = std::min(seqs, B - b0) * T;  // n rows
     const float* x = X + b0 * T * H;
     float* y = Y + b0 * T * H;
-    float* qkv = per_thread + omp_get_thread_num() * each;  // (n, 3H)
+    float* qkv = per_thread + slot * each;  // (n, 3H)
     float* c = qkv + rows * H3;    // (n, H): attention context
     float* a = c + rows * H;       // (n, H)
     float* f = a + rows * H;       // (n, F)
-    float* Kt = f + rows * F;      // (d, T)
-    float* P = Kt + s.d * T;       // (T, T)
-    auto* operand = reinterpret_cast<blas::bf16*>(P + T * T);  // bf16 copy of a left operand
+    // a bf16 copy of a left operand (n, max(H, F)), after K^T (d, T) and P (T, T)
+    auto* operand = reinterpret_cast<blas::bf16*>(Kt_of(slot) + s.d * T + T * T);
 
+#pragma omp parallel for if (wide)
     for (int64_t r = 0; r < n; ++r) std::memcpy(qkv + r * H3, b_qkv, H3 * sizeof(float));
     Wqkv.product(n, x, nullptr, qkv, operand, true);  // (n, 3H) = x W^T + b
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (wide)
     for (int64_t i = 0; i < n / T; ++i) {
-      const int64_t kept = kept_keys(lens, b0 + i, T);
       for (int64_t h = 0; h < s.N; ++h) {
+        float* Kt = Kt_of(wide ? omp_get_thread_num() : slot);
+        float* P = Kt + s.d * T;
         const float* q = qkv + i * T * H3 + h * s.d;
-        const int64_t live = head_probs(q, q + H, kept, s, scale, Kt, P);
+        const int64_t live = head_probs(q, q + H, kept_keys(lens, b0 + i, T), s, scale, Kt, P);
         small_gemm::gemm(T, s.d, live, 1.f, P, T, 1, q + 2 * H, H3, c + i * T * H + h * s.d,
                          H);
       }
     }
     Wo.product(n, c, nullptr, a, operand);
+#pragma omp parallel for if (wide)
     for (int64_t r = 0; r < n; ++r) {  // AddNorm 1, W_o's bias added here
       float* ar = a + r * H;
       const float* xr = x + r * H;
@@ -248,6 +281,7 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
       if (bf16) blas::to_bf16(ar, H, operand + r * H);  // W1's operand, while in cache
     }
     W1.product(n, a, bf16 ? operand : nullptr, f, nullptr);
+#pragma omp parallel for if (wide)
     for (int64_t r = 0; r < n; ++r) {  // W1's bias and the activation (and bf16 for W2)
       float* fr = f + r * F;
       if (gelu) {
@@ -263,6 +297,7 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
       if (bf16) blas::to_bf16(fr, F, operand + r * F);
     }
     W2.product(n, f, bf16 ? operand : nullptr, y, nullptr);
+#pragma omp parallel for if (wide)
     for (int64_t r = 0; r < n; ++r) {  // AddNorm 2, W2's bias added here
       float* yr = y + r * H;
       const float* ar = a + r * H;
@@ -270,6 +305,13 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
       for (int64_t j = 0; j < H; ++j) yr[j] += ar[j] + b2[j];
       layer_norm_row(yr, p(at.gamma2), p(at.beta2), H, eps, yr);
     }
+  };
+
+  if (wide) {
+    for (int64_t task = 0; task < tasks; ++task) run_task(task, 0);
+  } else {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+    for (int64_t task = 0; task < tasks; ++task) run_task(task, omp_get_thread_num());
   }
   return MX_SUCCESS;
 }
