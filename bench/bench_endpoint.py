@@ -36,6 +36,7 @@ def main():
     parser.add_argument('--threads', type=int, default=harness.threads_default())
     args = parser.parse_args()
     print('\n'.join(harness.header_lines(args.threads, 'one model-server worker')))
+    os.environ['OMP_NUM_THREADS'] = str(args.threads)  # read once, at MXNet's import
     from bert_gluon.pretrained import _installed_minilm
     from bert_gluon.serving.endpoint import LocalEndpoint
     base = Path(tempfile.mkdtemp(prefix='bench-endpoint-'))
@@ -58,7 +59,6 @@ def main():
                   f'({n * args.requests / seconds:7.1f} sentences/s), p50 '
                   f'{percentile(latencies, 50):7.1f} ms, p99 {percentile(latencies, 99):7.1f} ms')
     # onnxruntime against the twin, same inputs, in this process
-    os.environ.setdefault('OMP_NUM_THREADS', str(args.threads))
     import mxnet as mx
     import onnxruntime as ort
     from bert_gluon.export import export_onnx
@@ -69,6 +69,7 @@ def main():
     path = export_onnx(net, str(base / 'minilm.onnx'))
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
+    options.log_severity_level = 3  # not a warning per unused initializer
     session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
     print('the whole model (encoder, MLM head on one position, NSP head: what the ONNX '
           'graph holds) on the same tokenized inputs, padded to 32 tokens; median of 7 '
