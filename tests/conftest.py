@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import mxnet as mx
@@ -42,6 +44,18 @@ def make_batch(config=TINY, batch_size=3, seq_len=9, num_pred=4, seed=0):
     return (mx.np.array(tokens, dtype='int32'), mx.np.array(segments, dtype='int32'),
             mx.np.array(valid_lens, dtype='float32'),
             mx.np.array(pred_positions, dtype='int32'))
+
+
+def run_script(script, unset=(), timeout=600, **env):
+    """`script` in a fresh Python with `env` set and `unset` removed, tests/
+    importable (conftest, test modules): the finished process."""
+    env = dict(os.environ, **env,
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent)]
+                                          + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]))
+    for name in unset:
+        env.pop(name, None)
+    return subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def params_of(net):

@@ -4,10 +4,7 @@ builds that cannot take the process down."""
 import json
 import os
 import shutil
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import mxnet as mx
 import pytest
@@ -16,7 +13,7 @@ import bert_gluon as bg
 from bert_gluon import backend as backend_module
 from bert_gluon import kernels
 from bert_gluon.backend import resolve_backend
-from conftest import TINY, assert_close, make_batch
+from conftest import TINY, assert_close, make_batch, run_script
 
 AUTO = 'mxnet' if os.environ.get('BERT_GLUON_NATIVE') == '0' else 'native'
 
@@ -164,10 +161,7 @@ net.initialize()
 net(*make_batch())
 print(net.backend, '|', kernels.unavailable_reason())
 """
-    env = dict(os.environ, BERT_GLUON_CACHE=str(cache), PATH=str(bin_dir),
-               PYTHONPATH=str(Path(__file__).parent))
-    env.pop('BERT_GLUON_NATIVE', None)
-    out = subprocess.run([sys.executable, '-c', script], env=env,
-                         capture_output=True, text=True, timeout=300)
+    out = run_script(script, unset=['BERT_GLUON_NATIVE'], timeout=300,
+                     BERT_GLUON_CACHE=str(cache), PATH=str(bin_dir))
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith('mxnet |') and 'g++' in out.stdout, out.stdout

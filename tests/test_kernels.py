@@ -1,8 +1,6 @@
 """The native kernels equal the MXNet operators or d2l blocks they replace,
 forward and backward, and the package works the same without them."""
 import json
-import subprocess
-import sys
 
 import mxnet as mx
 import numpy as onp
@@ -12,7 +10,7 @@ from mxnet import autograd, np, npx
 import bert_gluon as bg
 from bert_gluon import kernels
 from bert_gluon.layers import LayerNorm
-from conftest import TINY, assert_close, make_batch
+from conftest import TINY, assert_close, make_batch, run_script
 
 
 def test_native_kernels_are_built_and_loaded_here():
@@ -77,11 +75,7 @@ out = net(*make_batch())[0].asnumpy()
 onp.testing.assert_allclose(out, onp.load(r'{tmp_path / "expected.npy"}'), atol=1e-5)
 print('same')
 """
-    import os
-    env = dict(os.environ, BERT_GLUON_NATIVE='0',
-               PYTHONPATH=os.pathsep.join([str(__import__('pathlib').Path(__file__).parent),
-                                           os.environ.get('PYTHONPATH', '')]))
-    out = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True)
+    out = run_script(script, BERT_GLUON_NATIVE='0')
     assert out.returncode == 0 and 'same' in out.stdout, out.stderr[-2000:]
 
 
@@ -208,11 +202,7 @@ for batch_size in (1, 2, 5):
         check_fused_encoder_block(activation, use_bias, batch_size)
 print('same')
 """
-    import os
-    env = dict(os.environ, OMP_NUM_THREADS='4',
-               PYTHONPATH=os.pathsep.join([str(__import__('pathlib').Path(__file__).parent),
-                                           os.environ.get('PYTHONPATH', '')]))
-    out = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True)
+    out = run_script(script, OMP_NUM_THREADS='4')
     assert out.returncode == 0 and 'same' in out.stdout, out.stderr[-2000:]
 
 
@@ -480,9 +470,5 @@ expected = onp.load(r'{tmp_path / "expected.npy"}')
 onp.testing.assert_allclose(out, expected, atol=1e-5 * max(1, abs(expected).max()))
 print('same')
 """
-    import os
-    env = dict(os.environ, BERT_GLUON_BLAS='openblas',
-               PYTHONPATH=os.pathsep.join([str(__import__('pathlib').Path(__file__).parent),
-                                           os.environ.get('PYTHONPATH', '')]))
-    out = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True)
+    out = run_script(script, BERT_GLUON_BLAS='openblas')
     assert out.returncode == 0 and 'same' in out.stdout, out.stderr[-2000:]
