@@ -197,7 +197,7 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
   // Whole sequences per task: about kBlockRows rows, fewer when that would
   // leave a thread idle. When there are still fewer tasks than threads (a
   // request of one sequence), tasks are "wide" and run one after another:
-  // each product uses every thread (MKL), heads and rows are shared out.
+  // each product, each task's heads and rows are shared out over every thread.
   int64_t seqs = std::max<int64_t>(
       1, std::min<int64_t>(kBlockRows / T, (B + threads - 1) / threads));
   const bool wide = (B + seqs - 1) / seqs < threads;
