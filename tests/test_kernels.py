@@ -392,10 +392,10 @@ def test_native_linear_equals_fully_connected(use_bias):
 # so a sum of K products is off by ~2^-9 * sqrt(K) of its terms' scale (random
 # signs); 2% of the largest magnitude bounds that at these sizes (K <= 128).
 BF16_TOLERANCE = 2e-2
+BF16_NEEDS = 'bf16 products need AVX512_BF16 or AMX and MKL'
 
 
-@pytest.mark.skipif(kernels.bf16_unavailable_reason() is not None,
-                    reason='bf16 products need AVX512_BF16 or AMX and MKL')
+@pytest.mark.skipif(kernels.bf16_unavailable_reason() is not None, reason=BF16_NEEDS)
 def test_bf16_linear_is_close_to_float32():
     ours, theirs = _linear_case(True, bf16=True, shape=(9, 33, 128), units=96)
     for name, a, e in zip(('y', 'dx', 'dw', 'db'), ours, theirs):
@@ -415,10 +415,7 @@ def test_bf16_is_refused_where_the_cpu_lacks_it(monkeypatch):
         bg.backend.resolve_backend('mxnet', [mx.cpu()], precision='bfloat16')
 
 
-@pytest.mark.skipif(kernels.bf16_unavailable_reason() is not None,
-                    reason='bf16 products need AVX512_BF16 or AMX and MKL')
-@pytest.mark.parametrize('config', ['tiny', 'minilm-shaped'])
-def test_bf16_model_is_close_to_float32(tmp_path, config):
+def check_bf16_model(config, batch_size=4):
     """The whole twin in bf16 (training graph, model graph and the fused
     inference blocks) against float32 on the same weights."""
     base = TINY if config == 'tiny' else bg.get_config(
@@ -431,7 +428,7 @@ def test_bf16_model_is_close_to_float32(tmp_path, config):
         mx.random.seed(7)
         net.initialize(mx.init.Normal(0.1))
         net.hybridize(static_alloc=True, static_shape=True)
-        batch = make_batch(base, batch_size=4, seq_len=16, seed=3)
+        batch = make_batch(base, batch_size=batch_size, seq_len=16, seed=3)
         inference = net(*batch)  # unrecorded: the fused blocks
         with autograd.record():
             recorded = net(*batch)
@@ -446,6 +443,25 @@ def test_bf16_model_is_close_to_float32(tmp_path, config):
     for name in g32:
         assert_close(g16[name], g32[name], atol=5 * BF16_TOLERANCE, rtol=0, err_msg=name)
     assert not onp.array_equal(inf16[0].asnumpy(), inf32[0].asnumpy())
+
+
+@pytest.mark.skipif(kernels.bf16_unavailable_reason() is not None, reason=BF16_NEEDS)
+@pytest.mark.parametrize('config', ['tiny', 'minilm-shaped'])
+def test_bf16_model_is_close_to_float32(config):
+    check_bf16_model(config)
+
+
+@pytest.mark.skipif(kernels.bf16_unavailable_reason() is not None, reason=BF16_NEEDS)
+def test_bf16_model_with_more_threads_than_tasks():
+    """Four threads, batches 1 and 2: the fused blocks' wide tasks in bf16."""
+    script = """
+from test_kernels import check_bf16_model
+for batch_size in (1, 2):
+    check_bf16_model('minilm-shaped', batch_size)
+print('same')
+"""
+    out = run_script(script, OMP_NUM_THREADS='4')
+    assert out.returncode == 0 and 'same' in out.stdout, out.stderr[-2000:]
 
 
 def test_openblas_fallback_computes_the_same(tmp_path):
