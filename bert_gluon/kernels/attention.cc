@@ -111,7 +111,7 @@ static MXReturnValue context_parse(const Attrs& attrs, int* num_in, int* num_out
 
 static MXReturnValue context_type(const Attrs& attrs, std::vector<int>* in_types,
                                   std::vector<int>* out_types) {
-  return all_float32("bert_attention_context", in_types, out_types, -1);
+  return all_float32("bert_attention_context", in_types, out_types);
 }
 
 static MXReturnValue context_shape(const Attrs& attrs,

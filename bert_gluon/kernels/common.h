@@ -7,6 +7,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "mxnet/lib_api.h"
 #include "blas.h"
 
 // blas::to_bf16 over n floats, on all threads
@@ -47,6 +48,22 @@ inline void dense_backward(int64_t M, int64_t N, int64_t K, const float* dY, con
   to_bf16_parallel(X, M * K, x16);
   blas::gemm_bf16(false, false, M, K, N, 1.f, dy16, N, w16, K, 0.f, dX, K);
   blas::gemm_bf16(true, false, N, K, M, 1.f, dy16, N, x16, K, 0.f, dW, K);
+}
+
+// Type inference of an op whose inputs are float32 (input int_ok may be
+// int32) and whose outputs are float32; anything else fails naming the op
+inline mxnet::ext::MXReturnValue all_float32(const char* op, std::vector<int>* in_types,
+                                             std::vector<int>* out_types, int int_ok = -1) {
+  using namespace mxnet::ext;
+  for (size_t i = 0; i < in_types->size(); ++i) {
+    const int t = (*in_types)[i];
+    if (t != kFloat32 && !(static_cast<int>(i) == int_ok && t == kInt32)) {
+      MX_ERROR_MSG << op << " takes float32 inputs";
+      return MX_FAIL;
+    }
+  }
+  for (auto& t : *out_types) t = kFloat32;
+  return MX_SUCCESS;
 }
 
 // A boolean attribute as Python passes it (True / 1)

@@ -41,14 +41,7 @@ static MXReturnValue pd_parse(const std::unordered_map<std::string, std::string>
 
 static MXReturnValue pd_type(const std::unordered_map<std::string, std::string>& attrs,
                              std::vector<int>* in_types, std::vector<int>* out_types) {
-  for (int t : *in_types) {
-    if (t != kFloat32) {
-      MX_ERROR_MSG << "bert_dense takes float32 inputs";
-      return MX_FAIL;
-    }
-  }
-  (*out_types)[0] = kFloat32;
-  return MX_SUCCESS;
+  return all_float32("bert_dense", in_types, out_types);
 }
 
 static MXReturnValue pd_shape(const std::unordered_map<std::string, std::string>& attrs,

@@ -62,19 +62,6 @@ inline bool check_heads(const Attrs& attrs, unsigned int H) {
   return true;
 }
 
-inline MXReturnValue all_float32(const char* op, std::vector<int>* in_types,
-                                 std::vector<int>* out_types, int int_ok) {
-  for (size_t i = 0; i < in_types->size(); ++i) {
-    const int t = (*in_types)[i];
-    if (t != kFloat32 && !(static_cast<int>(i) == int_ok && t == kInt32)) {
-      MX_ERROR_MSG << op << " takes float32 inputs";
-      return MX_FAIL;
-    }
-  }
-  for (auto& t : *out_types) t = kFloat32;
-  return MX_SUCCESS;
-}
-
 // One head's probabilities P (T, T) = masked_softmax(scale * Q K^T), Q and K
 // read at row stride ld, Kt a (d, T) buffer. Returns the number of columns of
 // P that can be nonzero: the kept keys, or all T when none is kept (d2l's

@@ -38,14 +38,7 @@ static MXReturnValue parse_attrs(const std::unordered_map<std::string, std::stri
 
 static MXReturnValue infer_type(const std::unordered_map<std::string, std::string>& attrs,
                          std::vector<int>* in_types, std::vector<int>* out_types) {
-  for (int t : *in_types) {
-    if (t != kFloat32) {
-      MX_ERROR_MSG << "bert_layer_norm takes float32 inputs";
-      return MX_FAIL;
-    }
-  }
-  for (auto& t : *out_types) t = kFloat32;
-  return MX_SUCCESS;
+  return all_float32("bert_layer_norm", in_types, out_types);
 }
 
 static MXReturnValue infer_shape(const std::unordered_map<std::string, std::string>& attrs,

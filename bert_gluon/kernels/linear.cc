@@ -24,14 +24,7 @@ static MXReturnValue linear_parse(const std::unordered_map<std::string, std::str
 
 static MXReturnValue linear_type(const std::unordered_map<std::string, std::string>& attrs,
                                  std::vector<int>* in_types, std::vector<int>* out_types) {
-  for (int t : *in_types) {
-    if (t != kFloat32) {
-      MX_ERROR_MSG << "bert_linear takes float32 inputs";
-      return MX_FAIL;
-    }
-  }
-  (*out_types)[0] = kFloat32;
-  return MX_SUCCESS;
+  return all_float32("bert_linear", in_types, out_types);
 }
 
 static MXReturnValue linear_shape(const std::unordered_map<std::string, std::string>& attrs,
