@@ -50,14 +50,18 @@ class Cluster:
         """Rank 0: the worker that writes outputs, checkpoints and progress."""
         return self.rank == 0
 
+    def check_batch_size(self, batch_size):
+        """Refuse a global batch the workers cannot split evenly."""
+        if batch_size % self.num_workers:
+            raise ValueError(f'batch_size {batch_size} must be a multiple of the '
+                             f'{self.num_workers} workers')
+
     def shard(self, batch):
         """This worker's rows of a global batch (host arrays)."""
         if self.num_workers == 1:
             return batch
         size = len(batch[0])
-        if size % self.num_workers:
-            raise ValueError(f'batch_size {size} must be a multiple of the '
-                             f'{self.num_workers} workers')
+        self.check_batch_size(size)
         rows = slice(self.rank * size // self.num_workers,
                      (self.rank + 1) * size // self.num_workers)
         return [a[rows] for a in batch]
@@ -68,7 +72,7 @@ class Cluster:
         if self.kind == 'horovod':
             import horovod.mxnet as hvd
             # DistributedTrainer averages over ranks (it divides by their
-            # number): step() makes up for it (Cluster.step)
+            # number): step_scale() makes up for it
             trainer = hvd.DistributedTrainer(params, optimizer, optimizer_params)
             hvd.broadcast_parameters(params, root_rank=0)
             return trainer
@@ -106,7 +110,7 @@ class Cluster:
             self.kvstore.init(_METRICS_KEY, mx.nd.zeros(values.shape))
             self._metrics_ready = True
         out = values.as_nd_ndarray().copy()
-        self.kvstore.push(_METRICS_KEY, out)  # not pushpull: see _PushPullTrainer
+        self.kvstore.push(_METRICS_KEY, out)  # the servers sum every worker's push
         self.kvstore.pull(_METRICS_KEY, out=out)
         return out.as_np_ndarray()
 

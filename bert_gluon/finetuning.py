@@ -166,7 +166,7 @@ def finetune(task, pretrained, num_epochs=3, batch_size=32, max_len=128,
                         max_len=max_len)
     ctx_list = parse_contexts(ctx)
     cluster = connect(kvstore, ctx_list)
-    cluster.shard([onp.zeros(batch_size)])  # a global batch the workers can split
+    cluster.check_batch_size(batch_size)
     if isinstance(pretrained, (str, Path)):
         bert, tokenizer, _ = from_pretrained(pretrained, ctx=ctx_list,
                                              **({'dtype': dtype} if dtype else {}))

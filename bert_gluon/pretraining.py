@@ -113,7 +113,7 @@ def pretrain(num_steps=50, batch_size=512, max_len=64, lr=0.01,
                         max_len=max_len)
     ctx_list = parse_contexts(ctx)
     cluster = connect(kvstore, ctx_list)
-    cluster.shard([onp.zeros(batch_size)])  # a global batch the workers can split
+    cluster.check_batch_size(batch_size)
     with RunFolder(out_dir, OUTPUTS, resume, overwrite, writer=cluster.is_chief) as folder:
         out_dir = folder.path
         train_set = load_wiki_pretraining(max_len, data_dir, 'train', seed=seed)

@@ -14,7 +14,7 @@ import mxnet as mx
 import numpy as onp
 import pytest
 
-from bert_gluon.distributed import connect
+from bert_gluon.distributed import Cluster, connect
 from bert_gluon.pretraining import pretrain
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -127,6 +127,14 @@ def test_unknown_or_unsafe_kvstores_are_refused():
         connect(None, [mx.cpu(0), mx.cpu(1)])
     with pytest.raises(ValueError, match="kvstore='dist_sync' runs as a worker"):
         connect('dist_sync', [mx.cpu()])  # no DMLC_* variables: it would hang
+
+
+def test_a_global_batch_the_workers_cannot_split_is_refused():
+    two_workers = Cluster('dist_sync', rank=1, num_workers=2)
+    with pytest.raises(ValueError, match='batch_size 5 must be a multiple of the 2 workers'):
+        two_workers.check_batch_size(5)
+    rows = two_workers.shard([onp.arange(6)])
+    assert rows[0].tolist() == [3, 4, 5]
 
 
 def test_launch_needs_a_command():

@@ -113,18 +113,17 @@ def predict_fn(data, model):
         if count > max_len:
             raise _toolkit_error(413, f'"inputs"[{i}] is {count} tokens with its markers; '
                                       f'the model takes at most {max_len}')
-    if model.kind == 'encoder':  # padded to the longest request, not to max_len
-        width = min(max_len, -(-max(counts) // 16) * 16)
+    # padded to the longest text, not to max_len (in steps of 16: few graph shapes)
+    width = min(max_len, -(-max(counts) // 16) * 16)
+    if model.kind == 'encoder':
         return {'embeddings': encode_batch(model, pairs, tokenizer, max_len=width,
                                            pooling=data['pooling']).tolist()}
     if hasattr(tokenizer, 'encode_pairs'):
-        arrays = tokenizer.encode_pairs(pairs, max_len)
+        arrays = tokenizer.encode_pairs(pairs, width)
     else:
-        arrays = encode_pairs(pairs, tokenizer, max_len)
+        arrays = encode_pairs(pairs, tokenizer, width)
     ctx = next(iter(model.collect_params().values())).list_ctx()[0]
-    width = int(arrays[2].max())  # the longest request: no compute on padding
-    tokens, segments, lens = (mx.np.array(a[:, :width] if a.ndim == 2 else a, ctx=ctx)
-                              for a in arrays)
+    tokens, segments, lens = (mx.np.array(a, ctx=ctx) for a in arrays)
     logits = model(tokens, segments, lens)
     probs = mx.npx.softmax(logits, axis=-1).asnumpy()
     return {'labels': [model.labels[i] for i in onp.argmax(probs, axis=1)],
