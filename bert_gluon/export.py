@@ -116,7 +116,6 @@ ONNX_OPSET = 13  # MXNet 1.9's LayerNorm converter writes ReduceMean(axes=...), 
 def _register_numpy_converters():
     """Converters for the NumPy-interface ops of the twin's graph, which
     MXNet 1.9's ONNX exporter lacks (the ops MXNet's own legacy names have)."""
-    import numpy as onp
     from onnx import helper, numpy_helper
     from mxnet.onnx.mx2onnx._export_onnx import MXNetGraph
     from mxnet.onnx.mx2onnx._op_translations._op_translations_opset12 import (
@@ -140,6 +139,9 @@ def _register_numpy_converters():
     def attr(attrs, key, default=None):
         value = attrs.get(key, default)
         return None if value in (None, 'None') else value
+
+    def ints(text):  # '(0, 2, 1)' or '[2]' or '1', as MXNet writes a tuple attribute
+        return [int(a) for a in str(text).strip('()[] ').split(',') if a.strip()]
 
     def binary(onnx_op):
         def convert(node, **kwargs):
@@ -176,8 +178,7 @@ def _register_numpy_converters():
     def transpose(node, **kwargs):
         name, inputs, attrs = get_inputs(node, kwargs)
         axes = attr(attrs, 'axes')
-        perm = {} if axes is None else {'perm': [int(a) for a in axes.strip('()[] ').split(',')
-                                                 if a.strip()]}
+        perm = {} if axes is None else {'perm': ints(axes)}
         return [helper.make_node('Transpose', inputs[:1], [name], name=name, **perm)]
 
     @register('_np_squeeze')
@@ -186,7 +187,7 @@ def _register_numpy_converters():
         axis = attr(attrs, 'axis')
         if axis is None:
             return [helper.make_node('Squeeze', inputs[:1], [name], name=name)]
-        axes = [int(a) for a in str(axis).strip('()[] ').split(',') if a.strip()]
+        axes = ints(axis)
         return [helper.make_node('Squeeze', [inputs[0], const(kwargs, name + '_axes', axes,
                                                                 'int64')], [name], name=name)]
 
@@ -258,7 +259,7 @@ def _register_numpy_converters():
         """npx.reshape's codes: -1 infer, -2 copy a dim, -5 merge two dims,
         -6 split one into the next two."""
         name, inputs, attrs = get_inputs(node, kwargs)
-        codes = [int(c) for c in attrs['newshape'].strip('()[] ').split(',') if c.strip()]
+        codes = ints(attrs['newshape'])
         if -3 in codes or -4 in codes:  # the twin's graphs do not use them
             raise NotImplementedError(f'{name}: npx.reshape codes -3 and -4 have no converter')
         data, nodes, pieces, i, k = inputs[0], [], [], 0, 0
