@@ -18,7 +18,9 @@ Which graph a block is traced into is a second, narrower fact: `tracing('train')
 (a graph that only ever runs training steps: dropout always on, natively) or
 `tracing('infer')` (a graph autograd never records: no dropout, fused encoder
 blocks). It holds only while such a graph is traced; blocks read it with
-`graph_kind()`.
+`graph_kind()`. `run_graph` picks the graph of a call: dropout follows
+`dropout_active()` (MXNet Dropout's own predicate, `autograd.is_training()`)
+on both backends, hybridized or not.
 """
 import contextlib
 import contextvars
@@ -26,11 +28,13 @@ import os
 
 import mxnet as mx
 import numpy as onp
+from mxnet import autograd
+from mxnet.gluon import nn
 
 from . import kernels
 
 __all__ = ['BACKENDS', 'BackendMixin', 'resolve_backend', 'set_backend',
-           'tracing', 'graph_kind']
+           'tracing', 'graph_kind', 'dropout_active', 'run_graph']
 
 BACKENDS = ('auto', 'native', 'mxnet')
 
@@ -116,7 +120,7 @@ class BackendMixin:
         whatever `source` asks."""
         if source is not None:
             self.__dict__['_bg_source'] = source  # not a child: no setattr
-            backend, precision = source._request(), source._bg_precision
+            backend, precision = source.backend_request, source._bg_precision
         request = check_backend(backend)
         for blk in _blocks(self):
             if isinstance(blk, BackendMixin):
@@ -124,9 +128,12 @@ class BackendMixin:
                 if precision is not None:
                     blk.__dict__['_bg_precision'] = precision
 
-    def _request(self):
+    @property
+    def backend_request(self):
+        """What was asked for: 'auto', 'native' or 'mxnet' (a block built
+        with `source` follows its source's request)."""
         source = self.__dict__.get('_bg_source')
-        return self._bg_request if source is None else source._request()
+        return self._bg_request if source is None else source.backend_request
 
     def __setattr__(self, name, value):
         if name == 'backend':  # the property; Block's setattr would read it first
@@ -171,7 +178,7 @@ class BackendMixin:
             contexts, dtype = (like.ctx,), onp.dtype(like.dtype).name
         else:  # no parameters and no input yet: nothing to resolve for
             return
-        key = (self._request(), contexts, dtype, self._bg_precision)
+        key = (self.backend_request, contexts, dtype, self._bg_precision)
         if key != self._bg_key:
             set_backend(self, resolve_backend(*key), key)
 
@@ -209,3 +216,42 @@ def tracing(kind):
 def graph_kind():
     """The kind of graph being traced: None, 'train' or 'infer'."""
     return _graph_kind.get()
+
+
+def dropout_active():
+    """Whether a call applies dropout: MXNet's Dropout asks the same
+    question (autograd's train mode, recorded or not)."""
+    return autograd.is_training()
+
+
+class _InferenceGraph(nn.HybridBlock):
+    """`block`'s forward traced for calls without dropout that autograd does
+    not record: each encoder block one native op (which has no backward). It
+    shares `block`'s parameters and hybridize flags; `block` keeps it outside
+    its own tree, so the .params layout is unchanged."""
+    def __init__(self, block):
+        super().__init__(prefix=block.prefix + 'inference_')
+        self.block = block
+
+    def hybrid_forward(self, F, *args):
+        with tracing('infer'):
+            return self.block(*args)
+
+
+def run_graph(block, *args):
+    """Run a twin block (the encoder, the model, a classifier) on prepared
+    inputs. Hybridized on the native backend, a call without dropout that
+    autograd does not record runs the block's inference graph; every other
+    call runs the block as it is, its dropout following `dropout_active()`."""
+    block._sync_backend()
+    if (not block._active or not block.native or dropout_active()
+            or autograd.is_recording()):
+        return nn.HybridBlock.forward(block, *args)
+    graph = block.__dict__.get('_inference_graph')
+    if graph is None:
+        graph = _InferenceGraph(block)
+        object.__setattr__(block, '_inference_graph', graph)  # not a child block
+    if (graph._active, graph._flags) != (True, block._flags):
+        graph._active, graph._flags = True, list(block._flags)
+        graph._clear_cached_op()
+    return graph(*args)

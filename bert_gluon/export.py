@@ -15,8 +15,8 @@ from mxnet import gluon
 
 from .checkpoint import atomic_write_json
 from .config import BERTConfig
-from .inputs import check_pred_positions
-from .model import HybridBERTModel, _as, _prepare_inputs
+from .inputs import prepare_encoder_inputs, prepare_pred_positions
+from .model import HybridBERTModel
 
 __all__ = ['export_model', 'load_exported', 'ExportedBERT', 'INPUT_NAMES', 'export_onnx',
            'export_huggingface']
@@ -36,7 +36,7 @@ def export_model(net, prefix, batch_size=1, seq_len=8, num_pred=1):
         raise ValueError('net must be a bert_gluon.HybridBERTModel, got '
                          f'{type(net).__name__}')
     ctx = net.encoder.token_embedding.weight.list_ctx()[0]
-    request = net._request()
+    request = net.backend_request
     net.backend = 'mxnet'  # drops the graphs traced with native ops
     try:
         net.hybridize(static_alloc=True, static_shape=True)
@@ -65,14 +65,12 @@ class ExportedBERT:
         self.block, self.config, self.ctx = block, config, ctx
 
     def __call__(self, tokens, segments, valid_lens=None, pred_positions=None):
-        tokens, segments, valid_lens = _prepare_inputs(
+        tokens, segments, valid_lens = prepare_encoder_inputs(
             self.config, self.check_inputs, tokens, segments, valid_lens)
         if pred_positions is None:  # the graph always has an MLM input
             positions = mx.np.zeros((tokens.shape[0], 1), dtype='int32', ctx=tokens.ctx)
         else:
-            check_pred_positions(pred_positions, *tokens.shape,
-                                 check_values=self.check_inputs)
-            positions = _as(pred_positions, 'int32')
+            positions = prepare_pred_positions(pred_positions, tokens, self.check_inputs)
         encoded_X, mlm_Y_hat, nsp_Y_hat = self.block(tokens, segments, valid_lens, positions)
         return encoded_X, None if pred_positions is None else mlm_Y_hat, nsp_Y_hat
 

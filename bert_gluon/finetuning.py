@@ -13,9 +13,10 @@ from mxnet.gluon import nn
 from .checkpoint import RunFolder, atomic_save_parameters, atomic_write_json
 from .data.pairs import TASKS, encode_pairs, read_pairs
 from .distributed import connect
-from .backend import BackendMixin
+from .backend import BackendMixin, run_graph
+from .inputs import checked_scope, is_symbolic, prepare_encoder_inputs
 from .layers import cls_rows
-from .model import HybridBERTModel, _checked, _is_eager, _prepare_inputs, _run
+from .model import HybridBERTModel
 from .training import (BatchStream, TrainLoop, check_run_arguments, parse_contexts,
                        save_loss_plot)
 
@@ -54,12 +55,12 @@ class BERTClassifier(BackendMixin, nn.HybridBlock):
     def forward(self, tokens, segments=None, valid_lens=None):
         if segments is None and isinstance(tokens, (list, tuple)):
             tokens, segments, valid_lens = tokens  # the book's calling style
-        if not _is_eager(tokens):
+        if is_symbolic(tokens):
             return super().forward(tokens, segments, valid_lens)
-        tokens, segments, valid_lens = _prepare_inputs(
+        tokens, segments, valid_lens = prepare_encoder_inputs(
             self.config, self.encoder.check_inputs, tokens, segments, valid_lens)
-        with _checked():
-            return _run(self, tokens, segments, valid_lens)
+        with checked_scope():
+            return run_graph(self, tokens, segments, valid_lens)
 
     def hybrid_forward(self, F, tokens, segments, valid_lens):
         encoded_X = self.encoder(tokens, segments, valid_lens)

@@ -1,14 +1,88 @@
-"""Checks of model inputs: a bad batch fails here with a `ValueError` that
-names the argument, not as a shape error deep inside MXNet.
+"""The input protocol every forward of the twin follows: check, cast, fill.
+
+A user's batch is checked once per call (a bad batch fails here with a
+`ValueError` that names the argument, not as a shape error deep inside
+MXNet), cast to the graph's dtypes (int32 ids, float32 lengths and weights)
+and a missing valid_lens filled; inside `checked_scope()` the blocks a parent
+calls on inputs it already prepared do not check again. Traced calls
+(`is_symbolic`) are never checked: their inputs are placeholders.
 
 Shape checks are free; value checks copy the (small, integer) inputs to the
 host once. Training loops that build batches themselves check them on the
 host and switch the model's checks off (`net.check_inputs = False`).
 """
+import contextlib
+import contextvars
+
 import numpy as onp
 import mxnet as mx
 
-__all__ = ['check_encoder_inputs', 'check_pred_positions']
+__all__ = ['check_encoder_inputs', 'check_pred_positions', 'check_encoded',
+           'check_pretraining_targets', 'is_symbolic', 'checked_scope',
+           'inputs_checked', 'as_dtype', 'prepare_encoder_inputs',
+           'prepare_pred_positions', 'prepare_pretraining_targets']
+
+
+def is_symbolic(x):
+    """True for a placeholder being traced into a graph, False for data."""
+    return isinstance(x, mx.sym.Symbol)
+
+
+# True while a parent block runs its children on inputs it already checked,
+# so an eager call checks (and copies to the host) once, not once per block.
+_inputs_checked = contextvars.ContextVar('bert_gluon_inputs_checked', default=False)
+
+
+@contextlib.contextmanager
+def checked_scope():
+    """Blocks called inside take their inputs as checked."""
+    token = _inputs_checked.set(True)
+    try:
+        yield
+    finally:
+        _inputs_checked.reset(token)
+
+
+def inputs_checked():
+    """True inside `checked_scope()`."""
+    return _inputs_checked.get()
+
+
+def as_dtype(array, dtype):
+    """`array` in `dtype` (None stays None; no copy when it already is)."""
+    return array if array is None or array.dtype == dtype else array.astype(dtype)
+
+
+def prepare_encoder_inputs(config, check_values, tokens, segments, valid_lens):
+    """Check a user's batch (unless inside `checked_scope()`), give it the
+    graph's dtypes (int32 ids, float32 lengths: NumPy's int64/float64
+    defaults are converted once their values are checked) and fill a missing
+    valid_lens: no valid_lens means every token is valid, so one graph
+    serves both. Returns (tokens, segments, valid_lens)."""
+    if not inputs_checked():
+        check_encoder_inputs(tokens, segments, valid_lens, config.vocab_size,
+                             config.max_len, config.num_segments, check_values)
+    if valid_lens is None:
+        valid_lens = mx.np.full((tokens.shape[0],), tokens.shape[1],
+                                dtype='float32', ctx=tokens.ctx)
+    return as_dtype(tokens, 'int32'), as_dtype(segments, 'int32'), as_dtype(valid_lens, 'float32')
+
+
+def prepare_pred_positions(pred_positions, tokens, check_values):
+    """pred_positions checked against the prepared `tokens` (B, T), as int32."""
+    if not inputs_checked():
+        check_pred_positions(pred_positions, *tokens.shape, check_values=check_values)
+    return as_dtype(pred_positions, 'int32')
+
+
+def prepare_pretraining_targets(config, check_values, pred_positions, mlm_weights,
+                                mlm_Y, nsp_y):
+    """The pretraining loss's targets checked against `pred_positions` (B, P)
+    and cast: (mlm_weights float32, mlm_Y int32, nsp_y int32)."""
+    if not inputs_checked():
+        check_pretraining_targets(mlm_weights, mlm_Y, nsp_y, pred_positions.shape,
+                                  config.vocab_size, check_values)
+    return as_dtype(mlm_weights, 'float32'), as_dtype(mlm_Y, 'int32'), as_dtype(nsp_y, 'int32')
 
 
 def _host(name, array):

@@ -9,10 +9,9 @@ Everything here avoids Python shapes so it hybridizes with static shapes.
 import math
 
 import mxnet as mx
-from mxnet import autograd
 from mxnet.gluon import nn
 
-from .backend import BackendMixin, graph_kind
+from .backend import BackendMixin, dropout_active, graph_kind
 
 __all__ = ['Dense', 'Dropout', 'LayerNorm', 'MultiHeadSelfAttention', 'AddNorm',
            'PositionWiseFFN', 'EncoderBlock', 'sinusoidal_positions',
@@ -53,8 +52,9 @@ class Dense(BackendMixin, nn.Dense):
 
 
 def _dropout_off(F):
-    # in a graph traced for inference, or an eager call outside train mode
-    return graph_kind() == 'infer' or (F is mx.nd and not autograd.is_training())
+    # in a graph traced for inference, or an eager call without dropout
+    # (a traced graph decides when it runs: MXNet's Dropout op asks then)
+    return graph_kind() == 'infer' or (F is mx.nd and not dropout_active())
 
 
 class Dropout(BackendMixin, nn.Dropout):

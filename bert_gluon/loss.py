@@ -12,9 +12,9 @@ import mxnet as mx
 from mxnet import autograd
 from mxnet.gluon import nn
 
-from .backend import BackendMixin, tracing
-from .inputs import check_pred_positions, check_pretraining_targets
-from .model import _as, _checked, _prepare_inputs
+from .backend import BackendMixin, dropout_active, tracing
+from .inputs import (checked_scope, is_symbolic, prepare_encoder_inputs,
+                     prepare_pred_positions, prepare_pretraining_targets)
 
 __all__ = ['PretrainingLoss', 'PretrainingObjective']
 
@@ -97,20 +97,18 @@ class PretrainingObjective(BackendMixin, nn.HybridBlock):
 
     def forward(self, tokens, segments, valid_lens, pred_positions, mlm_weights,
                 mlm_Y, nsp_y):
-        args = (tokens, segments, valid_lens, pred_positions, mlm_weights, mlm_Y, nsp_y)
-        if not isinstance(tokens, mx.nd.NDArray):  # traced inside a parent graph
-            return super().forward(*args)
+        if is_symbolic(tokens):  # traced inside a parent graph
+            return super().forward(tokens, segments, valid_lens, pred_positions,
+                                   mlm_weights, mlm_Y, nsp_y)
         check, config = self.net.check_inputs, self.net.config
-        tokens, segments, valid_lens = _prepare_inputs(config, check, tokens, segments,
-                                                       valid_lens)
-        check_pred_positions(pred_positions, *tokens.shape, check_values=check)
-        check_pretraining_targets(mlm_weights, mlm_Y, nsp_y, pred_positions.shape,
-                                  config.vocab_size, check)
-        pred_positions, mlm_Y, nsp_y = (_as(a, 'int32') for a in (pred_positions, mlm_Y, nsp_y))
-        mlm_weights = _as(mlm_weights, 'float32')
+        tokens, segments, valid_lens = prepare_encoder_inputs(
+            config, check, tokens, segments, valid_lens)
+        pred_positions = prepare_pred_positions(pred_positions, tokens, check)
+        mlm_weights, mlm_Y, nsp_y = prepare_pretraining_targets(
+            config, check, pred_positions, mlm_weights, mlm_Y, nsp_y)
         self._sync_backend()
-        with _checked():
-            if not autograd.is_training():
+        with checked_scope():
+            if not dropout_active():
                 _, mlm_Y_hat, nsp_Y_hat = self.net(tokens, segments, valid_lens,
                                                    pred_positions)
                 return self._predict_loss(mlm_Y_hat, nsp_Y_hat, mlm_Y, mlm_weights,

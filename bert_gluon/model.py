@@ -6,90 +6,18 @@ file saved from `book.BERTModel` loads into `HybridBERTModel` and back.
 Real-BERT configs add parameters (learned positions, biases, embedding
 LayerNorm) under the names d2l's pretrained checkpoints use.
 """
-import contextlib
-import contextvars
-
 import mxnet as mx
-from mxnet import autograd
 from mxnet.gluon import nn
 
-from .backend import BackendMixin, tracing
+from .backend import BackendMixin, run_graph
 from .config import BERTConfig
-from .inputs import check_encoded, check_encoder_inputs, check_pred_positions
+from .inputs import (check_encoded, check_pred_positions, checked_scope, inputs_checked,
+                     is_symbolic, prepare_encoder_inputs, prepare_pred_positions)
 from .layers import (Dense, Dropout, EncoderBlock, LayerNorm, cls_rows, gather_rows,
                      param_value, sinusoidal_positions)
 
 __all__ = ['HybridBERTEncoder', 'HybridMaskLM', 'HybridNextSentencePred',
            'HybridBERTModel']
-
-
-def _is_eager(x):
-    # Anything but a Symbol is a call from the user, to be checked.
-    return not isinstance(x, mx.sym.Symbol)
-
-
-# True while a parent block runs its children on inputs it already checked,
-# so an eager call checks (and copies to the host) once, not once per block.
-_inputs_checked = contextvars.ContextVar('inputs_checked', default=False)
-
-
-@contextlib.contextmanager
-def _checked():
-    token = _inputs_checked.set(True)
-    try:
-        yield
-    finally:
-        _inputs_checked.reset(token)
-
-
-def _as(array, dtype):
-    return array if array is None or array.dtype == dtype else array.astype(dtype)
-
-
-def _prepare_inputs(config, check_values, tokens, segments, valid_lens):
-    """Check a user's batch (once per call), give it the graph's dtypes
-    (int32 ids, float32 lengths: NumPy's int64/float64 defaults are
-    converted once their values are checked) and fill a missing valid_lens:
-    no valid_lens means every token is valid, so one graph serves both.
-    Returns (tokens, segments, valid_lens)."""
-    if not _inputs_checked.get():
-        check_encoder_inputs(tokens, segments, valid_lens, config.vocab_size,
-                             config.max_len, config.num_segments, check_values)
-    if valid_lens is None:
-        valid_lens = mx.np.full((tokens.shape[0],), tokens.shape[1],
-                                dtype='float32', ctx=tokens.ctx)
-    return _as(tokens, 'int32'), _as(segments, 'int32'), _as(valid_lens, 'float32')
-
-
-class _InferenceGraph(nn.HybridBlock):
-    """`block`'s forward traced for calls that autograd does not record: no
-    dropout, each encoder block one native op (which has no backward). It
-    shares `block`'s parameters and hybridize flags; `block` keeps it outside
-    its own tree, so the .params layout is unchanged."""
-    def __init__(self, block):
-        super().__init__(prefix=block.prefix + 'inference_')
-        self.block = block
-
-    def hybrid_forward(self, F, *args):
-        with tracing('infer'):
-            return self.block(*args)
-
-
-def _run(block, *args):
-    """Run a twin block (the encoder, the model, a classifier) on checked
-    inputs: hybridized, unrecorded and on the native backend, through its
-    inference graph, else as it is."""
-    block._sync_backend()
-    if not block._active or autograd.is_recording() or not block.native:
-        return nn.HybridBlock.forward(block, *args)
-    graph = block.__dict__.get('_inference_graph')
-    if graph is None:
-        graph = _InferenceGraph(block)
-        object.__setattr__(block, '_inference_graph', graph)  # not a child block
-    if (graph._active, graph._flags) != (True, block._flags):
-        graph._active, graph._flags = True, list(block._flags)
-        graph._clear_cached_op()
-    return graph(*args)
 
 
 class HybridBERTEncoder(BackendMixin, nn.HybridBlock):
@@ -126,12 +54,12 @@ class HybridBERTEncoder(BackendMixin, nn.HybridBlock):
         self._init_backend(backend, precision=config.dtype)
 
     def forward(self, tokens, segments, valid_lens=None):
-        if not _is_eager(tokens):
+        if is_symbolic(tokens):
             return super().forward(tokens, segments, valid_lens)
-        tokens, segments, valid_lens = _prepare_inputs(
+        tokens, segments, valid_lens = prepare_encoder_inputs(
             self.config, self.check_inputs, tokens, segments, valid_lens)
-        with _checked():
-            return _run(self, tokens, segments, valid_lens)
+        with checked_scope():
+            return run_graph(self, tokens, segments, valid_lens)
 
     def _embed(self, F, tokens, segments, pos_embedding):
         # Shape of X: (batch size, max sequence length, num_hiddens)
@@ -162,7 +90,7 @@ class HybridBERTEncoder(BackendMixin, nn.HybridBlock):
     def hidden_states(self, tokens, segments, valid_lens=None):
         """Every layer's output, eagerly: [embeddings, block 1, ..., block L],
         each (B, T, H), as Hugging Face's `output_hidden_states`."""
-        tokens, segments, valid_lens = _prepare_inputs(
+        tokens, segments, valid_lens = prepare_encoder_inputs(
             self.config, self.check_inputs, tokens, segments, valid_lens)
         self._sync_backend()
         pos = (self.pos_embedding.data(tokens.ctx)
@@ -195,7 +123,7 @@ class HybridMaskLM(BackendMixin, nn.HybridBlock):
                                vocabulary=True))
 
     def forward(self, X, pred_positions):
-        if _is_eager(X) and not _inputs_checked.get():
+        if not is_symbolic(X) and not inputs_checked():
             batch_size, seq_len, _ = check_encoded('X', X, self.num_hiddens)
             check_pred_positions(pred_positions, batch_size, seq_len,
                                  self.check_inputs)
@@ -228,7 +156,7 @@ class HybridNextSentencePred(BackendMixin, nn.HybridBlock):
             self.mlp.add(nn.Dense(2, in_units=H))
 
     def forward(self, X):
-        if _is_eager(X) and not _inputs_checked.get():
+        if not is_symbolic(X) and not inputs_checked():
             check_encoded('X', X, self.num_hiddens)
         return super().forward(X)
 
@@ -273,20 +201,19 @@ class HybridBERTModel(BackendMixin, nn.HybridBlock):
         self.encoder.check_inputs = self.mlm.check_inputs = bool(value)
 
     def forward(self, tokens, segments, valid_lens=None, pred_positions=None):
-        if not _is_eager(tokens):
+        if is_symbolic(tokens):
             return super().forward(tokens, segments, valid_lens,
                                    pred_positions)
-        tokens, segments, valid_lens = _prepare_inputs(
+        tokens, segments, valid_lens = prepare_encoder_inputs(
             self.config, self.check_inputs, tokens, segments, valid_lens)
         if pred_positions is not None:
-            check_pred_positions(pred_positions, *tokens.shape,
-                                 check_values=self.check_inputs)
-            pred_positions = _as(pred_positions, 'int32')
-        with _checked():
+            pred_positions = prepare_pred_positions(pred_positions, tokens,
+                                                    self.check_inputs)
+        with checked_scope():
             if pred_positions is None:
                 encoded_X = self.encoder(tokens, segments, valid_lens)
                 return encoded_X, None, self.nsp(encoded_X)
-            return _run(self, tokens, segments, valid_lens, pred_positions)
+            return run_graph(self, tokens, segments, valid_lens, pred_positions)
 
     def hybrid_forward(self, F, tokens, segments, valid_lens, pred_positions):
         encoded_X = self.encoder(tokens, segments, valid_lens)

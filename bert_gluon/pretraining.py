@@ -67,7 +67,7 @@ def _check_dataset(dataset, config):
 def evaluate_pretraining(net, dataset, ctx=None, batch_size=512):
     """Held-out MLM loss and accuracy (over real slots) and NSP accuracy."""
     ctx = ctx or mx.cpu()
-    loss = PretrainingLoss(backend=net._request())
+    loss = PretrainingLoss(backend=net.backend_request)
     arrays = dataset.arrays()
     sums = []  # per batch, on the device: one host sync at the end
     for start in range(0, len(dataset), batch_size):

@@ -113,10 +113,10 @@ def test_named_configs():
 
 
 def test_an_eager_call_checks_its_batch_once(monkeypatch):
-    import bert_gluon.model as model
+    import bert_gluon.inputs as inputs
     calls = []
-    original = model.check_encoder_inputs
-    monkeypatch.setattr(model, 'check_encoder_inputs',
+    original = inputs.check_encoder_inputs
+    monkeypatch.setattr(inputs, 'check_encoder_inputs',
                         lambda *a, **k: calls.append(1) or original(*a, **k))
     tokens, segments, valid_lens, positions = make_batch()
     MODELS['twin'](tokens, segments, valid_lens, positions)

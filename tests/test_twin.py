@@ -205,6 +205,29 @@ def test_training_mode_dropout_is_active():
 
 
 @pytest.mark.parametrize('hybridize', [False, True])
+def test_train_mode_without_record_applies_dropout(backend, hybridize):
+    """MC-dropout inference: under autograd.train_mode() without record(),
+    dropout is on, as MXNet's Dropout decides, on both backends, hybridized
+    or not (the native inference graph once served it without dropout);
+    outside train mode two calls are equal."""
+    twin = bg.HybridBERTModel(TINY.replace(dropout=0.5), backend=backend)
+    twin.initialize()
+    if hybridize:
+        twin.hybridize(static_alloc=True, static_shape=True)
+    args = make_batch()
+    for call in (lambda: twin(*args), lambda: twin(*args[:3])):  # whole model, encoder + NSP
+        with autograd.train_mode():
+            first, second = call(), call()
+        for a, b in zip(first, second):
+            if a is not None:
+                assert not onp.allclose(a.asnumpy(), b.asnumpy())
+        first, second = call(), call()
+        for a, b in zip(first, second):
+            if a is not None:
+                onp.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
+
+
+@pytest.mark.parametrize('hybridize', [False, True])
 def test_twin_training_gradients_equal_book(tmp_path, hybridize, backend):
     """One step of the book's loss (`_get_batch_loss_bert`) on the book's
     blocks and on the twin's training graph: same loss, same gradients."""
