@@ -37,10 +37,10 @@ def main():
     args = parser.parse_args()
     print('\n'.join(harness.header_lines(args.threads, 'one model-server worker')))
     os.environ['OMP_NUM_THREADS'] = str(args.threads)  # read once, at MXNet's import
-    from bert_gluon.pretrained import _installed_minilm
+    from bert_gluon.pretrained import minilm_folder
     from bert_gluon.serving.endpoint import LocalEndpoint
     base = Path(tempfile.mkdtemp(prefix='bench-endpoint-'))
-    with LocalEndpoint(_installed_minilm(), threads=args.threads, work_dir=base) as endpoint:
+    with LocalEndpoint(minilm_folder(), threads=args.threads, work_dir=base) as endpoint:
         print('local endpoint (SageMaker MXNet serving container, multi-model-server), '
               f'MiniLM embeddings, {args.requests} sequential requests each')
         for n in (1, 32):

@@ -36,8 +36,8 @@ def _pairs(n):
 
 
 def _inputs(batch_size, max_len=128):
-    from bert_gluon.pretrained import WordPieceTokenizer, _installed_minilm
-    tokenizer = WordPieceTokenizer(_installed_minilm() / 'vocab.txt')
+    from bert_gluon.pretrained import WordPieceTokenizer, minilm_folder
+    tokenizer = WordPieceTokenizer(minilm_folder() / 'vocab.txt')
     return tokenizer.encode_pairs(_pairs(batch_size), max_len)
 
 
@@ -59,9 +59,9 @@ def workloads(name, batch_size):
         import contextlib
         import torch
         from transformers import BertModel
-        from bert_gluon.pretrained import _installed_minilm
+        from bert_gluon.pretrained import minilm_folder
         torch.set_num_threads(threads)
-        model = BertModel.from_pretrained(str(_installed_minilm())).eval()
+        model = BertModel.from_pretrained(str(minilm_folder())).eval()
         feed = {'input_ids': torch.from_numpy(tokens.astype('int64')),
                 'token_type_ids': torch.from_numpy(segments.astype('int64')),
                 'attention_mask': torch.ones(tokens.shape, dtype=torch.int64)}
@@ -87,8 +87,8 @@ def export_onnx():
     if not os.path.exists(path):
         import torch
         from transformers import BertModel
-        from bert_gluon.pretrained import _installed_minilm
-        model = BertModel.from_pretrained(str(_installed_minilm())).eval()
+        from bert_gluon.pretrained import minilm_folder
+        model = BertModel.from_pretrained(str(minilm_folder())).eval()
         model.requires_grad_(False)
 
         class Encoder(torch.nn.Module):  # named inputs, hidden states out

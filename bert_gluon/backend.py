@@ -34,7 +34,7 @@ from mxnet.gluon import nn
 from . import kernels
 
 __all__ = ['BACKENDS', 'BackendMixin', 'resolve_backend', 'set_backend',
-           'tracing', 'graph_kind', 'dropout_active', 'run_graph']
+           'tracing', 'graph_kind', 'dropout_active', 'InferenceGraph', 'run_graph']
 
 BACKENDS = ('auto', 'native', 'mxnet')
 
@@ -224,7 +224,7 @@ def dropout_active():
     return autograd.is_training()
 
 
-class _InferenceGraph(nn.HybridBlock):
+class InferenceGraph(nn.HybridBlock):
     """`block`'s forward traced for calls without dropout that autograd does
     not record: each encoder block one native op (which has no backward). It
     shares `block`'s parameters and hybridize flags; `block` keeps it outside
@@ -249,7 +249,7 @@ def run_graph(block, *args):
         return nn.HybridBlock.forward(block, *args)
     graph = block.__dict__.get('_inference_graph')
     if graph is None:
-        graph = _InferenceGraph(block)
+        graph = InferenceGraph(block)
         object.__setattr__(block, '_inference_graph', graph)  # not a child block
     if (graph._active, graph._flags) != (True, block._flags):
         graph._active, graph._flags = True, list(block._flags)

@@ -15,7 +15,7 @@ from .backend import BackendMixin, dropout_active, graph_kind
 
 __all__ = ['Dense', 'Dropout', 'LayerNorm', 'MultiHeadSelfAttention', 'AddNorm',
            'PositionWiseFFN', 'EncoderBlock', 'sinusoidal_positions',
-           'param_value', 'gather_rows', 'cls_rows']
+           'param_value', 'gather_rows', 'cls_rows', 'cross_entropy']
 
 
 class Dense(BackendMixin, nn.Dense):
@@ -262,3 +262,9 @@ def gather_rows(F, X, pred_positions):
     batch_idx = (F.np.expand_dims(F.npx.arange_like(positions, axis=0), -1)
                  .astype('int32') + F.np.zeros_like(positions))
     return F.npx.gather_nd(X, F.np.stack([batch_idx, positions]))
+
+
+def cross_entropy(F, logits, labels):
+    """-log softmax(logits)[label] along the last axis, as gluon's
+    SoftmaxCrossEntropyLoss: (..., C) logits, (...) labels -> (...)."""
+    return -F.npx.pick(F.npx.log_softmax(logits), labels, axis=-1)

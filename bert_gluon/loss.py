@@ -8,13 +8,12 @@ one-device loss, with shards weighted unevenly. Here every shard returns sums
 and the caller divides by the global counts, so the sum over shards is the
 book's one-device loss exactly.
 """
-import mxnet as mx
-from mxnet import autograd
 from mxnet.gluon import nn
 
 from .backend import BackendMixin, dropout_active, tracing
 from .inputs import (checked_scope, is_symbolic, prepare_encoder_inputs,
                      prepare_pred_positions, prepare_pretraining_targets)
+from .layers import cross_entropy
 
 __all__ = ['PretrainingLoss', 'PretrainingObjective']
 
@@ -36,43 +35,13 @@ class PretrainingLoss(BackendMixin, nn.HybridBlock):
 
     def hybrid_forward(self, F, mlm_Y_hat, nsp_Y_hat, mlm_Y, mlm_weights,
                        nsp_y):
-        # Cross-entropy as gluon's SoftmaxCrossEntropyLoss: -log_softmax[label]
         if self.native:
             mlm_l = F.bert_softmax_ce(  # (B, P, V) logits, (B, P) labels
                 mlm_Y_hat.as_nd_ndarray(), mlm_Y.as_nd_ndarray(),
                 mlm_weights.as_nd_ndarray())[0].as_np_ndarray()
         else:
-            mlm_l = -F.npx.pick(F.npx.log_softmax(mlm_Y_hat), mlm_Y, axis=-1) * mlm_weights
-        nsp_l = -F.npx.pick(F.npx.log_softmax(nsp_Y_hat), nsp_y, axis=-1)
-        return F.np.sum(mlm_l), F.np.sum(nsp_l)
-
-
-class MLMDecoderLoss(BackendMixin, nn.HybridBlock):
-    """The MLM head's last Dense (the vocabulary projection) and the book's
-    weighted cross-entropy, sharing `decoder`'s weight and bias.
-
-    forward(hidden (B, P, H), mlm_Y (B, P), mlm_weights (B, P)) -> loss (B, P).
-    On the native backend it projects only the slots of nonzero
-    weight (same numbers: the others are multiplied by 0 in the book).
-    """
-    def __init__(self, decoder, **kwargs):
-        # The decoder's prefix and params: get() finds its Parameters
-        super().__init__(prefix=decoder.prefix, params=decoder.params, **kwargs)
-        self.vocab_size = decoder._units
-        self.weight = self.params.get('weight')
-        self.bias = self.params.get('bias')
-
-    def hybrid_forward(self, F, hidden, mlm_Y, mlm_weights, weight, bias):
-        if self.native:
-            mlm_weights = mlm_weights.as_nd_ndarray()
-            logits = F.bert_dense(  # (B, P, V), weighted rows packed on top
-                hidden.as_nd_ndarray(), weight.as_nd_ndarray(),
-                bias.as_nd_ndarray(), mlm_weights, packed=True, bf16=self.bf16)
-            return F.bert_softmax_ce(logits, mlm_Y.as_nd_ndarray(), mlm_weights,
-                                     packed=True)[0].as_np_ndarray()
-        logits = F.npx.fully_connected(hidden, weight, bias, flatten=False,
-                                       num_hidden=self.vocab_size)
-        return -F.npx.pick(F.npx.log_softmax(logits), mlm_Y, axis=-1) * mlm_weights
+            mlm_l = cross_entropy(F, mlm_Y_hat, mlm_Y) * mlm_weights
+        return F.np.sum(mlm_l), F.np.sum(cross_entropy(F, nsp_Y_hat, nsp_y))
 
 
 class PretrainingObjective(BackendMixin, nn.HybridBlock):
@@ -90,8 +59,6 @@ class PretrainingObjective(BackendMixin, nn.HybridBlock):
     def __init__(self, net, **kwargs):
         super().__init__(prefix=net.prefix + 'objective_', **kwargs)
         self.net = net
-        mlp = net.mlm.mlp
-        self.mlm_loss = MLMDecoderLoss(mlp[len(mlp) - 1])
         self._predict_loss = PretrainingLoss()
         self._init_backend(source=net)
 
@@ -118,15 +85,9 @@ class PretrainingObjective(BackendMixin, nn.HybridBlock):
 
     def hybrid_forward(self, F, tokens, segments, valid_lens, pred_positions,
                        mlm_weights, mlm_Y, nsp_y):
-        with tracing('train'):
-            return self._losses(F, tokens, segments, valid_lens, pred_positions,
-                                mlm_weights, mlm_Y, nsp_y)
-
-    def _losses(self, F, tokens, segments, valid_lens, pred_positions,
-                mlm_weights, mlm_Y, nsp_y):
         net = self.net
-        encoded_X = net.encoder(tokens, segments, valid_lens)
-        hidden = net.mlm.decoder_inputs(F, encoded_X, pred_positions)  # (B, P, H)
-        mlm_l = self.mlm_loss(hidden, mlm_Y, mlm_weights)
-        nsp_l = -F.npx.pick(F.npx.log_softmax(net.nsp(encoded_X)), nsp_y, axis=-1)
+        with tracing('train'):
+            encoded_X = net.encoder(tokens, segments, valid_lens)
+            mlm_l = net.mlm.weighted_loss(F, encoded_X, pred_positions, mlm_Y, mlm_weights)
+            nsp_l = cross_entropy(F, net.nsp(encoded_X), nsp_y)
         return F.np.sum(mlm_l), F.np.sum(nsp_l)

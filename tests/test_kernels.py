@@ -159,7 +159,7 @@ def check_fused_encoder_block(activation, use_bias, batch_size):
     with no valid key; GELU, biases and eps 1e-12 as real BERT."""
     from d2l import mxnet as d2l
     from bert_gluon.layers import EncoderBlock
-    from bert_gluon.model import _InferenceGraph
+    from bert_gluon.backend import InferenceGraph
     assert kernels.has_op('bert_encoder_layer')
     H, F, T = 40, 56, 37
     book = activation == 'relu' and not use_bias
@@ -176,7 +176,7 @@ def check_fused_encoder_block(activation, use_bias, batch_size):
         theirs(X, valid_lens)
         _copy_params(blk, theirs)
         references.append(theirs(X, valid_lens))
-    graph = _InferenceGraph(blk)
+    graph = InferenceGraph(blk)
     graph.hybridize(static_alloc=True, static_shape=True)
     fused = graph(X, valid_lens).asnumpy()
     for reference in references:

@@ -5,7 +5,7 @@ import mxnet as mx
 import numpy as onp
 import pytest
 
-from bert_gluon.pretrained import (HF_TO_TWIN, _installed_minilm, from_pretrained,
+from bert_gluon.pretrained import (HF_TO_TWIN, minilm_folder, from_pretrained,
                                    list_pretrained, load_hf_bert)
 from bert_gluon.represent import encode_batch
 from conftest import assert_close
@@ -28,7 +28,7 @@ def minilm():
 def reference():
     import torch
     from transformers import BertModel, BertTokenizer
-    folder = str(_installed_minilm())
+    folder = str(minilm_folder())
     model = BertModel.from_pretrained(folder).eval()
     tokenizer = BertTokenizer.from_pretrained(folder)
     enc = tokenizer([a for a, _ in PAIRS], [b for _, b in PAIRS], padding='max_length',
@@ -99,7 +99,7 @@ def test_sentence_embeddings_equal_reference_mean_pooling(minilm, reference):
 def _write_hf_folder(folder, tensors):
     from safetensors.numpy import save_file
     import shutil
-    src = _installed_minilm()
+    src = minilm_folder()
     folder.mkdir()
     shutil.copy(src / 'config.json', folder / 'config.json')
     shutil.copy(src / 'vocab.txt', folder / 'vocab.txt')
@@ -109,7 +109,7 @@ def _write_hf_folder(folder, tensors):
 
 def test_converter_fails_on_unknown_or_missing_tensors(tmp_path):
     from safetensors.numpy import load_file
-    tensors = load_file(str(_installed_minilm() / 'model.safetensors'))
+    tensors = load_file(str(minilm_folder() / 'model.safetensors'))
     extra = dict(tensors, **{'cls.predictions.bias': onp.zeros(3, 'float32')})
     with pytest.raises(ValueError, match='neither used nor skipped.*cls.predictions.bias'):
         load_hf_bert(_write_hf_folder(tmp_path / 'extra', extra))
@@ -207,7 +207,7 @@ def test_broken_checkpoint_folders_are_named(tmp_path):
     import json
     import shutil
     folder = tmp_path / 'hf'
-    shutil.copytree(_installed_minilm(), folder)
+    shutil.copytree(minilm_folder(), folder)
     config = (folder / 'config.json').read_text()
     (folder / 'config.json').write_text(config[:40])
     with pytest.raises(ValueError, match='config.json is not a readable JSON file'):
