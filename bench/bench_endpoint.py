@@ -61,7 +61,7 @@ def main():
     # onnxruntime against the twin, same inputs, in this process
     import mxnet as mx
     import onnxruntime as ort
-    from bert_gluon.export import export_onnx
+    from bert_gluon.onnx_export import export_onnx
     from bert_gluon.pretrained import from_pretrained
     net, tokenizer, _ = from_pretrained('all-MiniLM-L6-v2')
     net.check_inputs = False

@@ -36,7 +36,8 @@ def _pairs(n):
 
 
 def _inputs(batch_size, max_len=128):
-    from bert_gluon.pretrained import WordPieceTokenizer, minilm_folder
+    from bert_gluon.pretrained import minilm_folder
+    from bert_gluon.tokenization import WordPieceTokenizer
     tokenizer = WordPieceTokenizer(minilm_folder() / 'vocab.txt')
     return tokenizer.encode_pairs(_pairs(batch_size), max_len)
 

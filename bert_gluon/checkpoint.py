@@ -21,36 +21,9 @@ import warnings
 from pathlib import Path
 
 from .data.files import sha1_of
+from .fileio import atomic_write_json, check_writable_folder, fsync_folder
 
-__all__ = ['Checkpointer', 'RunFolder', 'atomic_write_json', 'atomic_save_parameters']
-
-
-def _fsync_dir(folder):
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_json(path, value):
-    path = Path(path)
-    with tempfile.NamedTemporaryFile('w', dir=path.parent, delete=False,
-                                     suffix='.tmp', encoding='utf-8') as f:
-        json.dump(value, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(f.name, path)
-
-
-def atomic_save_parameters(net, path):
-    """net.save_parameters(path), seen by others whole or not at all."""
-    path = Path(path)
-    tmp = path.with_name(path.name + '.tmp')
-    net.save_parameters(str(tmp))
-    with open(tmp, 'rb') as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+__all__ = ['Checkpointer', 'RunFolder']
 
 
 class Checkpointer:
@@ -78,7 +51,7 @@ class Checkpointer:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(self.folder)
+        fsync_folder(self.folder)
         atomic_write_json(self.folder / 'latest.json',
                           {'step': step, 'dir': final.name})
         self._prune(final.name)
@@ -183,13 +156,7 @@ class RunFolder:
             self._lock = None
             return
         for folder in (self.path, self.path / 'checkpoints'):
-            if folder.exists() and not folder.is_dir():
-                raise ValueError(f'out_dir: {folder} is a file, not a folder')
-            try:  # found now, not at the first checkpoint after training
-                folder.mkdir(parents=True, exist_ok=True)
-                tempfile.NamedTemporaryFile(dir=folder, prefix='.write-test-').close()
-            except OSError as exc:
-                raise ValueError(f'out_dir: {folder} is not a writable folder: {exc}') from exc
+            check_writable_folder(folder, 'out_dir')
         self._lock = open(self.path / '.lock', 'a+')
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -7,6 +7,7 @@ without them). The command sets whichever of the two is unset (and says so) by
 starting itself again before MXNet is imported.
 """
 import argparse
+import inspect
 import math
 import os
 import sys
@@ -100,44 +101,36 @@ def _finetune(args):
 
 def _encode(args):
     import io
-    import tempfile
-    from pathlib import Path
     import numpy as onp
+    from .fileio import atomic_write_bytes, check_output_file
     from .pretrained import from_pretrained
     from .represent import encode_batch, read_texts
-    output = Path(args.output)
-    if output.is_dir():
-        raise ValueError(f'--output {output} is a folder; expected a file path '
-                         '(such as vectors.npy)')
+    output = check_output_file(args.output, '--output', overwrite=True)
     texts = read_texts(args.input)
     net, tokenizer, _ = from_pretrained(args.pretrained)
     vectors = encode_batch(net, texts, tokenizer, max_len=args.max_len,
                            pooling=args.pooling)
-    output.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     onp.save(buffer, vectors)  # to a buffer: np.save would add '.npy' to a path
-    with tempfile.NamedTemporaryFile(dir=output.parent, delete=False) as f:
-        f.write(buffer.getvalue())
-    os.replace(f.name, output)
+    atomic_write_bytes(output, buffer.getvalue())
     print(f'{len(texts)} texts -> {output} {vectors.shape}')
     return 0
 
 
 def _export(args):
-    from . import export
-    from .model import HybridBERTModel
     from .pretrained import from_pretrained
+    from .tokenization import WordPieceTokenizer
     net, tokenizer, _ = from_pretrained(args.pretrained)
-    if not isinstance(net, HybridBERTModel):
-        raise ValueError(f'--from {args.pretrained}: export takes a BERT model (a pretrain '
-                         'output, a named checkpoint or a Hugging Face folder), not a classifier')
     if args.format == 'symbol':
-        paths = export.export_model(net, args.output)
+        from .export import export_model
+        paths = export_model(net, args.output, overwrite=args.overwrite)
     elif args.format == 'onnx':
-        paths = (export.export_onnx(net, args.output),)
+        from .onnx_export import export_onnx
+        paths = (export_onnx(net, args.output, overwrite=args.overwrite),)
     else:
-        paths = (export.export_huggingface(
-            net, args.output, tokenizer if hasattr(tokenizer, 'vocab_file') else None),)
+        from .huggingface import export_huggingface
+        wordpiece = tokenizer if isinstance(tokenizer, WordPieceTokenizer) else None
+        paths = (export_huggingface(net, args.output, wordpiece, overwrite=args.overwrite),)
     print(f'{args.format}: ' + ', '.join(map(str, paths)))
     return 0
 
@@ -160,9 +153,20 @@ def _launch(args):
     return 0
 
 
+def _defaults(function):
+    """The API's defaults, read by the command's flags: defined once."""
+    return {name: p.default for name, p in inspect.signature(function).parameters.items()}
+
+
 def build_parser():
-    from .config import list_configs
+    from .backend import BACKENDS
+    from .config import DTYPES, list_configs
+    from .data.pairs import TASKS
     from .distributed import KVSTORES
+    from .finetuning import finetune
+    from .pretraining import pretrain
+    from .represent import POOLINGS, encode_batch
+    pre_defaults, fin_defaults = _defaults(pretrain), _defaults(finetune)
     parser = argparse.ArgumentParser(
         prog='bert-gluon', description='BERT as d2l teaches it, on MXNet Gluon')
     sub = parser.add_subparsers(dest='command', required=True)
@@ -172,14 +176,14 @@ def build_parser():
 
     pre = sub.add_parser('pretrain', help='pretrain on WikiText-2 (the book\'s '
                                           'defaults: 50 steps, batch 512, max_len 64)')
-    pre.add_argument('--steps', type=_positive_int, default=50)
-    pre.add_argument('--batch-size', type=_positive_int, default=512)
-    pre.add_argument('--max-len', type=_positive_int, default=64)
-    pre.add_argument('--lr', type=_positive_float, default=0.01)
-    pre.add_argument('--config', default='d2l.pretrain', choices=list_configs())
+    pre.add_argument('--steps', type=_positive_int, default=pre_defaults['num_steps'])
+    pre.add_argument('--batch-size', type=_positive_int, default=pre_defaults['batch_size'])
+    pre.add_argument('--max-len', type=_positive_int, default=pre_defaults['max_len'])
+    pre.add_argument('--lr', type=_positive_float, default=pre_defaults['lr'])
+    pre.add_argument('--config', default=pre_defaults['config'], choices=list_configs())
     pre.add_argument('--ctx', type=_contexts, default='cpu',
                      help="'cpu', 'cpu:0,cpu:1', 'gpu:0,gpu:1'")
-    pre.add_argument('--out', default='runs/pretrain', help='output folder')
+    pre.add_argument('--out', default=pre_defaults['out_dir'], help='output folder')
     pre.add_argument('--checkpoint-every', type=_positive_int, default=None,
                      help='steps between checkpoints (default: steps / 5)')
     pre.add_argument('--resume', action='store_true',
@@ -187,17 +191,17 @@ def build_parser():
                           'checkpoint (with the same arguments)')
     pre.add_argument('--overwrite', action='store_true',
                      help="replace a previous run's outputs in the output folder")
-    pre.add_argument('--backend', default='auto', choices=['auto', 'native', 'mxnet'],
+    pre.add_argument('--backend', default='auto', choices=BACKENDS,
                      help="'native' CPU kernels or MXNet's operators (default: "
                           'native where they run)')
-    pre.add_argument('--kvstore', default='device', choices=KVSTORES,
+    pre.add_argument('--kvstore', default=pre_defaults['kvstore'], choices=KVSTORES,
                      help="'device'/'local': this process's contexts; 'dist_sync' "
                           "(under `bert-gluon launch` or SageMaker) or 'horovod' "
                           '(under horovodrun): one worker of a job, --batch-size global')
-    pre.add_argument('--dtype', default=None, choices=['float32', 'bfloat16'],
+    pre.add_argument('--dtype', default=None, choices=DTYPES,
                      help="the products' precision (bfloat16: CPUs with AVX512_BF16 "
                           'or AMX; parameters stay float32)')
-    pre.add_argument('--seed', type=int, default=0)
+    pre.add_argument('--seed', type=int, default=pre_defaults['seed'])
     pre.add_argument('--data-dir', default=None,
                      help='root holding wikitext-2/ (default: $BERT_GLUON_DATA, '
                           'then the cache, then a download)')
@@ -210,23 +214,23 @@ def build_parser():
 
     fin = sub.add_parser('finetune', help='fine-tune on a sentence-pair task '
                                           '(dev accuracy and F1 every epoch)')
-    fin.add_argument('--task', required=True, choices=['MRPC', 'RTE', 'SNLI'])
+    fin.add_argument('--task', required=True, choices=sorted(TASKS))
     fin.add_argument('--from', dest='pretrained', required=True,
                      help="a pretrain output folder, 'all-MiniLM-L6-v2', "
                           "'bert.small', 'bert.base' or a Hugging Face BERT folder")
-    fin.add_argument('--epochs', type=_positive_int, default=3)
-    fin.add_argument('--batch-size', type=_positive_int, default=32)
-    fin.add_argument('--max-len', type=_positive_int, default=128)
-    fin.add_argument('--lr', type=_positive_float, default=1e-4)
+    fin.add_argument('--epochs', type=_positive_int, default=fin_defaults['num_epochs'])
+    fin.add_argument('--batch-size', type=_positive_int, default=fin_defaults['batch_size'])
+    fin.add_argument('--max-len', type=_positive_int, default=fin_defaults['max_len'])
+    fin.add_argument('--lr', type=_positive_float, default=fin_defaults['lr'])
     fin.add_argument('--freeze-encoder', action='store_true')
     fin.add_argument('--ctx', type=_contexts, default='cpu')
-    fin.add_argument('--out', default='runs/finetune')
+    fin.add_argument('--out', default=fin_defaults['out_dir'])
     fin.add_argument('--resume', action='store_true')
     fin.add_argument('--overwrite', action='store_true')
-    fin.add_argument('--kvstore', default='device', choices=KVSTORES)
-    fin.add_argument('--dtype', default=None, choices=['float32', 'bfloat16'],
+    fin.add_argument('--kvstore', default=fin_defaults['kvstore'], choices=KVSTORES)
+    fin.add_argument('--dtype', default=None, choices=DTYPES,
                      help="the products' precision (default: the checkpoint's)")
-    fin.add_argument('--seed', type=int, default=0)
+    fin.add_argument('--seed', type=int, default=fin_defaults['seed'])
     fin.add_argument('--data-dir', default=None)
     fin.add_argument('--no-progress', action='store_true')
     fin.set_defaults(func=_finetune)
@@ -237,6 +241,8 @@ def build_parser():
     exp.add_argument('--format', required=True, choices=['symbol', 'onnx', 'huggingface'])
     exp.add_argument('--output', required=True,
                      help='symbol: a prefix; onnx: a .onnx file; huggingface: a folder')
+    exp.add_argument('--overwrite', action='store_true',
+                     help='replace existing files (a non-empty folder for huggingface)')
     exp.set_defaults(func=_export)
 
     lau = sub.add_parser('launch', help="run a command as the workers of MXNet's "
@@ -259,8 +265,9 @@ def build_parser():
     enc.add_argument('--from', dest='pretrained', required=True)
     enc.add_argument('--input', required=True, help='UTF-8 text, one per line')
     enc.add_argument('--output', required=True, help='.npy file to write')
-    enc.add_argument('--pooling', default='mean', choices=['cls', 'mean'])
-    enc.add_argument('--max-len', type=_positive_int, default=128)
+    enc_defaults = _defaults(encode_batch)
+    enc.add_argument('--pooling', default=enc_defaults['pooling'], choices=POOLINGS)
+    enc.add_argument('--max-len', type=_positive_int, default=enc_defaults['max_len'])
     enc.set_defaults(func=_encode)
     return parser
 

@@ -5,7 +5,17 @@ changed (`dataclasses.replace`), the way GluonNLP derives its named configs.
 """
 import dataclasses
 
-__all__ = ['BERTConfig', 'CONFIGS', 'get_config', 'list_configs']
+__all__ = ['BERTConfig', 'CONFIGS', 'DTYPES', 'get_config', 'list_configs',
+           'check_positive_int']
+
+DTYPES = ('float32', 'bfloat16')  # of the products (BERTConfig.dtype)
+
+
+def check_positive_int(name, value):
+    """Refuse (naming `name`) anything but an int >= 1 (a bool is not one)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f'{name} must be a positive int, got {value!r}')
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,9 +70,7 @@ class BERTConfig:
     def __post_init__(self):
         for name in ('vocab_size', 'num_hiddens', 'ffn_num_hiddens',
                      'num_heads', 'num_layers', 'max_len', 'num_segments'):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f'{name} must be a positive int, got {value!r}')
+            check_positive_int(name, getattr(self, name))
         if self.num_hiddens % self.num_heads:
             raise ValueError(f'num_heads ({self.num_heads}) must divide '
                              f'num_hiddens ({self.num_hiddens})')
@@ -74,9 +82,8 @@ class BERTConfig:
         if self.activation not in ('relu', 'gelu'):
             raise ValueError("activation must be 'relu' or 'gelu', got "
                              f'{self.activation!r}')
-        if self.dtype not in ('float32', 'bfloat16'):
-            raise ValueError("dtype must be 'float32' or 'bfloat16', got "
-                             f'{self.dtype!r}')
+        if self.dtype not in DTYPES:
+            raise ValueError(f'dtype must be one of {DTYPES}, got {self.dtype!r}')
         if not self.layer_norm_eps > 0:
             raise ValueError('layer_norm_eps must be > 0, got '
                              f'{self.layer_norm_eps!r}')

@@ -23,12 +23,14 @@ import os
 import shlex
 import signal
 import socket
-import subprocess
 import sys
 import time
 
 import mxnet as mx
 from mxnet import gluon
+
+from .config import check_positive_int
+from .processes import free_port, start_process, stop_processes
 
 __all__ = ['KVSTORES', 'Cluster', 'connect', 'launch']
 
@@ -164,12 +166,6 @@ def connect(kvstore, ctx_list):
 
 # ---- the launcher: scheduler, servers and workers, watched ----
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('', 0))
-        return s.getsockname()[1]
-
-
 def _is_local(host):
     return host in ('localhost', '127.0.0.1', socket.gethostname())
 
@@ -183,7 +179,7 @@ def _start(role, index, host, command, env, cwd):
         command = ['ssh', '-o', 'StrictHostKeyChecking=no', host,
                    f'cd {shlex.quote(cwd)} && env {exports} {shlex.join(command)}']
         env = dict(os.environ)
-    proc = subprocess.Popen(command, env=env, cwd=cwd, start_new_session=True)
+    proc = start_process(command, env=env, cwd=cwd)  # ends when the launcher dies
     print(f'bert-gluon launch: {role} {index} on {host}: pid {proc.pid}', file=sys.stderr,
           flush=True)
     return {'role': role, 'index': index, 'host': host, 'proc': proc}
@@ -193,20 +189,6 @@ def _describe(p, code):
     how = (f'was killed by {signal.Signals(-code).name}' if code < 0
            else f'exited with code {code}')
     return f"{p['role']} {p['index']} (pid {p['proc'].pid}, host {p['host']}) {how}"
-
-
-def _stop(processes, grace=5.0):
-    """SIGTERM every role's process group, then SIGKILL what is left."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for p in processes:
-            if p['proc'].poll() is None:
-                try:
-                    os.killpg(p['proc'].pid, sig)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(p['proc'].poll() is None for p in processes):
-            time.sleep(0.05)
 
 
 def _interrupt(signum, frame):
@@ -219,16 +201,17 @@ def launch(command, num_workers=2, num_servers=1, hosts=('127.0.0.1',), port=Non
     with a scheduler and `num_servers` servers, on `hosts` (round robin;
     the scheduler on the first). Watches every process: when one fails, ends
     the whole job and raises RuntimeError naming it; returns 0 when every
-    worker succeeded. Ctrl-C ends the whole job too."""
+    worker succeeded. Ctrl-C, SIGTERM or a command that cannot start (a
+    ValueError) end the whole job too; if the launcher is killed outright,
+    the kernel ends its children (processes.start_process)."""
     if not command:
         raise ValueError('command: the training command each worker runs')
-    for name, value in (('num_workers', num_workers), ('num_servers', num_servers)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f'{name} must be a positive int, got {value!r}')
+    check_positive_int('num_workers', num_workers)
+    check_positive_int('num_servers', num_servers)
     hosts = list(hosts) or ['127.0.0.1']
     root = hosts[0] if not _is_local(hosts[0]) else '127.0.0.1'
     base = dict(os.environ, **(env or {}))
-    base.update(DMLC_PS_ROOT_URI=root, DMLC_PS_ROOT_PORT=str(port or _free_port()),
+    base.update(DMLC_PS_ROOT_URI=root, DMLC_PS_ROOT_PORT=str(port or free_port()),
                 DMLC_NUM_SERVER=str(num_servers), DMLC_NUM_WORKER=str(num_workers))
     server_command = [sys.executable, '-c', 'import mxnet']  # serves until the job ends
     cwd = os.getcwd()
@@ -237,6 +220,9 @@ def launch(command, num_workers=2, num_servers=1, hosts=('127.0.0.1',), port=Non
     def role_env(role, host):
         return dict(base, DMLC_ROLE=role,
                     DMLC_NODE_HOST='127.0.0.1' if _is_local(host) else host)
+
+    def stop():
+        stop_processes([p['proc'] for p in processes])
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a killed launcher ends its job
     try:
         processes.append(_start('scheduler', 0, hosts[0], server_command,
@@ -245,30 +231,25 @@ def launch(command, num_workers=2, num_servers=1, hosts=('127.0.0.1',), port=Non
             host = hosts[i % len(hosts)]
             processes.append(_start('server', i, host, server_command,
                                     role_env('server', host), cwd))
-        workers = []
         for i in range(num_workers):
             host = hosts[i % len(hosts)]
-            workers.append(_start('worker', i, host, list(command),
-                                  role_env('worker', host), cwd))
-        processes += workers
+            processes.append(_start('worker', i, host, list(command),
+                                    role_env('worker', host), cwd))
+        workers = [p for p in processes if p['role'] == 'worker']
         while True:
             for p in processes:
                 code = p['proc'].poll()
                 # a scheduler or server ends with 0 only once every worker finalized
                 if code:
-                    _stop(processes)
                     raise RuntimeError(f'{_describe(p, code)}: ended the whole job')
             if all(w['proc'].poll() == 0 for w in workers):
                 deadline = time.monotonic() + 30
                 while (time.monotonic() < deadline
                        and any(p['proc'].poll() is None for p in processes)):
                     time.sleep(poll_seconds)
-                _stop(processes)
                 return 0
             time.sleep(poll_seconds)
-    except KeyboardInterrupt:
-        _stop(processes)
-        raise
-    finally:
+    finally:  # whatever ends the watch (a failed role or start, Ctrl-C, SIGTERM): the job
+        stop()
         signal.signal(signal.SIGTERM, previous)
 

@@ -8,67 +8,17 @@ from pathlib import Path
 import numpy as onp
 import mxnet as mx
 from mxnet import gluon
-from mxnet.gluon import nn
 
-from .checkpoint import RunFolder, atomic_save_parameters, atomic_write_json
-from .data.pairs import TASKS, encode_pairs, read_pairs
+from .checkpoint import RunFolder
+from .classifier import CLASSIFIER_FILES, BERTClassifier, save_classifier
+from .data.pairs import TASKS, read_pairs
 from .distributed import connect
-from .backend import BackendMixin, run_graph
-from .inputs import checked_scope, is_symbolic, prepare_encoder_inputs
-from .layers import cls_rows
-from .model import HybridBERTModel
+from .fileio import atomic_write_json
+from .pretrained import from_pretrained
 from .training import (BatchStream, TrainLoop, check_run_arguments, parse_contexts,
                        save_loss_plot)
 
-__all__ = ['BERTClassifier', 'ClassificationTask', 'evaluate_classifier',
-           'finetune']
-
-
-class BERTClassifier(BackendMixin, nn.HybridBlock):
-    """The book's classifier: the pretrained encoder, its '<cls>' hidden layer
-    (the NSP head's first Dense, BERT's pooler), and a new output layer.
-
-    forward(tokens, segments, valid_lens=None) -> (B, num_outputs); the
-    book's single tuple argument `forward((tokens, segments, valid_lens))`
-    works too. The MLM head and the NSP output layer are left out, so their
-    parameters are not trained (the book's `ignore_stale_grad` remark).
-    Its backend follows its encoder's request.
-    """
-    def __init__(self, bert, num_outputs=3, labels=None, task=None, max_len=None, **kwargs):
-        super().__init__(**kwargs)
-        if not isinstance(bert, HybridBERTModel):
-            raise ValueError('bert must be a bert_gluon.HybridBERTModel (load a '
-                             'book model\'s parameters into one), got '
-                             f'{type(bert).__name__}')
-        self.config = bert.config
-        if labels is not None and len(labels) != num_outputs:
-            raise ValueError(f'labels: {num_outputs} names expected, got {labels!r}')
-        # what serving needs to answer in words: label names, task, input length
-        self.labels = tuple(labels) if labels is not None else tuple(map(str, range(num_outputs)))
-        self.task, self.max_len = task, max_len or bert.config.max_len
-        with self.name_scope():
-            self.encoder = bert.encoder
-            self.hidden = bert.nsp.mlp[0]
-            self.output = nn.Dense(num_outputs, in_units=bert.config.num_hiddens)
-        self._init_backend(source=self.encoder)
-
-    def forward(self, tokens, segments=None, valid_lens=None):
-        if segments is None and isinstance(tokens, (list, tuple)):
-            tokens, segments, valid_lens = tokens  # the book's calling style
-        if is_symbolic(tokens):
-            return super().forward(tokens, segments, valid_lens)
-        tokens, segments, valid_lens = prepare_encoder_inputs(
-            self.config, self.encoder.check_inputs, tokens, segments, valid_lens)
-        with checked_scope():
-            return run_graph(self, tokens, segments, valid_lens)
-
-    def hybrid_forward(self, F, tokens, segments, valid_lens):
-        encoded_X = self.encoder(tokens, segments, valid_lens)
-        return self.output(self.hidden(cls_rows(F, encoded_X)))
-
-    def freeze_encoder(self):
-        """Train only the hidden and output layers."""
-        self.encoder.collect_params().setattr('grad_req', 'null')
+__all__ = ['ClassificationTask', 'evaluate_classifier', 'finetune']
 
 
 def trim_padding(batch, multiple=16):
@@ -120,31 +70,7 @@ def evaluate_classifier(net, arrays, ctx=None, batch_size=256):
 
 
 # What a fine-tuning run writes into its folder (besides checkpoints/)
-OUTPUTS = ('classifier.params', 'classifier.json', 'config.json', 'vocab.json',
-           'vocab.txt', 'metrics.json', 'loss.png')
-
-
-def save_classifier_folder(folder, net, tokenizer, task, max_len):
-    """Everything needed to reload and serve a fine-tuned classifier:
-    classifier.json (task, label names, max_len, tokenizer kind),
-    config.json, the tokenizer's vocabulary (vocab.json or vocab.txt) and
-    classifier.params. `pretrained.from_pretrained(folder)` reads it."""
-    import shutil
-    from .data.vocab import Vocab
-    folder = Path(folder)
-    if isinstance(tokenizer, Vocab):
-        kind = 'word'
-        tokenizer.to_json(folder / 'vocab.json')
-    else:  # a WordPieceTokenizer: its vocab.txt
-        kind = 'wordpiece'
-        shutil.copyfile(tokenizer.vocab_file, folder / 'vocab.txt.tmp')
-        (folder / 'vocab.txt.tmp').replace(folder / 'vocab.txt')
-    atomic_write_json(folder / 'config.json', net.config.to_dict())
-    atomic_write_json(folder / 'classifier.json', {
-        'task': task, 'labels': list(net.labels), 'num_outputs': net.output._units,
-        'max_len': max_len, 'tokenizer': kind,
-        'lowercase': getattr(tokenizer, 'lowercase', True)})
-    atomic_save_parameters(net, folder / 'classifier.params')
+OUTPUTS = CLASSIFIER_FILES + ('metrics.json', 'loss.png')
 
 
 def finetune(task, pretrained, num_epochs=3, batch_size=32, max_len=128,
@@ -160,7 +86,6 @@ def finetune(task, pretrained, num_epochs=3, batch_size=32, max_len=128,
     dtype: the products' precision, 'float32' or 'bfloat16' (default: the
     checkpoint config's). kvstore: as in `pretrain` (the chief, rank 0,
     evaluates and writes)."""
-    from .pretrained import from_pretrained
     if task not in TASKS:
         raise ValueError(f'task must be one of {sorted(TASKS)}, got {task!r}')
     check_run_arguments(lr, num_epochs=num_epochs, batch_size=batch_size,
@@ -184,11 +109,7 @@ def finetune(task, pretrained, num_epochs=3, batch_size=32, max_len=128,
 
     def encode(split):
         first, second, labels = read_pairs(task, split, data_dir)
-        pairs = list(zip(first, second))
-        if hasattr(tokenizer, 'encode_pairs'):
-            arrays = tokenizer.encode_pairs(pairs, max_len)
-        else:
-            arrays = encode_pairs(pairs, tokenizer, max_len)
+        arrays = tokenizer.encode_pairs(list(zip(first, second)), max_len)
         return list(arrays) + [onp.array(labels, dtype=onp.int32)]
     train, dev = encode('train'), encode('dev')
 
@@ -232,7 +153,7 @@ def finetune(task, pretrained, num_epochs=3, batch_size=32, max_len=128,
         if not folder.writer:
             return {'task': task, 'epochs': epochs, 'net': net}
         save_loss_plot(loop.history, folder.path / 'loss.png', f'fine-tuning on {task}')
-        save_classifier_folder(folder.path, net, tokenizer, task, max_len)
+        save_classifier(net, folder.path, tokenizer)
         result = {'task': task, 'epochs': epochs, 'lr': lr, 'batch_size': batch_size,
                   'max_len': max_len, 'freeze_encoder': freeze_encoder, 'seed': seed,
                   'pairs_per_sec': loop.examples / max(loop.train_seconds, 1e-9)}

@@ -12,17 +12,19 @@ import numpy as onp
 import mxnet as mx
 from mxnet import gluon
 
-from .checkpoint import RunFolder, atomic_save_parameters, atomic_write_json
+from .checkpoint import RunFolder
 from .config import get_config
 from .data.wikitext import load_wiki_pretraining
 from .distributed import connect
+from .fileio import atomic_write_json
 from .loss import PretrainingLoss, PretrainingObjective
 from .model import HybridBERTModel
+from .pretrained import PRETRAINED_FILES, save_pretrained
 from .training import (BatchStream, TrainLoop, check_run_arguments, parse_contexts,
                        save_loss_plot)
 
 # What a pretraining run writes into its folder (besides checkpoints/)
-OUTPUTS = ('pretrained.params', 'vocab.json', 'config.json', 'metrics.json', 'loss.png')
+OUTPUTS = PRETRAINED_FILES + ('metrics.json', 'loss.png')
 
 __all__ = ['PretrainingTask', 'evaluate_pretraining', 'pretrain']
 
@@ -145,9 +147,6 @@ def pretrain(num_steps=50, batch_size=512, max_len=64, lr=0.01,
             say(f'resumed at step {loop.step} from {loop.resumed_from}')
         elif resume:
             say(f'no checkpoint in {folder.checkpoints.folder}: starting at step 0')
-        if folder.writer:  # once the run is known to be this one (a refused resume changes nothing)
-            train_set.vocab.to_json(out_dir / 'vocab.json')
-            atomic_write_json(out_dir / 'config.json', config.to_dict())
         history = loop.run(num_steps)
         if loop.step % loop.checkpoint_every:  # the last step, unless just saved
             loop.save()
@@ -178,7 +177,7 @@ def pretrain(num_steps=50, batch_size=512, max_len=64, lr=0.01,
                   '({valid_pairs} pairs)'.format(**metrics))
         save_loss_plot(history, out_dir / 'loss.png',
                        f'pretraining, batch {batch_size}, max_len {max_len}')
-        atomic_save_parameters(net, out_dir / 'pretrained.params')
+        save_pretrained(net, out_dir, train_set.vocab)
         atomic_write_json(out_dir / 'metrics.json', metrics)
         return {'net': net, 'vocab': train_set.vocab, 'config': config,
                 'history': history, 'metrics': metrics}

@@ -3,9 +3,12 @@ with BERT" and sentence embeddings as sentence-transformers computes them)."""
 import mxnet as mx
 import numpy as onp
 
-from .data.pairs import encode_pairs
+__all__ = ['get_bert_encoding', 'encode_batch', 'mean_pool', 'as_pairs', 'read_texts',
+           'POOLINGS']
 
-__all__ = ['get_bert_encoding', 'encode_batch', 'mean_pool', 'as_pairs', 'read_texts']
+# Sentence embeddings: 'mean' over valid tokens (sentence-transformers' own,
+# the default everywhere) or the encoded '<cls>' token
+POOLINGS = ('mean', 'cls')
 
 
 def as_pairs(texts, name='texts'):
@@ -93,22 +96,19 @@ def mean_pool(encoded_X, valid_lens):
 
 
 def encode_batch(net, texts, tokenizer, max_len=128, batch_size=64,
-                 pooling='cls'):
+                 pooling=POOLINGS[0]):
     """Representations of many sentences or pairs, batched with padding.
 
     texts: a list of strings and/or (a, b) pairs; tokenizer: a Vocab
-    (word-level, as the book) or an object with `encode_pairs(pairs, max_len)`.
-    pooling: 'cls' -> encoded '<cls>' (N, H); 'mean' -> mean over valid
-    tokens (N, H); 'none' -> list of (T_i, H) arrays.
+    (word-level, as the book) or a WordPieceTokenizer (tokenization.py).
+    pooling: 'mean' -> mean over valid tokens (N, H); 'cls' -> encoded
+    '<cls>' (N, H); 'none' -> list of (T_i, H) arrays.
     Returns a host NumPy array (or list for 'none').
     """
-    if pooling not in ('cls', 'mean', 'none'):
-        raise ValueError(f"pooling must be 'cls', 'mean' or 'none', got {pooling!r}")
+    if pooling not in POOLINGS + ('none',):
+        raise ValueError(f"pooling must be one of {POOLINGS + ('none',)}, got {pooling!r}")
     pairs = as_pairs(texts)
-    if hasattr(tokenizer, 'encode_pairs'):
-        arrays = tokenizer.encode_pairs(pairs, max_len)
-    else:
-        arrays = encode_pairs(pairs, tokenizer, max_len)
+    arrays = tokenizer.encode_pairs(pairs, max_len)
     ctx = _ctx_of(net)
     out = []
     for start in range(0, len(pairs), batch_size):

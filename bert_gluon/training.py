@@ -15,6 +15,8 @@ import numpy as onp
 import mxnet as mx
 from mxnet import autograd, gluon
 
+from .config import check_positive_int
+
 __all__ = ['BatchStream', 'TrainLoop', 'parse_contexts', 'check_run_arguments']
 
 
@@ -57,8 +59,7 @@ def parse_contexts(spec):
 def check_run_arguments(lr, **counts):
     """A run's learning rate (finite, > 0) and counts (positive ints)."""
     for name, value in counts.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f'{name} must be a positive int, got {value!r}')
+        check_positive_int(name, value)
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f'lr must be a finite number > 0, got {lr!r}')
 
@@ -72,8 +73,7 @@ class BatchStream:
     """
     def __init__(self, arrays, batch_size, seed=0, on_epoch=None):
         n = len(arrays[0])
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f'batch_size must be a positive int, got {batch_size!r}')
+        check_positive_int('batch_size', batch_size)
         if batch_size > n:
             raise ValueError(f'batch_size {batch_size} exceeds the dataset '
                              f'size {n}')

@@ -85,7 +85,7 @@ def test_moving_a_traced_model_drops_native_operators(monkeypatch):
 
 
 def test_objective_and_classifier_follow_their_model():
-    from bert_gluon.finetuning import BERTClassifier
+    from bert_gluon.classifier import BERTClassifier
     net = bg.HybridBERTModel(TINY, backend='native')
     net.initialize()
     objective = bg.loss.PretrainingObjective(net)

@@ -143,6 +143,42 @@ def test_launch_needs_a_command():
     assert out.returncode == 2 and 'the training command each worker runs' in out.stderr
 
 
+def test_a_command_that_cannot_start_ends_what_was_started():
+    """`launch -- no-such-command`: the scheduler and server already started
+    are stopped, and the error names the command."""
+    out = subprocess.run([sys.executable, '-m', 'bert_gluon.cli', 'launch', '--',
+                          'no-such-command', '--flag'], env=ENV, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "cannot start 'no-such-command'" in out.stderr
+    pids = _pids(out.stderr)
+    assert len(pids) == 2  # the scheduler and the server
+    time.sleep(0.5)
+    assert not [p for p in pids if _alive(p)]
+
+
+def test_a_launcher_killed_outright_takes_its_job_with_it(tmp_path):
+    """SIGKILL gives the launcher no chance to clean up: the kernel ends its
+    children (PR_SET_PDEATHSIG), so no role runs on unwatched."""
+    proc = subprocess.Popen([sys.executable, '-m', 'bert_gluon.cli', 'launch', '--workers', '2',
+                             '--', sys.executable, WORKER, str(tmp_path), 'dist_sync'],
+                            env=dict(ENV, BERT_GLUON_TEST_SLOW='1'), stderr=subprocess.PIPE,
+                            text=True)
+    stderr = ''
+    while 'worker 1' not in stderr:
+        line = proc.stderr.readline()
+        assert line, stderr
+        stderr += line
+    pids = _pids(stderr)
+    assert len(pids) == 4
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and [p for p in pids if _alive(p)]:
+        time.sleep(0.2)
+    assert not [p for p in pids if _alive(p)]
+
+
 HOROVOD = importlib.util.find_spec('horovod') is not None
 
 

@@ -10,7 +10,8 @@ import numpy as onp
 import pytest
 
 import bert_gluon as bg
-from bert_gluon.export import export_huggingface, export_onnx
+from bert_gluon.huggingface import export_huggingface
+from bert_gluon.onnx_export import export_onnx
 from bert_gluon.pretrained import from_pretrained
 from conftest import TINY, assert_close, make_batch
 
@@ -83,3 +84,58 @@ def test_cli_export_writes_each_format(tiny_pretrained, tmp_path):
                           str(tiny_pretrained), '--format', 'huggingface', '--output',
                           str(tmp_path / 'hf')], capture_output=True, text=True)
     assert out.returncode == 2 and 'real-BERT configs' in out.stderr
+
+
+def test_onnx_export_leaves_mxnet_and_onnx_as_they_were(tmp_path):
+    """The converters are registered only while an export runs: MXNet's
+    registry and onnx's functions are the same objects before and after."""
+    import onnx.checker
+    import onnx.defs
+    from mxnet.onnx.mx2onnx._export_onnx import MXNetGraph
+    from bert_gluon.onnx_export import CONVERTERS, ONNX_OPSET
+    before = {opset: dict(table) for opset, table in MXNetGraph.registry_.items()}
+    functions = (onnx.defs.onnx_opset_version, onnx.checker.check_graph)
+    net = bg.HybridBERTModel(TINY)
+    net.initialize()
+    export_onnx(net, str(tmp_path / 'tiny.onnx'))
+    assert {opset: dict(table) for opset, table in MXNetGraph.registry_.items()} == before
+    assert (onnx.defs.onnx_opset_version, onnx.checker.check_graph) == functions
+    assert not set(CONVERTERS) & set(MXNetGraph.registry_[ONNX_OPSET])
+
+
+def test_exports_refuse_what_they_would_overwrite_or_cannot_write(tmp_path):
+    """An existing file, a folder where a file goes, a place that cannot
+    hold files, a user's non-empty folder: each refused naming it, nothing
+    written; overwrite=True replaces; files get the usual mode, not 0600."""
+    import stat
+    from bert_gluon.export import export_model
+    net = bg.HybridBERTModel(TINY)
+    net.initialize()
+    target = tmp_path / 'm.onnx'
+    export_onnx(net, str(target))
+    with pytest.raises(ValueError, match=r'path: .*m.onnx exists; pass overwrite'):
+        export_onnx(net, str(target))
+    export_onnx(net, str(target), overwrite=True)
+    with pytest.raises(ValueError, match=r'path: .* is a folder; expected a file path'):
+        export_onnx(net, str(tmp_path))
+    (tmp_path / 'a_file').write_text('x')
+    with pytest.raises(ValueError, match=r'path: .*a_file is a file, not a folder'):
+        export_onnx(net, str(tmp_path / 'a_file' / 'm.onnx'))
+    with pytest.raises(ValueError, match=r'prefix: .*a_file is a file, not a folder'):
+        export_model(net, str(tmp_path / 'a_file' / 'bert'))
+    export_model(net, str(tmp_path / 'sym' / 'bert'))
+    with pytest.raises(ValueError, match=r'prefix: .*bert-symbol.json exists'):
+        export_model(net, str(tmp_path / 'sym' / 'bert'))
+    minilm, tokenizer, _ = from_pretrained('all-MiniLM-L6-v2')
+    users = tmp_path / 'users'
+    users.mkdir()
+    (users / 'config.json').write_text('{"mine": true}')
+    with pytest.raises(ValueError, match=r'folder: .*users is not empty \(config.json\)'):
+        export_huggingface(minilm, users, tokenizer)
+    assert (users / 'config.json').read_text() == '{"mine": true}'
+    folder = export_huggingface(minilm, tmp_path / 'hf', tokenizer)
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ('model.safetensors', 'config.json', 'vocab.txt'):
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o666 & ~umask, name
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask

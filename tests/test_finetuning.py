@@ -5,7 +5,8 @@ import pytest
 
 import bert_gluon as bg
 from bert_gluon.data.pairs import encode_pairs, read_pairs, truncate_pair, word_tokenize
-from bert_gluon.finetuning import BERTClassifier, finetune
+from bert_gluon.classifier import BERTClassifier
+from bert_gluon.finetuning import finetune
 from bert_gluon.pretrained import from_pretrained
 from bert_gluon.represent import encode_batch, get_bert_encoding
 
@@ -35,7 +36,7 @@ def test_crane_example(tiny_pretrained):
 def test_encode_batch_matches_one_by_one(tiny_pretrained):
     net, vocab, _ = from_pretrained(tiny_pretrained)
     texts = [('a crane is flying', None), ('a crane driver came', 'he just left')]
-    cls = encode_batch(net, texts, vocab, max_len=16)
+    cls = encode_batch(net, texts, vocab, max_len=16, pooling='cls')
     for i, (a, b) in enumerate(texts):
         alone = get_bert_encoding(net, a.split(), b and b.split(), vocab=vocab)
         onp.testing.assert_allclose(cls[i], alone[0, 0].asnumpy(), atol=1e-5)

@@ -5,8 +5,9 @@ import mxnet as mx
 import numpy as onp
 import pytest
 
-from bert_gluon.pretrained import (HF_TO_TWIN, minilm_folder, from_pretrained,
-                                   list_pretrained, load_hf_bert)
+from bert_gluon.huggingface import (HF_TO_TWIN, config_from_hf, config_to_hf, hf_name,
+                                    load_hf_bert, twin_name)
+from bert_gluon.pretrained import from_pretrained, list_pretrained, minilm_folder
 from bert_gluon.represent import encode_batch
 from conftest import assert_close
 
@@ -117,6 +118,55 @@ def test_converter_fails_on_unknown_or_missing_tensors(tmp_path):
     with pytest.raises(ValueError, match='encoder.blks.3.ffn.dense2.weight'):
         load_hf_bert(_write_hf_folder(tmp_path / 'missing', missing))
     assert len(HF_TO_TWIN) >= 16
+
+
+def test_name_table_and_config_fields_read_both_ways(minilm):
+    """One table each: every twin parameter the checkpoint fills maps to a
+    Hugging Face name and back; the config survives the round trip."""
+    net, _, config = minilm
+    from safetensors.numpy import load_file
+    hf_names = set(load_file(str(minilm_folder() / 'model.safetensors'))) - {
+        'embeddings.position_ids'}
+    mapped = {}
+    for name in net._collect_params_with_prefix():
+        theirs, change = hf_name(name)
+        if theirs is not None:
+            assert twin_name(theirs) == (name, change)
+            mapped[theirs] = name
+    assert set(mapped) == hf_names
+    assert hf_name('mlm.mlp.2.weight') == (None, None)
+    assert config_from_hf(config_to_hf(config)) == config.replace(dtype='float32')
+
+
+def test_a_vocabulary_cut_short_is_refused_in_every_format(tmp_path, minilm, tiny_pretrained):
+    """A vocab.txt / vocab.json shorter than the embedding's rows (every word
+    past its end would read another word's row, or [UNK]) is refused naming
+    the file: Hugging Face folders, pretrain folders, classifier folders."""
+    import json
+    import shutil
+    from bert_gluon.classifier import BERTClassifier, load_classifier, save_classifier
+    hf = tmp_path / 'hf'
+    shutil.copytree(minilm_folder(), hf)
+    lines = (hf / 'vocab.txt').read_text(encoding='utf-8').splitlines()
+    (hf / 'vocab.txt').write_text('\n'.join(lines[:2000]) + '\n', encoding='utf-8')
+    with pytest.raises(ValueError, match=r'vocab.txt has 2000 tokens.*vocab_size=30522'):
+        from_pretrained(str(hf))
+    ours = tmp_path / 'ours'
+    shutil.copytree(tiny_pretrained, ours)
+    tokens = json.loads((ours / 'vocab.json').read_text())
+    (ours / 'vocab.json').write_text(json.dumps(tokens[:-5]))
+    with pytest.raises(ValueError, match=r'vocab.json has \d+ tokens.*vocab_size='):
+        from_pretrained(str(ours))
+    net, vocab, _ = from_pretrained(str(tiny_pretrained))
+    clf = BERTClassifier(net, 2, labels=('no', 'yes'), task='MRPC')
+    clf.output.initialize()
+    folder = tmp_path / 'clf'
+    folder.mkdir()
+    save_classifier(clf, folder, vocab)
+    load_classifier(folder)  # whole, it loads
+    (folder / 'vocab.json').write_text(json.dumps(vocab.idx_to_token[:-1]))
+    with pytest.raises(ValueError, match=r'vocab.json has \d+ tokens'):
+        load_classifier(folder)
 
 
 def test_unknown_pretrained_name():

@@ -13,11 +13,13 @@ import mxnet as mx
 import numpy as onp
 import pytest
 
-from bert_gluon.finetuning import BERTClassifier, finetune
+from bert_gluon.classifier import BERTClassifier, load_classifier
+from bert_gluon.finetuning import finetune
 from bert_gluon.pretrained import from_pretrained
 from bert_gluon.represent import encode_batch
 from bert_gluon.serving import inference
-from bert_gluon.serving.endpoint import LocalEndpoint, free_port
+from bert_gluon.processes import free_port
+from bert_gluon.serving.endpoint import LocalEndpoint
 from conftest import assert_close
 
 PAIRS = [['A man plays a guitar.', 'Someone makes music.'],
@@ -43,8 +45,10 @@ def test_finetune_folder_holds_everything_to_reload(classifier_folder):
     for name in ('classifier.params', 'classifier.json', 'config.json', 'vocab.json',
                  'metrics.json'):
         assert (folder / name).is_file(), name
-    net, vocab, config = from_pretrained(str(folder))
+    net, vocab, config = load_classifier(folder)
     assert isinstance(net, BERTClassifier)
+    with pytest.raises(ValueError, match='holds a fine-tuned classifier.*load_classifier'):
+        from_pretrained(str(folder))
     assert net.labels == ('not_entailment', 'entailment') and net.task == 'RTE'
     from bert_gluon.data.pairs import encode_pairs
     arrays = [mx.np.array(a) for a in encode_pairs([tuple(p) for p in PAIRS], vocab, 32)]
@@ -187,7 +191,7 @@ def test_handler_service_in_process_equals_the_python_api(classifier_folder, tmp
     out = service.handle([{'body': json.dumps({'inputs': PAIRS}).encode()}], context)
     answer = json.loads(out[0])
     from bert_gluon.data.pairs import encode_pairs
-    net, vocab, _ = from_pretrained(str(folder))
+    net, vocab, _ = load_classifier(folder)
     arrays = [mx.np.array(a) for a in encode_pairs([tuple(p) for p in PAIRS], vocab, 32)]
     expected = mx.npx.softmax(trained(*arrays), axis=-1).asnumpy()
     assert_close(onp.array(answer['probabilities']), expected, atol=1e-5)

@@ -7,8 +7,10 @@ appearance in the file, so the same data always gives the same ids.
 """
 import collections
 import json
-import os
-import tempfile
+from pathlib import Path
+
+from ..fileio import atomic_write_json
+from .pairs import encode_pairs, word_tokenize
 
 __all__ = ['Vocab', 'BERT_RESERVED_TOKENS']
 
@@ -65,13 +67,22 @@ class Vocab:
     def __eq__(self, other):
         return isinstance(other, Vocab) and self.idx_to_token == other.idx_to_token
 
+    # The tokenizer interface (tokenization.py): WordPiece's methods, the book's words
+    @staticmethod
+    def tokenize(text):
+        return word_tokenize(text)
+
+    def encode_pairs(self, pairs, max_len):
+        """The book's `<cls>` a `<sep>` b `<sep>` arrays: data.pairs.encode_pairs."""
+        return encode_pairs(pairs, self, max_len)
+
+    def save(self, folder):
+        """vocab.json into `folder`; `tokenization.load_tokenizer(folder)` reads it."""
+        self.to_json(Path(folder) / 'vocab.json')
+
     # d2l's pretrained checkpoints store vocab.json as the idx_to_token list.
     def to_json(self, path):
-        folder = os.path.dirname(os.path.abspath(path))
-        with tempfile.NamedTemporaryFile('w', dir=folder, delete=False,
-                                         encoding='utf-8') as f:
-            json.dump(self.idx_to_token, f, ensure_ascii=False)
-        os.replace(f.name, path)
+        atomic_write_json(path, self.idx_to_token, indent=None)
 
     @classmethod
     def from_json(cls, path):

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,23 +20,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-__all__ = ['LocalEndpoint', 'free_port']
+from ..processes import free_port, start_process, stop_processes
+
+__all__ = ['LocalEndpoint']
 
 # what a model folder may hold that the endpoint does not serve
 _NOT_SERVED = ('checkpoints', 'code', 'onnx', '*.onnx', '*.lock')
-
-
-def free_port(first=8080, last=8999):
-    """A port free on every interface in [first, last] (the model server
-    refuses ports above 32767, so the OS's ephemeral choice will not do)."""
-    for port in range(first, last + 1):
-        with socket.socket() as s:
-            try:
-                s.bind(('0.0.0.0', port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f'no free port in {first}-{last}')
 
 
 class LocalEndpoint:
@@ -76,11 +64,10 @@ class LocalEndpoint:
         if threads is not None:
             env['OMP_NUM_THREADS'] = str(threads)
         with open(self.log_path, 'w') as log:
-            self._process = subprocess.Popen(
+            self._process = start_process(  # ends if this process dies
                 [sys.executable, '-c',
                  'from sagemaker_mxnet_serving_container import serving; serving.main()'],
-                env=env, cwd=self.work_dir, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
+                env=env, cwd=self.work_dir, stdout=log, stderr=subprocess.STDOUT)
         try:
             self._wait_ready(start_timeout)
         except BaseException:
@@ -140,13 +127,7 @@ class LocalEndpoint:
     def close(self, timeout=60):
         """Stop the container (SIGTERM, which the toolkit passes on to the
         model server) and wait for its processes to end; kill what is left."""
-        if self._process.poll() is None:
-            os.killpg(self._process.pid, signal.SIGTERM)
-            try:
-                self._process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._process.pid, signal.SIGKILL)
-                self._process.wait()
+        stop_processes([self._process], grace=timeout)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and self.processes():
             time.sleep(0.5)

@@ -22,6 +22,8 @@ import json
 import mxnet as mx
 import numpy as onp
 
+from ..represent import POOLINGS, encode_batch
+
 __all__ = ['model_fn', 'input_fn', 'predict_fn', 'output_fn', 'MAX_BATCH', 'BadRequest']
 
 MAX_BATCH = 256
@@ -48,14 +50,16 @@ def _toolkit_error(status, message):
 def model_fn(model_dir):
     """The model of `model_dir` (a Gluon Block, as the MXNet container
     requires), hybridized, with its tokenizer and what it answers attached."""
-    from ..finetuning import BERTClassifier
+    from ..classifier import is_classifier_folder, load_classifier
     from ..pretrained import from_pretrained
-    net, tokenizer, config = from_pretrained(str(model_dir))
+    if is_classifier_folder(model_dir):
+        net, tokenizer, _ = load_classifier(model_dir)
+        net.kind = 'classifier'
+    else:
+        net, tokenizer, config = from_pretrained(str(model_dir))
+        net.kind, net.max_len = 'encoder', config.max_len
     net.hybridize(static_alloc=True, static_shape=False)
     net.tokenizer = tokenizer
-    net.kind = 'classifier' if isinstance(net, BERTClassifier) else 'encoder'
-    if net.kind == 'encoder':
-        net.max_len = config.max_len
     return net
 
 
@@ -91,22 +95,20 @@ def input_fn(request_body, content_type=JSON):
         else:
             raise _toolkit_error(400, f'"inputs"[{i}] must be a non-empty sentence or a pair '
                                       f'[a, b] of them, got {item!r:.80}')
-    pooling = body.get('pooling', 'mean')
-    if pooling not in ('mean', 'cls'):
-        raise _toolkit_error(400, f'"pooling" must be "mean" or "cls", got {pooling!r}')
+    pooling = body.get('pooling', POOLINGS[0])
+    if pooling not in POOLINGS:
+        raise _toolkit_error(400, f'"pooling" must be one of {list(POOLINGS)}, got '
+                                  f'{pooling!r:.80}')
     return {'pairs': pairs, 'pooling': pooling}
 
 
 def _token_count(tokenizer, a, b):
-    from ..data.pairs import word_tokenize
-    tokenize = getattr(tokenizer, 'tokenize', word_tokenize)
+    tokenize = tokenizer.tokenize
     return len(tokenize(a)) + (len(tokenize(b)) + 1 if b is not None else 0) + 2
 
 
 def predict_fn(data, model):
     """Labels and probabilities (a classifier) or embeddings (an encoder)."""
-    from ..data.pairs import encode_pairs
-    from ..represent import encode_batch
     pairs, tokenizer, max_len = data['pairs'], model.tokenizer, model.max_len
     counts = [_token_count(tokenizer, a, b) for a, b in pairs]
     for i, count in enumerate(counts):
@@ -118,10 +120,7 @@ def predict_fn(data, model):
     if model.kind == 'encoder':
         return {'embeddings': encode_batch(model, pairs, tokenizer, max_len=width,
                                            pooling=data['pooling']).tolist()}
-    if hasattr(tokenizer, 'encode_pairs'):
-        arrays = tokenizer.encode_pairs(pairs, width)
-    else:
-        arrays = encode_pairs(pairs, tokenizer, width)
+    arrays = tokenizer.encode_pairs(pairs, width)
     ctx = next(iter(model.collect_params().values())).list_ctx()[0]
     tokens, segments, lens = (mx.np.array(a, ctx=ctx) for a in arrays)
     logits = model(tokens, segments, lens)

@@ -51,20 +51,22 @@ def _contexts(env):
 
 
 def build_parser():
+    """Flags left unset take the API's defaults (pretrain's, finetune's):
+    each default is defined once, there."""
+    from ..config import DTYPES
+    from ..data.pairs import TASKS
     parser = argparse.ArgumentParser(description='bert_gluon on SageMaker')
     parser.add_argument('--job', choices=['pretrain', 'finetune'], default='pretrain')
-    parser.add_argument('--steps', type=int, default=50)
-    parser.add_argument('--batch-size', type=int, default=None)
-    parser.add_argument('--max-len', type=int, default=None)
-    parser.add_argument('--lr', type=float, default=None)
-    parser.add_argument('--dtype', default=None, choices=['float32', 'bfloat16'])
-    parser.add_argument('--config', default='d2l.pretrain')
-    parser.add_argument('--task', default='MRPC')
+    for flag, kind in (('--steps', int), ('--epochs', int), ('--batch-size', int),
+                       ('--max-len', int), ('--lr', float), ('--seed', int)):
+        parser.add_argument(flag, type=kind, default=None)
+    parser.add_argument('--dtype', default=None, choices=DTYPES)
+    parser.add_argument('--config', default=None)
+    # what a fine-tuning job tunes, and from what, when the estimator does not say
+    parser.add_argument('--task', default='MRPC', choices=sorted(TASKS))
     parser.add_argument('--from', dest='pretrained', default='all-MiniLM-L6-v2')
-    parser.add_argument('--epochs', type=int, default=3)
     parser.add_argument('--freeze-encoder', type=lambda s: str(s).lower() in ('1', 'true'),
-                        default=False)
-    parser.add_argument('--seed', type=int, default=0)
+                        default=None)
     return parser
 
 
@@ -79,17 +81,19 @@ def main(argv=None, env=None):
     model_dir = Path(env.get('SM_MODEL_DIR', 'model'))
     data_dir = env.get('SM_CHANNEL_TRAINING')
     ctx, kvstore = _contexts(env), kvstore_from_environment(env)
-    given = {k: v for k, v in (('batch_size', args.batch_size), ('max_len', args.max_len),
-                               ('lr', args.lr), ('dtype', args.dtype)) if v is not None}
-    common = dict(ctx=ctx, out_dir=model_dir, overwrite=True, seed=args.seed,
-                  data_dir=data_dir, kvstore=kvstore, progress=False, **given)
+    own = {'pretrain': {'num_steps': args.steps, 'config': args.config},
+           'finetune': {'num_epochs': args.epochs, 'freeze_encoder': args.freeze_encoder}}
+    given = dict(own[args.job], batch_size=args.batch_size, max_len=args.max_len, lr=args.lr,
+                 dtype=args.dtype, seed=args.seed)
+    common = dict(ctx=ctx, out_dir=model_dir, overwrite=True, data_dir=data_dir,
+                  kvstore=kvstore, progress=False,
+                  **{k: v for k, v in given.items() if v is not None})
     if args.job == 'pretrain':
         from ..pretraining import pretrain
-        result = pretrain(num_steps=args.steps, config=args.config, **common)
+        result = pretrain(**common)
     else:
         from ..finetuning import finetune
-        result = finetune(args.task, args.pretrained, num_epochs=args.epochs,
-                          freeze_encoder=args.freeze_encoder, **common)
+        result = finetune(args.task, args.pretrained, **common)
     from ..distributed import connect
     if connect(kvstore, ctx).is_chief:
         (model_dir / 'code').mkdir(exist_ok=True)
