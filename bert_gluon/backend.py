@@ -34,7 +34,8 @@ from mxnet.gluon import nn
 from . import kernels
 
 __all__ = ['BACKENDS', 'BackendMixin', 'resolve_backend', 'set_backend',
-           'tracing', 'graph_kind', 'dropout_active', 'InferenceGraph', 'run_graph']
+           'tracing', 'graph_kind', 'scoped', 'dropout_active', 'InferenceGraph',
+           'run_graph']
 
 BACKENDS = ('auto', 'native', 'mxnet')
 
@@ -201,16 +202,23 @@ _graph_kind = contextvars.ContextVar('bert_gluon_graph_kind', default=None)
 
 
 @contextlib.contextmanager
+def scoped(variable, value):
+    """`variable` (a ContextVar) holds `value` inside the block."""
+    token = variable.set(value)
+    try:
+        yield
+    finally:
+        variable.reset(token)
+
+
+@contextlib.contextmanager
 def tracing(kind):
     """Trace the blocks called inside as part of a 'train' or 'infer' graph
     (None: an ordinary graph, dropout following autograd's mode)."""
     if kind not in (None, 'train', 'infer'):
         raise ValueError(f"kind must be None, 'train' or 'infer', got {kind!r}")
-    token = _graph_kind.set(kind)
-    try:
+    with scoped(_graph_kind, kind):
         yield
-    finally:
-        _graph_kind.reset(token)
 
 
 def graph_kind():

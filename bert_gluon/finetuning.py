@@ -125,7 +125,7 @@ def finetune(task, pretrained, num_epochs=3, batch_size=32, max_len=128,
             net.hybridize(static_alloc=True, static_shape=True)
         trainable = {k: p for k, p in net.collect_params().items() if p.grad_req != 'null'}
         trainer = cluster.trainer(trainable, 'adam', {'learning_rate': lr})
-        stream = BatchStream(train, min(batch_size, len(train[0])), seed)
+        stream = BatchStream(train, batch_size, seed)
         steps_per_epoch = stream.batches_per_epoch
         run_args = {'task': task, 'pretrained': source, 'batch_size': batch_size,
                     'max_len': max_len, 'lr': lr, 'freeze_encoder': freeze_encoder,

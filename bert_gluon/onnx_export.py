@@ -246,7 +246,9 @@ def export_onnx(net, path, batch_size=2, seq_len=8, num_pred=1, overwrite=False)
     (int32); outputs encoded_X, mlm_Y_hat, nsp_Y_hat. Traced from the
     symbol export_model writes (MXNet's operators only); onnxruntime runs it.
     An existing file is refused unless `overwrite`. The graph checks no
-    input: feed it what the twin accepts (`onnx_session.CheckedSession`)."""
+    input (README, "Export"): its caller feeds it what the twin's checks
+    accept, ids in range and 1 <= valid_lens <= length."""
+
     path = check_output_file(path, 'path', overwrite)
     with tempfile.TemporaryDirectory() as tmp:
         symbol_file, params_file = export_model(net, os.path.join(tmp, 'bert'), batch_size,

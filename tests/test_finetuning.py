@@ -125,6 +125,17 @@ def test_finetune_rejects_bad_arguments(tiny_pretrained, tmp_path):
         finetune('MRPC', tiny_pretrained, max_len=5000, out_dir=tmp_path)
     with pytest.raises(ValueError, match='unknown pretrained'):
         finetune('MRPC', tmp_path / 'nothing', out_dir=tmp_path)
+    with pytest.raises(ValueError, match=r'batch_size 100000 exceeds the dataset size 3668'):
+        finetune('MRPC', tiny_pretrained, batch_size=100000, out_dir=tmp_path / 'big')
+    from bert_gluon.classifier import save_classifier
+    net, vocab, _ = from_pretrained(tiny_pretrained)
+    clf = BERTClassifier(net, 2, task='MRPC')
+    clf.output.initialize()
+    (tmp_path / 'clf').mkdir()
+    save_classifier(clf, tmp_path / 'clf', vocab)
+    with pytest.raises(ValueError, match=r'clf holds a fine-tuned classifier \(classifier.json\), '
+                                         'not a pretrained BERT model'):
+        finetune('MRPC', tmp_path / 'clf', out_dir=tmp_path / 'again')
 
 
 def test_cli_finetune_and_encode(tiny_pretrained, tmp_path):
@@ -174,6 +185,16 @@ def test_snli_reader_the_books_way(tmp_path):
     assert premises == ['A man is playing a guitar', 'Two dogs run']
     assert hypotheses == ['A person plays', 'Dogs are happy']
     assert labels == [0, 2]  # entailment, neutral; '-' rows dropped
+    train = folder / 'snli_1.0_train.txt'
+    train.write_text(header + rows[0] + 'entailmnet\t( a )\t( b )\tx\n')
+    with pytest.raises(ValueError, match=r"train.txt, line 3: label 'entailmnet' is not one of"):
+        read_pairs('SNLI', 'train', data_dir=tmp_path)
+    train.write_text('')
+    with pytest.raises(ValueError, match='train.txt is empty: expected a header line'):
+        read_pairs('SNLI', 'train', data_dir=tmp_path)
+    train.write_text(header + rows[1])
+    with pytest.raises(ValueError, match='train.txt holds no labelled pair'):
+        read_pairs('SNLI', 'train', data_dir=tmp_path)
 
 
 def _encode_cli(pretrained, input_path, output_path):

@@ -71,6 +71,10 @@ def test_handlers_answer_with_label_names(classifier_folder):
     assert_close(probs, expected, atol=1e-5)
     one = inference.input_fn(b'{"inputs": "A single sentence."}', 'application/json')
     assert len(inference.predict_fn(one, model)['labels']) == 1
+    # media types are case-insensitive
+    shouted = inference.input_fn(b'{"inputs": "A sentence."}', 'Application/JSON; charset=UTF-8')
+    assert shouted['pairs'] == [('A sentence.', None)]
+    assert json.loads(inference.output_fn({'labels': []}, 'APPLICATION/json')) == {'labels': []}
 
 
 def test_handlers_refuse_bad_requests(classifier_folder):
@@ -86,7 +90,8 @@ def test_handlers_refuse_bad_requests(classifier_folder):
             ('{"inputs": ["  "]}', 'application/json', 400, r'"inputs"[0]'),
             (json.dumps({'inputs': ['a'] * (inference.MAX_BATCH + 1)}), 'application/json', 400,
              'at most'),
-            ('{"inputs": ["a"], "pooling": "max"}', 'application/json', 400, 'pooling')):
+            ('{"inputs": ["a"], "pooling": "max"}', 'application/json', 400, 'pooling'),
+            ('[' * 100000 + ']' * 100000, 'application/json', 400, 'nests too deeply')):
         code, text = _status(inference.input_fn, body, content_type)
         assert code == status and message in text, (body, code, text)
     long = inference.input_fn(json.dumps({'inputs': ['word ' * 40]}), 'application/json')

@@ -26,6 +26,9 @@ TASKS = {
 }
 
 
+SNLI_NO_GOLD_LABEL = '-'
+
+
 def _snli_text(s):
     s = re.sub('\\(', '', s)
     s = re.sub('\\)', '', s)
@@ -43,23 +46,28 @@ def read_pairs(task, split='train', data_dir=None):
     label_ids = {name: i for i, name in enumerate(names)}
     first, second, labels = [], [], []
     with open(path, encoding='utf-8-sig') as f:  # MRPC starts with a BOM
-        next(f)  # header
+        if next(f, None) is None:
+            raise ValueError(f'{path} is empty: expected a header line, then a '
+                             'tab-separated pair per line')
         for number, line in enumerate(f, start=2):
             row = line.rstrip('\n').split('\t')
             if len(row) <= max(c1, c2, cl):
                 raise ValueError(f'{path}, line {number}: expected at least '
                                  f'{max(c1, c2, cl) + 1} tab-separated columns, '
                                  f'got {len(row)}')
-            if task == 'SNLI':
-                if row[cl] not in label_ids:  # '-': no gold label
-                    continue
-                row[c1], row[c2] = _snli_text(row[c1]), _snli_text(row[c2])
-            elif row[cl] not in label_ids:
+            if task == 'SNLI' and row[cl] == SNLI_NO_GOLD_LABEL:
+                continue  # the annotators did not agree: d2l's read_snli skips it too
+            if row[cl] not in label_ids:
                 raise ValueError(f'{path}, line {number}: label {row[cl]!r} is '
                                  f'not one of {names}')
+            if task == 'SNLI':
+                row[c1], row[c2] = _snli_text(row[c1]), _snli_text(row[c2])
             first.append(row[c1])
             second.append(row[c2])
             labels.append(label_ids[row[cl]])
+    if not labels:
+        raise ValueError(f'{path} holds no labelled pair: expected rows labelled '
+                         f'{" / ".join(names)} after its header')
     return first, second, labels
 
 

@@ -63,9 +63,15 @@ def model_fn(model_dir):
     return net
 
 
+def _media_type(header):
+    """A Content-Type or Accept header's type, lower-cased: media types are
+    case-insensitive (RFC 9110), so Application/JSON is JSON."""
+    return (header or '').split(';')[0].strip().lower()
+
+
 def input_fn(request_body, content_type=JSON):
     """The request as {'pairs': [(a, b or None), ...], 'pooling': ...}."""
-    if (content_type or '').split(';')[0].strip() != JSON:
+    if _media_type(content_type) != JSON:
         raise _toolkit_error(415, f'content type {content_type!r} is not supported: send '
                                   f'{JSON} ({{"inputs": ["a sentence", ...]}})')
     try:
@@ -74,6 +80,9 @@ def input_fn(request_body, content_type=JSON):
         body = json.loads(text)
     except (UnicodeDecodeError, ValueError) as exc:
         raise _toolkit_error(400, f'the body is not UTF-8 JSON: {exc}') from exc
+    except RecursionError:
+        raise _toolkit_error(400, 'the body nests too deeply: expected {"inputs": '
+                                  '[...]}') from None
     if not isinstance(body, dict) or 'inputs' not in body:
         raise _toolkit_error(400, 'expected a JSON object with "inputs": a sentence, a list '
                                   'of sentences, or a list of [a, b] pairs')
@@ -131,7 +140,7 @@ def predict_fn(data, model):
 
 def output_fn(prediction, accept=JSON):
     """The prediction as JSON."""
-    accept = (accept or JSON).split(';')[0].strip()
+    accept = _media_type(accept or JSON)
     if accept not in (JSON, '*/*'):
         raise _toolkit_error(406, f'accept {accept!r} is not supported: {JSON} only')
     return json.dumps(prediction)
