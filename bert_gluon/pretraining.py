@@ -10,7 +10,6 @@ vocab.json, config.json, metrics.json, loss.png and checkpoints/.
 """
 import numpy as onp
 import mxnet as mx
-from mxnet import gluon
 
 from .checkpoint import RunFolder
 from .config import get_config

@@ -39,7 +39,6 @@ import importlib.metadata
 import os
 import platform
 import subprocess
-import tempfile
 import threading
 import time
 import warnings
@@ -48,6 +47,7 @@ from pathlib import Path
 import mxnet as mx
 
 from ..data.files import sha1_of
+from ..fileio import atomic_write, atomic_write_bytes
 
 __all__ = ['has_op', 'native_available', 'unavailable_reason', 'library_path',
            'blas_provider', 'bf16_unavailable_reason', 'cpu_flags']
@@ -104,22 +104,15 @@ def _intact(target):
 def _build(target):
     include = Path(mx.__file__).parent / 'include'
     lib_api = Path(mx.__file__).parent / 'src' / 'lib_api.cc'
-    fd, tmp = tempfile.mkstemp(suffix='.so', dir=target.parent)
-    os.close(fd)
     exports = target.with_suffix('.map')
     exports.write_text(_EXPORTS)
-    cmd = ['g++', *_FLAGS, f'-Wl,--version-script={exports}', f'-I{include}', '-o', tmp,
-           *map(str, _SOURCES), str(lib_api), '-lmvec', '-ldl']
-    try:
-        subprocess.run(cmd, check=True, capture_output=True, text=True,
-                       timeout=_BUILD_SECONDS)
-        record = target.with_suffix('.sha1')
-        record.with_suffix('.tmp').write_text(sha1_of(tmp))
-        os.replace(tmp, target)  # other processes see it whole or not at all
-        os.replace(record.with_suffix('.tmp'), record)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    def compile_to(path):
+        subprocess.run(['g++', *_FLAGS, f'-Wl,--version-script={exports}', f'-I{include}',
+                        '-o', path, *map(str, _SOURCES), str(lib_api), '-lmvec', '-ldl'],
+                       check=True, capture_output=True, text=True, timeout=_BUILD_SECONDS)
+    atomic_write(target, compile_to)  # other processes see it whole or not at all
+    atomic_write_bytes(target.with_suffix('.sha1'), sha1_of(target).encode())
 
 
 def _locked_build(target):
