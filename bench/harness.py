@@ -9,7 +9,8 @@ slow moment of a shared machine falls on every contestant alike. Figures
 are the median of the rounds, with the min and the max.
 
 A worker is this protocol over stdin/stdout, one JSON line each way:
-  parent -> {"kind": "train", "calls": 5}   worker -> {"rate": 412.0, "peak_mb": 900}
+  parent -> {"kind": "train", "calls": 5}   worker -> {"rate": 412.0, "peak_mb": 900,
+                                                       "seconds": [per call, each synced]}
 """
 import json
 import os
@@ -19,7 +20,7 @@ import sys
 import time
 
 __all__ = ['machine', 'header_lines', 'peak_flops', 'Worker', 'serve', 'interleaved',
-           'summary', 'threads_default']
+           'summary', 'percentile', 'threads_default']
 
 FLAGS = ('avx2', 'fma', 'avx512f', 'avx512_bf16', 'amx_bf16', 'amx_tile')
 
@@ -128,8 +129,9 @@ def _peak_mb():
 
 def serve(workloads, batch_size, warmup=2):
     """The worker side: workloads maps kind -> (fn, sync). Each request
-    times `calls` calls of fn (after `warmup` the first time) and replies
-    with pairs/s and the process's peak memory so far."""
+    times `calls` calls of fn (after `warmup` the first time), each call
+    synced and timed alone (the latency of a request), and replies with
+    pairs/s, the calls' seconds and the process's peak memory so far."""
     warmed = set()
     for line in sys.stdin:
         request = json.loads(line)
@@ -141,22 +143,27 @@ def serve(workloads, batch_size, warmup=2):
                     fn()
                 sync()
                 warmed.add(kind)
-            start = time.perf_counter()
+            seconds = []
             for _ in range(calls):
+                start = time.perf_counter()
                 fn()
-            sync()
-            seconds = time.perf_counter() - start
-            reply = {'rate': batch_size * calls / seconds, 'peak_mb': _peak_mb()}
+                sync()
+                seconds.append(time.perf_counter() - start)
+            reply = {'rate': batch_size * calls / sum(seconds), 'seconds': seconds,
+                     'peak_mb': _peak_mb()}
         except Exception as exc:  # reported by the parent beside the table
             reply = {'error': f'{type(exc).__name__}: {exc}'}
         print(json.dumps(reply), flush=True)
 
 
-def interleaved(workers, kinds, rounds, calls, progress=True):
+def interleaved(workers, kinds, rounds, calls, progress=True, seconds=None):
     """rates[name][kind] = one pairs/s per round; the order of the workers
-    rotates every round. calls: kind -> calls per round."""
+    rotates every round. calls: kind -> calls per round. seconds, a dict if
+    given, gathers seconds[name][kind] = every call's time."""
     rates = {w.name: {k: [] for k in kinds} for w in workers}
     peaks = {}
+    if seconds is not None:
+        seconds.update({w.name: {k: [] for k in kinds} for w in workers})
     for r in range(rounds):
         order = workers[r % len(workers):] + workers[:r % len(workers)]
         for kind in kinds:
@@ -164,6 +171,8 @@ def interleaved(workers, kinds, rounds, calls, progress=True):
                 reply = w.ask(kind, calls[kind])
                 if reply:
                     rates[w.name][kind].append(reply['rate'])
+                    if seconds is not None:
+                        seconds[w.name][kind].extend(reply['seconds'])
                     peaks[w.name] = max(peaks.get(w.name, 0), reply['peak_mb'])
         if progress:
             print(f'  round {r + 1}/{rounds} done', file=sys.stderr, flush=True)
@@ -175,3 +184,12 @@ def summary(values):
     if not values:
         return None
     return statistics.median(values), min(values), max(values)
+
+
+def percentile(values, q):
+    """The q-th percentile (0-100) of a list, linearly interpolated."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
