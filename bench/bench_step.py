@@ -4,8 +4,10 @@ bf16, and on MXNet's own operators: what a GPU user's graph runs), GluonNLP
 0.10's BERT at the same sizes, and the same architecture in PyTorch 2.13
 eager, torch.compile and eager under bf16 autocast (bench/torch_bert.py).
 
-Workload: vocab 20256, 128 hidden, 256 FFN, 2 heads, 2 layers, max_len 64,
-10 prediction slots (the last 2 padded, weight 0), the book's loss, Adam.
+Workload (--config d2l, the default): vocab 20256, 128 hidden, 256 FFN, 2
+heads, 2 layers, max_len 64, 10 prediction slots (the last 2 padded, weight
+0), the book's loss, Adam; --config bert-base: the same architecture at
+768 hidden, 3072 FFN, 12 heads, 12 layers, 128 tokens, 20 slots.
 train = forward, loss, backward, Adam update; infer = the whole model
 forward (encoder, MLM and NSP heads); encode = the encoder forward. The twin
 trains through PretrainingObjective, what pretrain() runs.
@@ -20,6 +22,7 @@ the machine's peak.
 
     python bench/bench_step.py                       # batches 128 and 512
     python bench/bench_step.py --batch-sizes 128 --contestants twin twin-bf16 torch-bf16
+    python bench/bench_step.py --config bert-base --batch-sizes 16 --rounds 2
     pip install -r bench/requirements.txt            # torch, gluonnlp, onnx(runtime)
 """
 import argparse
@@ -36,7 +39,10 @@ CONTESTANTS = {
     'twin': ('twin, native kernels, float32', 'all', 'twin', {}),
     'twin-mxnet': ("twin on MXNet's operators (BERT_GLUON_NATIVE=0, a GPU's path)", 'all',
                    'twin', {'BERT_GLUON_NATIVE': '0'}),
-    'twin-bf16': ("twin, native kernels, dtype='bfloat16'", 'all', 'twin-bf16', {}),
+    'twin-bf16': ("twin, native kernels, dtype='bfloat16' (bf16 where it beats float32 here)",
+                  'all', 'twin-bf16', {}),
+    'twin-bf16-mkl': ("twin, dtype='bfloat16', MKL's bf16 forced (BERT_GLUON_BF16_PROVIDER=mkl)",
+                      'all', 'twin-bf16', {'BERT_GLUON_BF16_PROVIDER': 'mkl'}),
     'gluonnlp': ('GluonNLP 0.10 BERTModel, same sizes, hybridized', 'all', 'gluonnlp', {}),
     'torch-eager': ('PyTorch 2.13 eager, same architecture', 'all', 'torch', {}),
     'torch-compile': ('PyTorch 2.13 torch.compile', 'all', 'torch-compile', {}),
@@ -45,8 +51,15 @@ CONTESTANTS = {
 DEFAULT = ['seed', 'twin', 'twin-mxnet', 'twin-bf16', 'gluonnlp', 'torch-eager',
            'torch-compile', 'torch-bf16']
 KINDS = ('train', 'infer', 'encode')
-SIZES = dict(vocab_size=20256, num_hiddens=128, ffn_num_hiddens=256, num_heads=2,
-             num_layers=2, max_len=64, num_pred=10)
+# --config: the d2l small model (the book's pretraining run), and the book's
+# architecture at BERT-base's sizes at 128 tokens, where real users train
+SIZE_CONFIGS = {
+    'd2l': dict(vocab_size=20256, num_hiddens=128, ffn_num_hiddens=256, num_heads=2,
+                num_layers=2, max_len=64, num_pred=10),
+    'bert-base': dict(vocab_size=20256, num_hiddens=768, ffn_num_hiddens=3072, num_heads=12,
+                      num_layers=12, max_len=128, num_pred=20),
+}
+SIZES = dict(SIZE_CONFIGS['d2l'])  # the run's sizes: set by main() and by each worker
 
 
 def train_flops(batch_size, vocab_size=20256, num_hiddens=128, ffn_num_hiddens=256,
@@ -59,10 +72,10 @@ def train_flops(batch_size, vocab_size=20256, num_hiddens=128, ffn_num_hiddens=2
     return 3 * (num_layers * layer + heads)
 
 
-def _synthetic_batch(np, batch_size, vocab_size=20256, max_len=64, num_pred=10,
-                     seed=0):
+def _synthetic_batch(np, batch_size, seed=0):
     """The book's batch layout with random ids, as `np` (mxnet.np or numpy) arrays."""
     import numpy as onp
+    vocab_size, max_len, num_pred = SIZES['vocab_size'], SIZES['max_len'], SIZES['num_pred']
     rng = onp.random.RandomState(seed)
     lens = rng.randint(max_len // 2, max_len + 1, batch_size)
     tokens = rng.randint(5, vocab_size, (batch_size, max_len))
@@ -90,7 +103,8 @@ def torch_workloads(runner, batch_size):
     batch = [torch.from_numpy(a) for a in _synthetic_batch(onp, batch_size)]
     tokens, segments, lens, positions, weights, mlm_Y, nsp_y = batch
     mlm_Y, nsp_y = mlm_Y.long(), nsp_y.long()
-    net = BERTModel(SIZES['vocab_size'])
+    net = BERTModel(SIZES['vocab_size'], SIZES['num_hiddens'], SIZES['ffn_num_hiddens'],
+                    SIZES['num_heads'], SIZES['num_layers'])
     optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
     autocast = ((lambda: torch.autocast('cpu', dtype=torch.bfloat16))
                 if runner == 'torch-bf16' else contextlib.nullcontext)
@@ -130,12 +144,15 @@ def gluonnlp_workloads(batch_size):
     import gluonnlp as nlp
     arrays = _synthetic_batch(mx.nd, batch_size)
     tokens, segments, lens, positions, weights, mlm_Y, nsp_y = arrays
-    encoder = nlp.model.BERTEncoder(num_layers=2, units=128, hidden_size=256,
-                                    max_length=64, num_heads=2, dropout=0.2,
+    encoder = nlp.model.BERTEncoder(num_layers=SIZES['num_layers'], units=SIZES['num_hiddens'],
+                                    hidden_size=SIZES['ffn_num_hiddens'],
+                                    max_length=SIZES['max_len'], num_heads=SIZES['num_heads'],
+                                    dropout=0.2,
                                     output_attention=False, output_all_encodings=False,
                                     activation='relu', layer_norm_eps=1e-5)
-    net = nlp.model.BERTModel(encoder, vocab_size=20256, token_type_vocab_size=2,
-                              units=128, embed_size=128, use_pooler=True, use_decoder=True,
+    net = nlp.model.BERTModel(encoder, vocab_size=SIZES['vocab_size'], token_type_vocab_size=2,
+                              units=SIZES['num_hiddens'], embed_size=SIZES['num_hiddens'],
+                              use_pooler=True, use_decoder=True,
                               use_classifier=True)
     net.initialize(mx.init.Xavier())
     net.hybridize(static_alloc=True, static_shape=True)
@@ -148,7 +165,7 @@ def gluonnlp_workloads(batch_size):
     def train_step():
         with autograd.record():
             _, _, nsp_Y_hat, mlm_Y_hat = net(tokens, segments, lens, positions)
-            mlm_l = ce(mlm_Y_hat.reshape((-1, 20256)), mlm_Y.reshape(-1),
+            mlm_l = ce(mlm_Y_hat.reshape((-1, SIZES['vocab_size'])), mlm_Y.reshape(-1),
                        weights.reshape((-1, 1))).sum() / num_weights
             l = mlm_l + nsp_ce(nsp_Y_hat, nsp_y).mean()
         l.backward()
@@ -164,7 +181,10 @@ def mxnet_workloads(runner, batch_size):
     from mxnet import autograd, gluon, np
     import bert_gluon as bg
 
-    config = bg.get_config('d2l.pretrain',
+    config = bg.get_config('d2l.pretrain', vocab_size=SIZES['vocab_size'],
+                           num_hiddens=SIZES['num_hiddens'],
+                           ffn_num_hiddens=SIZES['ffn_num_hiddens'],
+                           num_heads=SIZES['num_heads'], num_layers=SIZES['num_layers'],
                            dtype='bfloat16' if runner == 'twin-bf16' else 'float32')
     batch = _synthetic_batch(np, batch_size)
     tokens, segments, lens, positions, weights, mlm_Y, nsp_y = batch
@@ -221,11 +241,15 @@ def _cell(stats, base):
         return f'{"failed":>26}'
     med, low, high = stats
     ratio = f'{med / base[0]:.2f}' if base else '-'
-    return f'{med:>8.0f} ({low:>5.0f}-{high:<5.0f}) {ratio:>5}'
+    digits = 1 if med < 100 else 0  # BERT-base trains a few pairs/s
+    return f'{med:>8.{digits}f} ({low:>5.{digits}f}-{high:<5.{digits}f}) {ratio:>5}'
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--config', choices=list(SIZE_CONFIGS), default='d2l',
+                        help='model sizes (default: d2l small; bert-base: 768 x 12 at 128 '
+                             'tokens, use --batch-sizes 16)')
     parser.add_argument('--batch-sizes', type=int, nargs='+', default=[128, 512])
     parser.add_argument('--steps', type=int, default=4, help='training steps per round '
                         '(inference and encoding: 3x as many calls)')
@@ -238,13 +262,19 @@ def main():
     parser.add_argument('--worker', help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        runner, batch_size = args.worker.split(':')
+        runner, batch_size, config = args.worker.split(':')
+        SIZES.update(SIZE_CONFIGS[config])
         run_worker(runner, int(batch_size))
         return
     print('\n'.join(harness.header_lines(
         args.threads, f'huge pages {"off" if args.no_hugepages else "on"}')))
-    print('d2l small BERT (vocab 20256, 128 hidden, 256 FFN, 2 heads, 2 layers, max_len 64, '
-          f'10 preds); median (min-max) pairs/s of {args.rounds} interleaved rounds of '
+    provider, line = harness.bf16_provider(dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
+    print(line)
+    SIZES.update(SIZE_CONFIGS[args.config])
+    print(f'{args.config}: the book\'s BERT at vocab {SIZES["vocab_size"]}, '
+          f'{SIZES["num_hiddens"]} hidden, {SIZES["ffn_num_hiddens"]} FFN, '
+          f'{SIZES["num_heads"]} heads, {SIZES["num_layers"]} layers, {SIZES["max_len"]} '
+          f'tokens, {SIZES["num_pred"]} preds; median (min-max) pairs/s of {args.rounds} interleaved rounds of '
           f'{args.steps} steps (x3 calls for infer and encode); x = ratio to torch-eager')
     info = harness.machine()
     for batch_size in args.batch_sizes:
@@ -258,7 +288,7 @@ def main():
             if threads == 'all':
                 env['OMP_NUM_THREADS'] = str(args.threads)
             workers.append(harness.Worker(name, [sys.executable, __file__, '--worker',
-                                                 f'{runner}:{batch_size}'], env))
+                                                 f'{runner}:{batch_size}:{args.config}'], env))
         calls = {'train': args.steps, 'infer': 3 * args.steps, 'encode': 3 * args.steps}
         rates, peaks = harness.interleaved(workers, KINDS, args.rounds, calls)
         for w in workers:
@@ -275,13 +305,15 @@ def main():
             if w.failed:
                 print(f'    {w.name} failed: {w.failed.strip().splitlines()[-1]}')
         for ours, theirs in (('twin', 'torch-eager'), ('twin', 'torch-compile'),
-                             ('twin-bf16', 'torch-bf16')):
+                             ('twin-bf16', 'torch-bf16'), ('twin-bf16', 'twin'),
+                             ('twin-bf16-mkl', 'twin')):
             a, b = stats.get(ours), stats.get(theirs)
             if a and b:
                 print(f'{ours} / {theirs}: ' + ', '.join(
                     f'{k} {a[k][0] / b[k][0]:.2f}x' for k in KINDS if a[k] and b[k]))
-        flops = train_flops(batch_size)
-        for name, bf16 in (('twin', False), ('twin-bf16', True)):
+        flops = train_flops(batch_size, **SIZES)
+        for name, bf16 in (('twin', False), ('twin-bf16', provider == 'mkl'),
+                           ('twin-bf16-mkl', True)):
             if stats.get(name, {}).get('train'):
                 achieved = flops * stats[name]['train'][0] / batch_size
                 peak, how = harness.peak_flops(info, bf16)

@@ -20,7 +20,7 @@ import sys
 import time
 
 __all__ = ['machine', 'header_lines', 'peak_flops', 'Worker', 'serve', 'interleaved',
-           'summary', 'percentile', 'threads_default']
+           'summary', 'percentile', 'threads_default', 'bf16_provider']
 
 FLAGS = ('avx2', 'fma', 'avx512f', 'avx512_bf16', 'amx_bf16', 'amx_tile')
 
@@ -84,6 +84,18 @@ def header_lines(threads, extra=''):
     flags = ' '.join(info['flags']) or 'none of ' + ' '.join(FLAGS)
     return [f'CPU: {info["model"]} ({info["vendor"]}), {info["cpus"]} CPUs usable, '
             f'{threads} threads per contestant; ISA: {flags}' + (f'; {extra}' if extra else '')]
+
+
+def bf16_provider(env):
+    """(provider, a line saying it): what dtype='bfloat16' runs on here
+    (kernels/providers.py), asked of a fresh process with the contestants'
+    environment (threads, ISA caps)."""
+    script = ('from bert_gluon.kernels import providers; c = providers.bf16_choice(); '
+              'print(c["provider"], "-", c["why"])')
+    out = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
+                         text=True)
+    answer = out.stdout.strip() or ' '.join(out.stderr.strip().splitlines()[-1:])
+    return answer.split(' ', 1)[0], f"dtype='bfloat16' products here: {answer}"
 
 
 class Worker:

@@ -32,8 +32,9 @@ from mxnet import autograd
 from mxnet.gluon import nn
 
 from . import kernels
+from .kernels import providers
 
-__all__ = ['BACKENDS', 'BackendMixin', 'resolve_backend', 'set_backend',
+__all__ = ['BACKENDS', 'BackendMixin', 'resolve_backend', 'bf16_products', 'set_backend',
            'tracing', 'graph_kind', 'scoped', 'dropout_active', 'InferenceGraph',
            'run_graph']
 
@@ -62,16 +63,26 @@ def _native_obstacle(contexts, dtype):
 
 def resolve_backend(request, contexts, dtype='float32', precision='float32'):
     """'native' or 'mxnet' for parameters on `contexts` of `dtype`, whose
-    products run in `precision` (a config's dtype)."""
+    products run in `precision` (a config's dtype). bf16 needs the native
+    backend; whether it beats float32 there is `bf16_products`'s question."""
     name = _resolve(check_backend(request), contexts, dtype)
-    if precision == 'bfloat16':
-        obstacle = (kernels.bf16_unavailable_reason() if name == 'native' else
-                    "it runs on the 'native' backend (this package's CPU kernels), "
-                    f'not on MXNet\'s operators (the parameters are on {list(contexts)})')
-        if obstacle:
-            raise ValueError(f"dtype='bfloat16' cannot run here: {obstacle}; use "
-                             "dtype='float32'")
+    if precision == 'bfloat16' and name != 'native':
+        raise ValueError("dtype='bfloat16' cannot run here: it runs on the 'native' backend "
+                         "(this package's CPU kernels), not on MXNet's operators (the "
+                         f"parameters are on {list(contexts)}); use dtype='float32'")
     return name
+
+
+def bf16_products(name, precision):
+    """Whether products of `precision` on backend `name` run on bf16
+    operands: only where a bf16 provider beats float32 on this CPU
+    (kernels/providers.py); else float32, said once."""
+    if precision != 'bfloat16' or name != 'native':
+        return False
+    if providers.bf16_provider() == 'float32':
+        providers.warn_bf16_fallback()
+        return False
+    return True
 
 
 def _resolve(request, contexts, dtype):
@@ -97,9 +108,10 @@ def _blocks(block):
 def set_backend(block, name, key=None):
     """Set the resolved backend `name` on `block` and its descendants (with
     the request key it answers) and drop every cached graph of the tree."""
+    bf16 = key is not None and bf16_products(name, key[3])
     for blk in _blocks(block):
         if isinstance(blk, BackendMixin):
-            blk.__dict__.update(_bg_backend=name, _bg_key=key)
+            blk.__dict__.update(_bg_backend=name, _bg_key=key, _bg_bf16=bf16)
             blk.__dict__.pop('_inference_graph', None)
             if key is not None:
                 blk.__dict__.update(_bg_request=key[0], _bg_precision=key[3])
@@ -114,6 +126,7 @@ class BackendMixin:
     _bg_precision = 'float32'  # of the products: a config's dtype
     _bg_backend = None
     _bg_key = None
+    _bg_bf16 = False
 
     def _init_backend(self, backend=None, source=None, precision=None):
         """Ask for `backend` (and products in `precision`) on this block and
@@ -194,8 +207,9 @@ class BackendMixin:
 
     @property
     def bf16(self):
-        """True when this block's products run on bf16 operands."""
-        return self._bg_precision == 'bfloat16' and self.native
+        """True when this block's products run on bf16 operands (a config's
+        dtype='bfloat16', on a CPU where bf16 beats float32)."""
+        return self._bg_bf16
 
 
 _graph_kind = contextvars.ContextVar('bert_gluon_graph_kind', default=None)

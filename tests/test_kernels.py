@@ -403,16 +403,98 @@ def test_bf16_linear_is_close_to_float32():
     assert not onp.array_equal(ours[0], theirs[0])  # bf16 products really ran
 
 
-def test_bf16_is_refused_where_the_cpu_lacks_it(monkeypatch):
+@pytest.fixture
+def bf16_provider(monkeypatch):
+    """Set BERT_GLUON_BF16_PROVIDER for one test; the choices made before
+    and after it are forgotten."""
+    from bert_gluon.kernels import providers
+    providers.forget()
+
+    def force(value):
+        monkeypatch.setenv('BERT_GLUON_BF16_PROVIDER', value)
+        providers.forget()
+    yield force
+    monkeypatch.undo()
+    providers.forget()
+
+
+def test_bf16_falls_back_to_float32_where_the_cpu_lacks_it(monkeypatch, bf16_provider):
+    """A CPU with neither AVX512_BF16 nor AMX: dtype='bfloat16' runs float32
+    (the float32 model's numbers exactly), said once; forcing MKL there is
+    refused; on MXNet's operators bf16 is refused outright."""
+    bf16_provider('auto')
     monkeypatch.setattr(kernels, 'cpu_flags', lambda: {'avx2', 'fma'})
+    batch = make_batch()
+    outputs = []
+    with pytest.warns(UserWarning, match=r"dtype='bfloat16' runs its products in float32 on "
+                                         'this CPU: .*neither AVX512_BF16 nor AMX-BF16') as said:
+        for dtype in ('bfloat16', 'bfloat16', 'float32'):
+            net = bg.HybridBERTModel(TINY.replace(dtype=dtype), backend='native')
+            mx.random.seed(1)
+            net.initialize()
+            outputs.append(net(*batch))
+            assert net.backend == 'native' and not net.bf16
+    assert len([w for w in said if 'bfloat16' in str(w.message)]) == 1  # once
+    for a, b in zip(outputs[0], outputs[2]):
+        onp.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
     net = bg.HybridBERTModel(TINY.replace(dtype='bfloat16'), backend='native')
     net.initialize()
-    with pytest.raises(ValueError, match=r"dtype='bfloat16' cannot run here: .*neither "
-                                         'AVX512_BF16 nor AMX-BF16'):
-        net(*make_batch())
+    bf16_provider('mkl')
+    with pytest.raises(ValueError, match='BERT_GLUON_BF16_PROVIDER=mkl cannot run here: '
+                                         '.*neither AVX512_BF16'):
+        net(*batch)
+    bf16_provider('fast')
+    with pytest.raises(ValueError, match='BERT_GLUON_BF16_PROVIDER must be one of'):
+        net(*batch)
     with pytest.raises(ValueError, match="dtype='bfloat16' cannot run here: it runs on the "
                                          "'native' backend"):
         bg.backend.resolve_backend('mxnet', [mx.cpu()], precision='bfloat16')
+
+
+@pytest.mark.skipif(kernels.bf16_unavailable_reason() is not None, reason=BF16_NEEDS)
+def test_bf16_provider_is_measured_once_per_machine_and_cached(monkeypatch, bf16_provider,
+                                                               tmp_path):
+    """'auto' times the products (float32 against bf16) and keeps the
+    choice on disk under a key of this CPU, MKL and ISA cap: a second
+    process-level choice reads it, whatever the timing would say; a forced
+    provider wins over the measurement."""
+    from bert_gluon.kernels import providers
+    monkeypatch.setattr(providers, 'build_dir', lambda: tmp_path)
+    bf16_provider('auto')
+    speedups = providers.measure_bf16_speedups()
+    assert len(speedups) == len(providers.SHAPES) and all(s > 0 for s in speedups)
+    monkeypatch.setattr(providers, 'measure_bf16_speedups', lambda: [3.0, 3.0, 3.0])
+    assert providers.bf16_choice()['provider'] == 'mkl'
+    assert '3.00x float32' in providers.bf16_choice()['why']
+    providers.forget()
+    monkeypatch.setattr(providers, 'measure_bf16_speedups', lambda: [0.5, 0.5, 0.5])
+    assert providers.bf16_provider() == 'mkl'  # the cached measurement, not a new one
+    (tmp_path / 'bf16_provider.json').unlink()
+    providers.forget()
+    assert providers.bf16_provider() == 'float32'
+    bf16_provider('mkl')
+    assert providers.bf16_choice() == {'provider': 'mkl',
+                                       'why': 'forced by BERT_GLUON_BF16_PROVIDER'}
+
+
+@pytest.mark.skipif(kernels.bf16_unavailable_reason() is not None, reason=BF16_NEEDS)
+def test_bf16_provider_follows_an_isa_cap():
+    """MKL held to AVX2 (as on a CPU without AVX-512) emulates bf16, slower
+    than float32: the measured choice there is float32, and the model says so."""
+    script = """
+import warnings
+import bert_gluon as bg
+from bert_gluon.kernels import providers
+print('provider', providers.bf16_provider(), providers.bf16_choice()['why'])
+with warnings.catch_warnings(record=True) as said:
+    warnings.simplefilter('always')
+    net = bg.HybridBERTModel(bg.get_config('book.demo', dtype='bfloat16'), backend='native')
+    net.initialize()
+    print('bf16', net.backend, net.bf16, len(said))
+"""
+    out = run_script(script, MKL_ENABLE_INSTRUCTIONS='AVX2', BERT_GLUON_BF16_PROVIDER='auto')
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert 'provider float32' in out.stdout and 'bf16 native False 1' in out.stdout, out.stdout
 
 
 def check_bf16_model(config, batch_size=4):
@@ -447,7 +529,8 @@ def check_bf16_model(config, batch_size=4):
 
 @pytest.mark.skipif(kernels.bf16_unavailable_reason() is not None, reason=BF16_NEEDS)
 @pytest.mark.parametrize('config', ['tiny', 'minilm-shaped'])
-def test_bf16_model_is_close_to_float32(config):
+def test_bf16_model_is_close_to_float32(config, bf16_provider):
+    bf16_provider('mkl')  # MKL's bf16 products, whether or not they pay on this CPU
     check_bf16_model(config)
 
 
@@ -460,7 +543,7 @@ for batch_size in (1, 2):
     check_bf16_model('minilm-shaped', batch_size)
 print('same')
 """
-    out = run_script(script, OMP_NUM_THREADS='4')
+    out = run_script(script, OMP_NUM_THREADS='4', BERT_GLUON_BF16_PROVIDER='mkl')
     assert out.returncode == 0 and 'same' in out.stdout, out.stderr[-2000:]
 
 

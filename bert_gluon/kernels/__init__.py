@@ -34,6 +34,7 @@ model's backend (bert_gluon/backend.py); where the kernels cannot be built,
 """
 import ctypes
 import fcntl
+import functools
 import hashlib
 import importlib.metadata
 import os
@@ -50,7 +51,7 @@ from ..data.files import sha1_of
 from ..fileio import atomic_write, atomic_write_bytes
 
 __all__ = ['has_op', 'native_available', 'unavailable_reason', 'library_path',
-           'blas_provider', 'bf16_unavailable_reason', 'cpu_flags']
+           'blas_provider', 'bf16_unavailable_reason', 'cpu_flags', 'cpu_identity', 'build_dir']
 
 _SOURCES = [Path(__file__).with_name(name)
             for name in ('library.cc', 'layer_norm.cc', 'cross_entropy.cc',
@@ -75,7 +76,8 @@ _BUILD_DIR = Path(os.environ.get('BERT_GLUON_CACHE',
                                  Path.home() / '.cache' / 'bert_gluon')) / 'kernels'
 
 
-def _cpu_identity():
+@functools.lru_cache(maxsize=None)
+def cpu_identity():
     """The CPU's model and feature flags: what -march=native compiles for."""
     try:
         with open('/proc/cpuinfo', encoding='utf-8', errors='replace') as f:
@@ -136,10 +138,15 @@ def _locked_build(target):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def build_dir():
+    """The folder of this machine's builds (and measurements) of the kernels."""
+    return _BUILD_DIR
+
+
 def library_path():
     """Where this machine's build of the kernels lives (built or not)."""
     digest = hashlib.sha1(mx.__version__.encode())
-    for part in (_compiler_identity(), ' '.join(_FLAGS), _EXPORTS, _cpu_identity()):
+    for part in (_compiler_identity(), ' '.join(_FLAGS), _EXPORTS, cpu_identity()):
         digest.update(part.encode())
     for source in _SOURCES + _HEADERS:
         digest.update(source.read_bytes())
@@ -205,14 +212,15 @@ def blas_provider():
 
 def cpu_flags():
     """This CPU's feature flags (from /proc/cpuinfo)."""
-    for line in _cpu_identity().splitlines():
+    for line in cpu_identity().splitlines():
         if line.startswith('flags'):
             return set(line.split(':', 1)[1].split())
     return set()
 
 
 def bf16_unavailable_reason():
-    """None when bf16 products run here at full speed, else why not."""
+    """None when bf16 products can run here (MKL, a CPU with AVX512_BF16 or
+    AMX), else why not. Whether they beat float32: providers.bf16_choice()."""
     reason = unavailable_reason()
     if reason:
         return reason
