@@ -118,15 +118,19 @@ def _encode(args):
 
 
 def _export(args):
+    from .classifier import is_classifier_folder, load_classifier
     from .pretrained import from_pretrained
     from .tokenization import WordPieceTokenizer
+    if args.format == 'onnx':  # a classifier exports too: its logits
+        from .onnx_export import export_onnx
+        load = load_classifier if is_classifier_folder(args.pretrained) else from_pretrained
+        net = load(args.pretrained)[0]
+        print(f'onnx: {export_onnx(net, args.output, args.heads, args.overwrite)}')
+        return 0
     net, tokenizer, _ = from_pretrained(args.pretrained)
     if args.format == 'symbol':
         from .export import export_model
         paths = export_model(net, args.output, overwrite=args.overwrite)
-    elif args.format == 'onnx':
-        from .onnx_export import export_onnx
-        paths = (export_onnx(net, args.output, overwrite=args.overwrite),)
     else:
         from .huggingface import export_huggingface
         wordpiece = tokenizer if isinstance(tokenizer, WordPieceTokenizer) else None
@@ -243,6 +247,10 @@ def build_parser():
                      help='symbol: a prefix; onnx: a .onnx file; huggingface: a folder')
     exp.add_argument('--overwrite', action='store_true',
                      help='replace existing files (a non-empty folder for huggingface)')
+    exp.add_argument('--heads', action='store_true',
+                     help='onnx: the pretraining heads too (masked_positions in; mlm_logits, '
+                          'nsp_logits out); without, the encoder (last_hidden_state, '
+                          'pooler_output, sentence_embedding); a classifier folder: logits')
     exp.set_defaults(func=_export)
 
     lau = sub.add_parser('launch', help="run a command as the workers of MXNet's "

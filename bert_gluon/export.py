@@ -18,9 +18,36 @@ from .fileio import atomic_write_json, check_output_file, read_json
 from .inputs import prepare_encoder_inputs, prepare_pred_positions
 from .model import HybridBERTModel
 
-__all__ = ['export_model', 'load_exported', 'ExportedBERT', 'INPUT_NAMES']
+__all__ = ['export_model', 'load_exported', 'ExportedBERT', 'INPUT_NAMES', 'trace_to_symbol',
+           'dummy_batch']
 
 INPUT_NAMES = ('data0', 'data1', 'data2', 'data3')
+
+
+def trace_to_symbol(twin, block, prefix, inputs):
+    """`block` (a twin model or a block around one) traced on `inputs` with
+    MXNet's own operators only (`twin`'s backend set to 'mxnet'), written as
+    `prefix-symbol.json` and `prefix-0000.params`, which load without this
+    package; those two paths. `twin` is left hybridized, on its own backend."""
+    request = twin.backend_request
+    twin.backend = 'mxnet'  # drops the graphs traced with native ops
+    try:
+        block.hybridize(static_alloc=True, static_shape=True)
+        block(*inputs)
+        block.export(prefix)
+    finally:
+        twin.backend = request  # and its graphs are traced anew
+    return f'{prefix}-symbol.json', f'{prefix}-0000.params'
+
+
+def dummy_batch(net, batch_size=1, seq_len=8, num_pred=1):
+    """(tokens, segments, valid_lens, pred_positions) of zeros, on the net's
+    first context: what a trace runs on (its values do not matter)."""
+    ctx = next(iter(net.collect_params().values())).list_ctx()[0]
+    tokens = mx.np.zeros((batch_size, seq_len), dtype='int32', ctx=ctx)
+    return (tokens, mx.np.zeros_like(tokens),
+            mx.np.full((batch_size,), seq_len, dtype='float32', ctx=ctx),
+            mx.np.zeros((batch_size, num_pred), dtype='int32', ctx=ctx))
 
 
 def export_model(net, prefix, batch_size=1, seq_len=8, num_pred=1, overwrite=False):
@@ -37,19 +64,9 @@ def export_model(net, prefix, batch_size=1, seq_len=8, num_pred=1, overwrite=Fal
                          f'{type(net).__name__}')
     for suffix in ('-symbol.json', '-0000.params', '-config.json'):
         check_output_file(f'{prefix}{suffix}', 'prefix', overwrite)
-    ctx = net.encoder.token_embedding.weight.list_ctx()[0]
-    request = net.backend_request
-    net.backend = 'mxnet'  # drops the graphs traced with native ops
-    try:
-        net.hybridize(static_alloc=True, static_shape=True)
-        tokens = mx.np.zeros((batch_size, seq_len), dtype='int32', ctx=ctx)
-        pred_positions = mx.np.zeros((batch_size, num_pred), dtype='int32', ctx=ctx)
-        net(tokens, mx.np.zeros_like(tokens), None, pred_positions)
-        net.export(prefix)
-        atomic_write_json(f'{prefix}-config.json', net.config.to_dict())
-    finally:
-        net.backend = request  # and its graphs are traced anew
-    return f'{prefix}-symbol.json', f'{prefix}-0000.params'
+    paths = trace_to_symbol(net, net, prefix, dummy_batch(net, batch_size, seq_len, num_pred))
+    atomic_write_json(f'{prefix}-config.json', net.config.to_dict())
+    return paths
 
 
 class ExportedBERT:

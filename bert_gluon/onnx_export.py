@@ -8,6 +8,7 @@ import contextlib
 import os
 import tempfile
 import threading
+import warnings
 
 import mxnet as mx
 import numpy as onp
@@ -23,12 +24,19 @@ try:
 except ImportError as error:
     raise ImportError('ONNX export needs onnx: pip install onnx==1.16.2') from error
 
-from .export import export_model
+from mxnet.gluon import nn
+
+from .classifier import BERTClassifier
+from .export import dummy_batch, trace_to_symbol
 from .fileio import atomic_write_bytes, check_output_file
+from .layers import cls_rows
+from .model import HybridBERTModel
 
-__all__ = ['ONNX_OPSET', 'CONVERTERS', 'export_onnx']
+__all__ = ['ONNX_OPSET', 'CONVERTERS', 'OUTPUTS', 'export_onnx', 'standard_interface']
 
-ONNX_OPSET = 13  # MXNet 1.9's LayerNorm converter writes ReduceMean(axes=...), invalid from 18
+# 17, as Hugging Face's exports: LayerNormalization's opset (MXNet 1.9's
+# LayerNorm converter writes ReduceMean(axes=...), invalid from 18)
+ONNX_OPSET = 17
 
 
 def _const(kwargs, name, value, dtype):
@@ -240,31 +248,138 @@ def _exporter_pinned():
                 del MXNetGraph.registry_[ONNX_OPSET]
 
 
-def export_onnx(net, path, batch_size=2, seq_len=8, num_pred=1, overwrite=False):
-    """The model as ONNX (opset 13), dynamic batch and sequence length:
-    inputs tokens, segments (int32), valid_lens (float32), pred_positions
-    (int32); outputs encoded_X, mlm_Y_hat, nsp_Y_hat. Traced from the
-    symbol export_model writes (MXNet's operators only); onnxruntime runs it.
-    An existing file is refused unless `overwrite`. The graph checks no
-    input (README, "Export"): its caller feeds it what the twin's checks
-    accept, ids in range and 1 <= valid_lens <= length."""
+class _Encoder(nn.HybridBlock):
+    """The encoder's outputs as Hugging Face's BertModel names them:
+    (last_hidden_state (B, T, H), pooler_output (B, H): the '<cls>' row
+    through BERT's pooler, the book's NSP hidden layer)."""
+    def __init__(self, net):
+        super().__init__(prefix=net.prefix)
+        self.net = net
 
+    def hybrid_forward(self, F, tokens, segments, valid_lens):
+        X = self.net.encoder(tokens, segments, valid_lens)
+        return X, self.net.nsp.mlp[0](cls_rows(F, X))
+
+
+# what each kind of model's graph takes and gives: (ONNX name, the twin's argument)
+_INPUTS = (('input_ids', 'tokens'), ('token_type_ids', 'segments'),
+           ('attention_mask', 'valid_lens'), ('masked_positions', 'pred_positions'))
+OUTPUTS = {'encoder': ('last_hidden_state', 'pooler_output', 'sentence_embedding'),
+           'pretraining': ('last_hidden_state', 'mlm_logits', 'nsp_logits'),
+           'classifier': ('logits',)}
+
+
+def _traced(net, heads):
+    """(kind, the block to trace, its twin model, number of inputs)."""
+    if isinstance(net, BERTClassifier):
+        return 'classifier', net, net, 3
+    if not isinstance(net, HybridBERTModel):
+        raise ValueError('net must be a bert_gluon HybridBERTModel or BERTClassifier, got '
+                         f'{type(net).__name__}')
+    if heads:
+        return 'pretraining', net, net, 4
+    return 'encoder', _Encoder(net), net, 3
+
+
+def _node(op, inputs, output, **attrs):
+    return helper.make_node(op, inputs, [output], name=output, **attrs)
+
+
+def _output_shapes(kind, net):
+    H, V = net.config.num_hiddens, net.config.vocab_size
+    return {'encoder': (['batch', 'sequence', H], ['batch', H], ['batch', H]),
+            'pretraining': (['batch', 'sequence', H], ['batch', 'predictions', V],
+                            ['batch', 2]),
+            'classifier': (['batch', len(getattr(net, 'labels', ()))],)}[kind]
+
+
+def _interface(kind, graph, shapes):
+    """(inputs, nodes before the traced graph, nodes after it, outputs,
+    constants): the int64 inputs cast to the traced graph's data0..data3,
+    the mask counted into valid_lens; after, the outputs renamed and, for
+    the encoder, the mean over the mask (sentence-transformers' embedding)."""
+    count = 4 if kind == 'pretraining' else 3
+    inputs, front = [], []
+    for i, (name, _) in enumerate(_INPUTS[:count]):
+        axes = ['batch', 'predictions' if name == 'masked_positions' else 'sequence']
+        inputs.append(helper.make_tensor_value_info(name, TensorProto.INT64, axes))
+        if name == 'attention_mask':  # a right-padded mask's count of ones is valid_lens
+            front += [_node('Cast', [name], 'mask_float', to=TensorProto.FLOAT),
+                      _node('ReduceSum', ['mask_float', 'axis_1'], f'data{i}', keepdims=0)]
+        else:
+            front.append(_node('Cast', [name], f'data{i}', to=TensorProto.INT32))
+    back = [_node('Identity', [traced.name], name)
+            for name, traced in zip(OUTPUTS[kind], graph.output)]
+    if kind == 'encoder':  # sum(mask * X) / max(sum(mask), 1e-9)
+        back += [_node('Unsqueeze', ['mask_float', 'axis_2'], 'mask_3d'),
+                 _node('Mul', ['last_hidden_state', 'mask_3d'], 'masked_states'),
+                 _node('ReduceSum', ['masked_states', 'axis_1'], 'summed_states', keepdims=0),
+                 _node('ReduceSum', ['mask_float', 'axis_1'], 'token_counts', keepdims=1),
+                 _node('Max', ['token_counts', 'tiny'], 'safe_counts'),
+                 _node('Div', ['summed_states', 'safe_counts'], 'sentence_embedding')]
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+               for name, shape in zip(OUTPUTS[kind], shapes)]
+    constants = [numpy_helper.from_array(onp.array([1], 'int64'), 'axis_1'),
+                 numpy_helper.from_array(onp.array([2], 'int64'), 'axis_2'),
+                 numpy_helper.from_array(onp.array(1e-9, 'float32'), 'tiny')]
+    return inputs, front, back, outputs, constants
+
+
+def standard_interface(kind, model, shapes):
+    """MXNet's traced ONNX (inputs data0..3 beside every weight, outputs
+    named after internal blocks) given the Hugging Face interface: int64
+    input_ids, token_type_ids, attention_mask (and masked_positions), the
+    OUTPUTS[kind] names and `shapes`, weights as initializers only (none
+    unused)."""
+    graph = model.graph
+    inputs, front, back, outputs, constants = _interface(kind, graph, shapes)
+    body = list(graph.node)
+    for field, values in ((graph.node, front + body + back), (graph.input, inputs),
+                          (graph.output, outputs)):
+        del field[:]
+        field.extend(values)
+    used = {name for node in graph.node for name in node.input}
+    weights = [t for t in list(graph.initializer) + constants if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(weights)
+    return model
+
+
+def export_onnx(net, path, heads=False, overwrite=False):
+    """A twin model as a standard BERT ONNX (opset ONNX_OPSET, dynamic
+    batch and sequence length), what onnxruntime, OpenVINO and tools written
+    for Hugging Face exports take:
+      inputs   input_ids, token_type_ids, attention_mask: int64 (batch, sequence)
+               (+ masked_positions (batch, predictions) with heads=True)
+      outputs  a HybridBERTModel: last_hidden_state, pooler_output,
+               sentence_embedding (the mean over the mask);
+               with heads=True: last_hidden_state, mlm_logits, nsp_logits;
+               a BERTClassifier: logits.
+    The attention mask is right padding (ones, then zeros): its count of
+    ones is each row's valid length. The graph checks no value (README,
+    "Export"). Traced from the twin on MXNet's operators. An existing file
+    is refused unless `overwrite`. Returns the path."""
+    kind, block, twin, count = _traced(net, heads)
     path = check_output_file(path, 'path', overwrite)
-    with tempfile.TemporaryDirectory() as tmp:
-        symbol_file, params_file = export_model(net, os.path.join(tmp, 'bert'), batch_size,
-                                                seq_len, num_pred)
-        shapes = [(batch_size, seq_len), (batch_size, seq_len), (batch_size,),
-                  (batch_size, num_pred)]
-        types = [onp.int32, onp.int32, onp.float32, onp.int32]
+    inputs = dummy_batch(twin, batch_size=2)[:count]
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # the encoder's graph leaves the pretraining heads out on purpose
+        warnings.filterwarnings('ignore', '.*is not used by any computation')
+        symbol_file, params_file = trace_to_symbol(twin, block, os.path.join(tmp, 'bert'),
+                                                   inputs)
         traced = os.path.join(tmp, 'bert.onnx')
+        dynamic = [('batch', 'sequence'), ('batch', 'sequence'), ('batch',),
+                   ('batch', 'predictions')][:count]
         with _exporter_pinned():
-            mx.onnx.export_model(symbol_file, params_file, shapes, types, traced, dynamic=True,
-                                 dynamic_input_shapes=[('batch', 'length'), ('batch', 'length'),
-                                                       ('batch',), ('batch', 'predictions')])
+            mx.onnx.export_model(symbol_file, params_file, [a.shape for a in inputs],
+                                 [a.dtype for a in inputs], traced, dynamic=True,
+                                 dynamic_input_shapes=dynamic)
         model = onnx.load(traced)
     for node in model.graph.node:  # onnxruntime's graph fusions trip over unnamed nodes
         if not node.name:
             node.name = node.output[0]
-    onnx.checker.check_model(model)
+    model = standard_interface(kind, model, _output_shapes(kind, twin if kind != 'classifier'
+                                                           else net))
+    onnx.checker.check_model(model, full_check=True)
     atomic_write_bytes(path, model.SerializeToString())
     return str(path)

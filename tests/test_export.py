@@ -28,23 +28,102 @@ def _minilm():
     return from_pretrained('all-MiniLM-L6-v2')[0]
 
 
-@pytest.mark.parametrize('build', [_book_model, _minilm], ids=['book', 'minilm'])
-def test_onnx_runs_in_onnxruntime_with_any_batch_and_length(tmp_path, build):
-    """Batches 1, 3, 8 and lengths 5, 33, 128, none of them the traced (2, 8):
-    onnxruntime's outputs within 1e-4 of the twin's (relative to their scale)."""
+def _classifier():
+    from bert_gluon.classifier import BERTClassifier
+    clf = BERTClassifier(_minilm(), 3, labels=('entailment', 'contradiction', 'neutral'))
+    clf.output.initialize(mx.init.Xavier())
+    return clf
+
+
+def _feed(tokens, segments, valid_lens, positions=None):
+    """The Hugging Face inputs of a twin batch: int64, a right-padded mask."""
+    T = tokens.shape[1]
+    feed = {'input_ids': tokens.asnumpy().astype('int64'),
+            'token_type_ids': segments.asnumpy().astype('int64'),
+            'attention_mask': (onp.arange(T)[None] < valid_lens.asnumpy()[:, None])
+            .astype('int64')}
+    if positions is not None:
+        feed['masked_positions'] = positions.asnumpy().astype('int64')
+    return feed
+
+
+def _twin_outputs(net, heads, tokens, segments, valid_lens, positions):
+    """What the ONNX outputs must equal, computed by the twin."""
+    from bert_gluon.classifier import BERTClassifier
+    from bert_gluon.represent import mean_pool
+    if isinstance(net, BERTClassifier):
+        return [net(tokens, segments, valid_lens)]
+    if heads:
+        return list(net(tokens, segments, valid_lens, positions))
+    X = net.encoder(tokens, segments, valid_lens)
+    return [X, net.nsp.mlp[0](X[:, 0, :]), mean_pool(X, valid_lens)]
+
+
+def _runners(path):
+    """onnxruntime and OpenVINO (f32) sessions of one file: name -> feed -> outputs."""
     import onnxruntime as ort
-    net = build()
-    path = export_onnx(net, str(tmp_path / 'bert.onnx'))
+    import openvino as ov
     session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
-    assert [i.shape for i in session.get_inputs()] == [
-        ['batch', 'length'], ['batch', 'length'], ['batch'], ['batch', 'predictions']]
+    compiled = ov.Core().compile_model(path, 'CPU', {'INFERENCE_PRECISION_HINT': 'f32'})
+    return {'onnxruntime': lambda feed: session.run(None, feed),
+            'openvino': lambda feed: [compiled(feed)[o] for o in compiled.outputs]}
+
+
+@pytest.mark.parametrize('build, heads', [(_book_model, False), (_book_model, True),
+                                          (_minilm, False), (_classifier, False)],
+                         ids=['book', 'book-heads', 'minilm', 'classifier'])
+def test_onnx_is_a_standard_bert_that_engines_run_to_the_twins_numbers(tmp_path, capfd,
+                                                                     build, heads):
+    """Hugging Face's input names and dtypes, named outputs, weights as
+    initializers only (onnxruntime loads it without a warning), opset 17;
+    batches 1, 3, 8 and lengths 5, 33, 128, none of them traced: onnxruntime
+    and OpenVINO within 1e-5 of the twin's outputs' scale."""
+    import onnx
+    import onnxruntime as ort
+    from bert_gluon.classifier import BERTClassifier
+    from bert_gluon.onnx_export import OUTPUTS
+    net = build()
+    kind = ('classifier' if isinstance(net, BERTClassifier) else
+            'pretraining' if heads else 'encoder')
+    path = export_onnx(net, str(tmp_path / 'bert.onnx'), heads=heads)
+    model = onnx.load(path)
+    assert model.opset_import[0].version == 17
+    weights = {t.name for t in model.graph.initializer}
+    assert not weights & {i.name for i in model.graph.input}
+    assert weights <= {name for node in model.graph.node for name in node.input}
+    capfd.readouterr()
+    ort.set_default_logger_severity(2)  # warnings and up, onnxruntime's default
+    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    said = capfd.readouterr().err
+    assert 'onnxruntime' not in said, said[-2000:]
+    names = ['input_ids', 'token_type_ids', 'attention_mask'] + (['masked_positions']
+                                                                  if heads else [])
+    assert [(i.name, i.type) for i in session.get_inputs()] == [(n, 'tensor(int64)')
+                                                                 for n in names]
+    assert [o.name for o in session.get_outputs()] == list(OUTPUTS[kind])
+    runners = _runners(path)
     for batch_size, seq_len in ((1, 5), (3, 33), (8, 128)):
         batch = make_batch(net.config, batch_size=batch_size, seq_len=seq_len, num_pred=4)
-        expected = net(*batch)
-        feed = {i.name: a.asnumpy() for i, a in zip(session.get_inputs(), batch)}
-        for ours, theirs in zip(session.run(None, feed), expected):
-            assert ours.shape == theirs.shape
-            assert_close(ours, theirs, atol=1e-4, rtol=0)
+        expected = _twin_outputs(net, heads, *batch)
+        feed = _feed(*batch[:3], batch[3] if heads else None)
+        for engine, run in runners.items():
+            for name, ours, theirs in zip(OUTPUTS[kind], run(feed), expected):
+                assert ours.shape == theirs.shape, (engine, name)
+                assert_close(ours, theirs, atol=1e-5, rtol=0, err_msg=f'{engine} {name}')
+
+
+def test_onnx_in_openvino_bf16_is_within_the_bf16_tolerance(tmp_path):
+    import openvino as ov
+    from test_kernels import BF16_TOLERANCE
+    net = _minilm()
+    path = export_onnx(net, str(tmp_path / 'minilm.onnx'))
+    compiled = ov.Core().compile_model(path, 'CPU', {'INFERENCE_PRECISION_HINT': 'bf16'})
+    batch = make_batch(net.config, batch_size=3, seq_len=33)
+    expected = _twin_outputs(net, False, *batch)
+    got = compiled(_feed(*batch[:3]))
+    for output, theirs in zip(compiled.outputs, expected):
+        assert_close(got[output], theirs, atol=BF16_TOLERANCE, rtol=0,
+                     err_msg=output.get_any_name())
 
 
 def test_huggingface_format_loads_in_transformers_with_equal_outputs(tmp_path):
@@ -84,6 +163,23 @@ def test_cli_export_writes_each_format(tiny_pretrained, tmp_path):
                           str(tiny_pretrained), '--format', 'huggingface', '--output',
                           str(tmp_path / 'hf')], capture_output=True, text=True)
     assert out.returncode == 2 and 'real-BERT configs' in out.stderr
+    # --heads, and a classifier folder (its logits)
+    import onnx
+    from bert_gluon.classifier import BERTClassifier, save_classifier
+    net, vocab, _ = from_pretrained(str(tiny_pretrained))
+    clf = BERTClassifier(net, 2, labels=('no', 'yes'))
+    clf.output.initialize()
+    (tmp_path / 'clf').mkdir()
+    save_classifier(clf, tmp_path / 'clf', vocab)
+    for source, flags, outputs in ((tiny_pretrained, ['--heads'],
+                                    ['last_hidden_state', 'mlm_logits', 'nsp_logits']),
+                                   (tmp_path / 'clf', [], ['logits'])):
+        target = tmp_path / f'{len(outputs)}.onnx'
+        out = subprocess.run([sys.executable, '-m', 'bert_gluon.cli', 'export', '--from',
+                              str(source), '--format', 'onnx', '--output', str(target), *flags],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert [o.name for o in onnx.load(str(target)).graph.output] == outputs
 
 
 def test_onnx_export_leaves_mxnet_and_onnx_as_they_were(tmp_path):
@@ -100,7 +196,7 @@ def test_onnx_export_leaves_mxnet_and_onnx_as_they_were(tmp_path):
     export_onnx(net, str(tmp_path / 'tiny.onnx'))
     assert {opset: dict(table) for opset, table in MXNetGraph.registry_.items()} == before
     assert (onnx.defs.onnx_opset_version, onnx.checker.check_graph) == functions
-    assert not set(CONVERTERS) & set(MXNetGraph.registry_[ONNX_OPSET])
+    assert not set(CONVERTERS) & set(MXNetGraph.registry_.get(ONNX_OPSET, {}))
 
 
 def test_exports_refuse_what_they_would_overwrite_or_cannot_write(tmp_path):
