@@ -20,6 +20,9 @@ setup(
     install_requires=['numpy<1.24', 'd2l==0.16.7', 'tqdm'],
     extras_require={'cpu': ['mxnet==1.9.1', 'mkl'],
                     'pretrained': ['safetensors', 'tokenizers'],
+                    # serving engines (bert_gluon/serving/engines.py) and ONNX export
+                    'onnxruntime': ['onnx==1.16.2', 'onnxruntime==1.18.1'],
+                    'openvino': ['onnx==1.16.2', 'openvino==2026.4.1'],
                     # builds against the installed MXNet: README, "Several machines"
                     'horovod': ['horovod==0.28.1']},
     entry_points={'console_scripts': ['bert-gluon=bert_gluon.cli:entry']},

@@ -110,7 +110,7 @@ def test_objective_and_classifier_follow_their_model():
 
 def test_kernel_cache_is_keyed_by_the_cpu_and_compiler(monkeypatch):
     path = kernels.library_path()
-    monkeypatch.setattr(kernels, '_cpu_identity', lambda: 'another CPU kind')
+    monkeypatch.setattr(kernels, 'cpu_identity', lambda: 'another CPU kind')
     assert kernels.library_path() != path
     monkeypatch.undo()
     monkeypatch.setattr(kernels, '_compiler_identity', lambda: 'g++ (other) 99')

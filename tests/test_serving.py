@@ -26,6 +26,31 @@ PAIRS = [['A man plays a guitar.', 'Someone makes music.'],
          ['The cat sleeps.', 'A dog barks loudly at night.']]
 
 
+REQUESTS = ({'inputs': PAIRS}, {'inputs': 'A single sentence.'},
+            {'inputs': ['a crane is flying', 'the bird'], 'pooling': 'cls'})
+
+
+def _answers(folder, engine, precision='float32'):
+    from bert_gluon.serving.engines import load_model
+    model = load_model(str(folder), engine, precision)
+    answers = []
+    for request in REQUESTS:
+        data = inference.input_fn(json.dumps(request), 'application/json')
+        answers.append(json.loads(inference.output_fn(inference.predict_fn(data, model))))
+    return answers
+
+
+def _same_answers(ours, theirs, atol):
+    for a, b in zip(ours, theirs):
+        assert set(a) == set(b)
+        for key in a:
+            if key in ('labels', 'label_names'):
+                assert a[key] == b[key]
+            else:
+                assert_close(onp.array(a[key]), onp.array(b[key]), atol=atol, rtol=0,
+                             err_msg=key)
+
+
 @pytest.fixture(scope='module')
 def classifier_folder(tiny_pretrained, tmp_path_factory):
     out = tmp_path_factory.mktemp('classifier')
@@ -112,31 +137,34 @@ def test_encoder_handler_gives_mean_pooled_embeddings(tiny_pretrained):
     assert_close(onp.array(answer['embeddings']), expected)
 
 
-@pytest.fixture(scope='module')
-def model_server(classifier_folder, tmp_path_factory):
+@pytest.mark.parametrize('engine', ['mxnet', 'onnxruntime', 'openvino'])
+def test_model_server_answers_and_refuses_alike_on_every_engine(classifier_folder, engine,
+                                                                tmp_path):
     """SageMaker's MXNet serving container (multi-model-server, Java) on
-    127.0.0.1, serving the fine-tuned folder through code/inference.py;
-    stopped as SageMaker stops a container, with no process left."""
+    127.0.0.1, serving the fine-tuned folder through code/inference.py with
+    BERT_GLUON_ENGINE set: the in-process handlers' answers, the same
+    refusals; stopped as SageMaker stops a container, with no process left."""
     folder, _ = classifier_folder
-    endpoint = LocalEndpoint(folder, threads=1, work_dir=tmp_path_factory.mktemp('sagemaker'),
-                             start_timeout=180)
-    yield endpoint
-    endpoint.close()
+    expected = _answers(folder, 'mxnet')
+    endpoint = LocalEndpoint(folder, threads=1, work_dir=tmp_path, start_timeout=180,
+                             engine=engine)
+    try:
+        answers = [endpoint.predict(request) for request in REQUESTS[:2]]
+        assert set(answers[0]['labels']) <= {'not_entailment', 'entailment'}
+        _same_answers(answers, expected, 1e-5)
+        for payload, content_type, status in (('a,b', 'text/csv', 415),
+                                              ('{"inputs": []}', 'application/json', 400),
+                                              (json.dumps({'inputs': ['w ' * 40]}),
+                                               'application/json', 413)):
+            code, body = endpoint.invoke(payload, content_type)
+            assert code == status, (payload, code, body[-500:])
+        with pytest.raises(RuntimeError, match='a model server already runs'):
+            LocalEndpoint(folder, work_dir=tmp_path / 'second')
+    finally:
+        endpoint.close()
     left = endpoint.processes()
     subprocess.run(['pkill', '-9', '-f', str(endpoint.work_dir)], check=False)
     assert not left, f'model server processes left: {left}'
-
-
-def test_model_server_answers_and_refuses(model_server, classifier_folder):
-    answer = model_server.predict({'inputs': PAIRS})
-    assert set(answer['labels']) <= {'not_entailment', 'entailment'}
-    assert len(answer['probabilities']) == 2
-    for payload, content_type, expected in (('a,b', 'text/csv', 415),
-                                            ('{"inputs": []}', 'application/json', 400),
-                                            (json.dumps({'inputs': ['w ' * 40]}),
-                                             'application/json', 413)):
-        status, body = model_server.invoke(payload, content_type)
-        assert status == expected, (payload, status, body[-500:])
 
 
 TOOLKIT_TRAIN = ('from sagemaker_training import environment\n'
@@ -258,3 +286,68 @@ def test_sagemaker_parameter_server_distribution_on_two_hosts(tmp_path):
 def test_local_endpoint_refuses_a_folder_that_is_not_there(tmp_path):
     with pytest.raises(ValueError, match='model_dir: .*nothing here is not a folder'):
         LocalEndpoint(tmp_path / 'nothing here')
+
+
+@pytest.mark.parametrize('engine, precision', [('onnxruntime', 'float32'),
+                                               ('openvino', 'float32'),
+                                               ('openvino', 'bfloat16'),
+                                               ('mxnet', 'bfloat16')])
+def test_every_engine_answers_the_same_requests_with_the_same_numbers(
+        classifier_folder, tiny_pretrained, engine, precision):
+    """A classifier folder and an encoder folder, three kinds of request:
+    the answers of onnxruntime and OpenVINO equal MXNet's (float32 to 1e-5,
+    bf16 within the bf16 tolerance)."""
+    from test_kernels import BF16_TOLERANCE
+    atol = 1e-5 if precision == 'float32' else BF16_TOLERANCE
+    for folder in (classifier_folder[0], tiny_pretrained):
+        _same_answers(_answers(folder, engine, precision), _answers(folder, 'mxnet'), atol)
+
+
+def test_engines_refuse_unknown_names_and_missing_extras(tiny_pretrained, monkeypatch):
+    import importlib
+    from bert_gluon.serving.engines import check_engine, load_model
+    with pytest.raises(ValueError, match=r"engine must be one of \('mxnet', 'onnxruntime', "
+                                         r"'openvino'\), got 'tensorrt'"):
+        load_model(str(tiny_pretrained), 'tensorrt')
+    with pytest.raises(ValueError, match="precision must be one of"):
+        check_engine('mxnet', 'float16')
+    with pytest.raises(ValueError, match="onnxruntime's CPU provider runs this model in float32"):
+        check_engine('onnxruntime', 'bfloat16')
+    real = importlib.import_module
+
+    def without_openvino(name, *args, **kwargs):
+        if name == 'openvino':
+            raise ImportError('No module named openvino')
+        return real(name, *args, **kwargs)
+    monkeypatch.setattr(importlib, 'import_module', without_openvino)
+    with pytest.raises(ValueError, match=r"engine='openvino' needs openvino: pip install "
+                                         r"'bert_gluon\[openvino\]'"):
+        load_model(str(tiny_pretrained), 'openvino')
+    with pytest.raises(ValueError, match='engine must be one of'):
+        LocalEndpoint(tiny_pretrained, engine='tensorrt')
+
+
+def test_the_onnx_engines_cache_their_model_beside_the_weights(tiny_pretrained, tmp_path,
+                                                               monkeypatch):
+    """Built on the first load, read on the next; rebuilt when the weights
+    change; a cached file that does not match its SHA-1 is refused."""
+    import shutil
+    import bert_gluon.onnx_export as onnx_export
+    from bert_gluon.serving.engines import load_model
+    folder = tmp_path / 'model'
+    shutil.copytree(tiny_pretrained, folder)
+    load_model(str(folder), 'onnxruntime')
+    cached = folder / 'onnx' / 'model.onnx'
+    assert cached.is_file() and (folder / 'onnx' / 'model.json').is_file()
+    built = cached.stat().st_mtime_ns
+    monkeypatch.setattr(onnx_export, 'export_onnx', lambda *a, **k: pytest.fail('rebuilt'))
+    load_model(str(folder), 'openvino')  # the same file, for the other engine too
+    monkeypatch.undo()
+    net, _, _ = from_pretrained(str(folder))
+    net.encoder.token_embedding.weight.set_data(net.encoder.token_embedding.weight.data() + 1)
+    net.save_parameters(str(folder / 'pretrained.params'))
+    load_model(str(folder), 'onnxruntime')
+    assert cached.stat().st_mtime_ns != built
+    cached.write_bytes(cached.read_bytes()[:-10])
+    with pytest.raises(ValueError, match=r'model.onnx is corrupt .*delete .*onnx to rebuild'):
+        load_model(str(folder), 'onnxruntime')

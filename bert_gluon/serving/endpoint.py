@@ -25,7 +25,14 @@ from ..processes import free_port, start_process, stop_processes
 __all__ = ['LocalEndpoint']
 
 # what a model folder may hold that the endpoint does not serve
-_NOT_SERVED = ('checkpoints', 'code', 'onnx', '*.onnx', '*.lock')
+_NOT_SERVED = ('checkpoints', 'code', '*.onnx', '*.lock')  # onnx/: the engines' cache goes along
+
+
+def _model_servers():
+    """Command lines of the model-server processes running on this machine."""
+    out = subprocess.run(['pgrep', '-af', 'com.amazonaws.ml.mms|mms/model_service_worker'],
+                         capture_output=True, text=True)
+    return [line for line in out.stdout.splitlines() if 'pgrep' not in line]
 
 
 class LocalEndpoint:
@@ -33,20 +40,30 @@ class LocalEndpoint:
     `finetune` output, or a Hugging Face BERT folder), started in its own
     session on 127.0.0.1:`port`; `close()` (or leaving the `with`) stops it
     as SageMaker stops a container (SIGTERM) and leaves no process behind.
+    One at a time per machine, as SageMaker's serving toolkit allows.
 
     work_dir holds the container's tree (model/, with code/inference.py,
     and server.log); a temporary folder when not given. threads is the
-    worker's OMP_NUM_THREADS (inherited when None)."""
+    worker's OMP_NUM_THREADS (inherited when None). engine and precision:
+    what answers (serving/engines.py), as BERT_GLUON_ENGINE and
+    BERT_GLUON_PRECISION in the container's environment."""
 
     def __init__(self, model_dir, port=None, threads=None, workers=1, work_dir=None,
-                 start_timeout=300):
+                 start_timeout=300, engine='mxnet', precision='float32'):
+        from .engines import check_engine
         from .train import INFERENCE_ENTRY
+        check_engine(engine, precision)
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
             raise ValueError(f'model_dir: {model_dir} is not a folder (expected a pretrain '
                              'or finetune output, or a Hugging Face BERT folder)')
         if shutil.which('java') is None:
             raise RuntimeError('the model server needs Java (a JRE 11 or newer) on the PATH')
+        running = _model_servers()
+        if running:  # SageMaker's toolkit shares one config file and finds "the" server by name
+            raise RuntimeError('a model server already runs on this machine (SageMaker\'s '
+                               'serving toolkit takes one per machine): close it first; '
+                               f'running: {running[0][:200]}')
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix='bert-gluon-endpoint-')).resolve()
         model = self.work_dir / 'model'
         if model.exists():
@@ -59,6 +76,7 @@ class LocalEndpoint:
         env = dict(os.environ, SAGEMAKER_BASE_DIR=str(self.work_dir),
                    SAGEMAKER_PROGRAM='inference.py', SAGEMAKER_BIND_TO_PORT=str(self.port),
                    SAGEMAKER_MODEL_SERVER_WORKERS=str(workers),
+                   BERT_GLUON_ENGINE=engine, BERT_GLUON_PRECISION=precision,
                    # multi-model-server is a command of this interpreter's environment
                    PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ['PATH']]))
         if threads is not None:
@@ -119,10 +137,7 @@ class LocalEndpoint:
     def processes(self):
         """The model server's processes still alive (its Java frontend and
         Python workers), by their command lines."""
-        out = subprocess.run(['pgrep', '-af', 'com.amazonaws.ml.mms|mms/model_service_worker'],
-                             capture_output=True, text=True)
-        return [line for line in out.stdout.splitlines()
-                if 'pgrep' not in line and str(self.work_dir / 'model') in line]
+        return [line for line in _model_servers() if str(self.work_dir / 'model') in line]
 
     def close(self, timeout=60):
         """Stop the container (SIGTERM, which the toolkit passes on to the

@@ -16,13 +16,17 @@ Requests, application/json:
 Bad requests get a 4xx with a message: 415 (not JSON), 400 (malformed,
 empty, more than MAX_BATCH inputs), 413 (a text longer than the model's
 max_len in tokens), 406 (an Accept other than JSON).
+
+The engine (engines.py: mxnet, onnxruntime or openvino) and its precision
+come from BERT_GLUON_ENGINE and BERT_GLUON_PRECISION (the model's
+environment on SageMaker); requests, errors and answers do not depend on it.
 """
 import json
+import os
 
-import mxnet as mx
 import numpy as onp
 
-from ..represent import POOLINGS, encode_batch
+from ..represent import POOLINGS
 
 __all__ = ['model_fn', 'input_fn', 'predict_fn', 'output_fn', 'MAX_BATCH', 'BadRequest']
 
@@ -48,19 +52,13 @@ def _toolkit_error(status, message):
 
 
 def model_fn(model_dir):
-    """The model of `model_dir` (a Gluon Block, as the MXNet container
-    requires), hybridized, with its tokenizer and what it answers attached."""
-    from ..classifier import is_classifier_folder, load_classifier
-    from ..pretrained import from_pretrained
-    if is_classifier_folder(model_dir):
-        net, tokenizer, _ = load_classifier(model_dir)
-        net.kind = 'classifier'
-    else:
-        net, tokenizer, config = from_pretrained(str(model_dir))
-        net.kind, net.max_len = 'encoder', config.max_len
-    net.hybridize(static_alloc=True, static_shape=False)
-    net.tokenizer = tokenizer
-    return net
+    """The model of `model_dir` on the engine and precision the environment
+    asks for (BERT_GLUON_ENGINE: mxnet, onnxruntime or openvino;
+    BERT_GLUON_PRECISION: float32 or bfloat16): a ServedModel, a Gluon
+    Block as the MXNet container requires."""
+    from .engines import load_model
+    return load_model(str(model_dir), os.environ.get('BERT_GLUON_ENGINE', 'mxnet'),
+                      os.environ.get('BERT_GLUON_PRECISION', 'float32'))
 
 
 def _media_type(header):
@@ -117,7 +115,8 @@ def _token_count(tokenizer, a, b):
 
 
 def predict_fn(data, model):
-    """Labels and probabilities (a classifier) or embeddings (an encoder)."""
+    """Labels and probabilities (a classifier) or embeddings (an encoder),
+    the same whatever the engine."""
     pairs, tokenizer, max_len = data['pairs'], model.tokenizer, model.max_len
     counts = [_token_count(tokenizer, a, b) for a, b in pairs]
     for i, count in enumerate(counts):
@@ -126,16 +125,16 @@ def predict_fn(data, model):
                                       f'the model takes at most {max_len}')
     # padded to the longest text, not to max_len (in steps of 16: few graph shapes)
     width = min(max_len, -(-max(counts) // 16) * 16)
+    outputs = model.run(*tokenizer.encode_pairs(pairs, width))
     if model.kind == 'encoder':
-        return {'embeddings': encode_batch(model, pairs, tokenizer, max_len=width,
-                                           pooling=data['pooling']).tolist()}
-    arrays = tokenizer.encode_pairs(pairs, width)
-    ctx = next(iter(model.collect_params().values())).list_ctx()[0]
-    tokens, segments, lens = (mx.np.array(a, ctx=ctx) for a in arrays)
-    logits = model(tokens, segments, lens)
-    probs = mx.npx.softmax(logits, axis=-1).asnumpy()
+        embeddings = (outputs['sentence_embedding'] if data['pooling'] == 'mean'
+                      else outputs['last_hidden_state'][:, 0, :])
+        return {'embeddings': embeddings.tolist()}
+    logits = outputs['logits'].astype('float64')
+    probs = onp.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
     return {'labels': [model.labels[i] for i in onp.argmax(probs, axis=1)],
-            'probabilities': probs.astype('float64').round(6).tolist(), 'label_names': list(model.labels)}
+            'probabilities': probs.round(6).tolist(), 'label_names': list(model.labels)}
 
 
 def output_fn(prediction, accept=JSON):

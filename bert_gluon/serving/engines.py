@@ -1,0 +1,191 @@
+"""Serving engines: one model folder, answered by MXNet (the twin), by
+onnxruntime or by OpenVINO, with the same requests, errors and outputs.
+
+    model = load_model('runs/mrpc', engine='openvino', precision='bfloat16')
+    model.run(tokens, segments, valid_lens)   # {'logits': ...} or
+                                              # {'last_hidden_state': ..., 'sentence_embedding': ...}
+
+The ONNX engines read the folder's standard BERT ONNX (onnx_export.py),
+built on first load and cached beside the folder's weights (`onnx/`, or the
+package's cache when the folder is read-only), rebuilt when the weights'
+SHA-1 changes and refused when the ONNX file's own SHA-1 does not match
+its record. Engines other than MXNet are extras:
+`pip install 'bert_gluon[onnxruntime]'`, `'bert_gluon[openvino]'`.
+"""
+import hashlib
+import importlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as onp
+from mxnet import gluon
+
+from ..classifier import is_classifier_folder, load_classifier
+from ..data.files import cache_dir, sha1_of
+from ..fileio import atomic_write_json, read_json
+from ..pretrained import PRETRAINED, from_pretrained, minilm_folder
+from ..represent import mean_pool
+
+__all__ = ['ENGINES', 'PRECISIONS', 'ServedModel', 'load_model', 'check_engine']
+
+ENGINES = ('mxnet', 'onnxruntime', 'openvino')
+PRECISIONS = ('float32', 'bfloat16')
+_WEIGHTS = ('classifier.params', 'pretrained.params', 'model.safetensors', 'config.json',
+            'classifier.json')
+
+
+def check_engine(engine, precision):
+    """Refuse (naming the argument) an unknown engine or precision, a
+    precision the engine cannot run, or an engine whose extra is missing."""
+    if engine not in ENGINES:
+        raise ValueError(f'engine must be one of {ENGINES}, got {engine!r}')
+    if precision not in PRECISIONS:
+        raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
+    if engine == 'onnxruntime' and precision == 'bfloat16':
+        raise ValueError("precision='bfloat16': onnxruntime's CPU provider runs this model in "
+                         "float32; use engine='openvino' or 'mxnet' for bf16")
+    if engine != 'mxnet':
+        for module in ('onnx', engine):
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise ValueError(f"engine={engine!r} needs {module}: pip install "
+                                 f"'bert_gluon[{engine}]'") from exc
+
+
+class ServedModel(gluon.Block):
+    """A loaded model and what serving needs beside it: `kind`
+    ('classifier' or 'encoder'), `tokenizer`, `max_len`, `labels`
+    (classifiers), `engine` and `precision`. A Gluon Block, as SageMaker's
+    MXNet container requires of what model_fn returns; `run` answers."""
+    def __init__(self, run, kind, tokenizer, max_len, labels, engine, precision):
+        super().__init__()
+        self.run, self.kind, self.tokenizer = run, kind, tokenizer
+        self.max_len, self.labels = max_len, labels
+        self.engine, self.precision = engine, precision
+
+
+def _folder_of(source):
+    return minilm_folder() if source == 'all-MiniLM-L6-v2' else Path(source)
+
+
+def _weights_digest(folder):
+    digest = hashlib.sha1()
+    for name in _WEIGHTS:
+        if (folder / name).is_file():
+            digest.update(f'{name}:{sha1_of(folder / name)}\n'.encode())
+    return digest.hexdigest()
+
+
+def _writable(place):
+    try:
+        place.mkdir(parents=True, exist_ok=True)
+        tempfile.NamedTemporaryFile(dir=place, prefix='.write-test-').close()
+    except OSError:
+        return False
+    return True
+
+
+def _cached_onnx(folder, net):
+    """The folder's ONNX: built from `net` on first use, cached beside the
+    weights (or, read-only, in the package cache), rebuilt when they change."""
+    from .. import __version__
+    from ..onnx_export import export_onnx
+    source = _weights_digest(folder)
+    places = (folder / 'onnx', cache_dir() / 'onnx' / source)
+    for place in places:
+        record, model = place / 'model.json', place / 'model.onnx'
+        if not (record.is_file() and model.is_file()):
+            continue
+        known = read_json(record)
+        if known.get('source_sha1') == source and known.get('version') == __version__:
+            if sha1_of(model) != known.get('onnx_sha1'):
+                raise ValueError(f'{model} is corrupt (its SHA-1 differs from the one in '
+                                 f'{record}): delete {place} to rebuild it')
+            return model
+    place = next((p for p in places if _writable(p)), None)
+    if place is None:
+        raise ValueError(f'no writable place for the ONNX of {folder}: '
+                         + ' or '.join(map(str, places)))
+    model = Path(export_onnx(net, place / 'model.onnx', overwrite=True))
+    atomic_write_json(place / 'model.json', {'source_sha1': source, 'onnx_sha1': sha1_of(model),
+                                             'version': __version__})
+    return model
+
+
+def _threads():
+    return int(os.environ.get('OMP_NUM_THREADS') or len(os.sched_getaffinity(0)))
+
+
+def _hf_feed(tokens, segments, valid_lens):
+    T = tokens.shape[1]
+    return {'input_ids': tokens.astype('int64'), 'token_type_ids': segments.astype('int64'),
+            'attention_mask': (onp.arange(T)[None] < valid_lens[:, None]).astype('int64')}
+
+
+def _onnxruntime_run(path):
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = _threads()
+    session = ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+    names = [o.name for o in session.get_outputs()]
+    return lambda *arrays: dict(zip(names, session.run(None, _hf_feed(*arrays))))
+
+
+def _openvino_run(path, precision):
+    import openvino as ov
+    from ..onnx_export import OUTPUTS
+    compiled = ov.Core().compile_model(str(path), 'CPU', {
+        'INFERENCE_PRECISION_HINT': 'bf16' if precision == 'bfloat16' else 'f32',
+        'INFERENCE_NUM_THREADS': _threads(), 'PERFORMANCE_HINT': 'LATENCY'})
+    request = compiled.create_infer_request()  # one request at a time: a model-server worker
+    known = {name for names in OUTPUTS.values() for name in names}
+    # a tensor has several names in OpenVINO: the graph output's is the one to answer by
+    names = [next(iter(set(output.names) & known)) for output in compiled.outputs]
+
+    def run(*arrays):
+        results = request.infer(_hf_feed(*arrays))
+        return {name: results[output] for name, output in zip(names, compiled.outputs)}
+    return run
+
+
+def _mxnet_run(net, kind):
+    import mxnet as mx
+    ctx = next(iter(net.collect_params().values())).list_ctx()[0]
+
+    def run(*arrays):
+        tokens, segments, valid_lens = (mx.np.array(a, ctx=ctx) for a in arrays)
+        if kind == 'classifier':
+            return {'logits': net(tokens, segments, valid_lens).asnumpy()}
+        X = net.encoder(tokens, segments, valid_lens)
+        return {'last_hidden_state': X.asnumpy(),
+                'sentence_embedding': mean_pool(X, valid_lens).asnumpy()}
+    return run
+
+
+def load_model(source, engine='mxnet', precision='float32'):
+    """A ServedModel for `source` (a classifier folder, a pretrained folder,
+    a Hugging Face folder, or a registered name) on `engine` in `precision`.
+    run(tokens, segments, valid_lens) (host int32 / float32 arrays) returns
+    {'logits'} for a classifier, {'last_hidden_state', 'sentence_embedding',
+    ...} for an encoder, as host float32 arrays."""
+    check_engine(engine, precision)
+    if not (source in PRETRAINED or Path(source).is_dir()):
+        raise ValueError(f'source: {source} is neither a model folder nor one of '
+                         f'{sorted(PRETRAINED)}')
+    dtype = {'dtype': precision} if engine == 'mxnet' else {}
+    if is_classifier_folder(source):
+        net, tokenizer, config = load_classifier(source, **dtype)
+        kind, labels, max_len = 'classifier', net.labels, net.max_len
+    else:
+        net, tokenizer, config = from_pretrained(str(source), **dtype)
+        kind, labels, max_len = 'encoder', None, config.max_len
+    if engine == 'mxnet':
+        net.hybridize(static_alloc=True, static_shape=False)
+        run = _mxnet_run(net, kind)
+    else:
+        path = _cached_onnx(_folder_of(source), net)
+        run = _onnxruntime_run(path) if engine == 'onnxruntime' else _openvino_run(path,
+                                                                                    precision)
+    return ServedModel(run, kind, tokenizer, max_len, labels, engine, precision)
