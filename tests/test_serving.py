@@ -199,10 +199,13 @@ def _toolkit_job(root, host, hosts, hyperparameters):
 JOB = {'job': 'pretrain', 'steps': 4, 'batch-size': 16, 'max-len': 32}
 
 
+@pytest.mark.parametrize('engine', ['mxnet', 'onnxruntime', 'openvino'])
 def test_handler_service_in_process_equals_the_python_api(classifier_folder, tmp_path,
-                                                         monkeypatch):
+                                                         monkeypatch, engine):
     """SageMaker's MXNet serving handler service, in this process, loads
-    code/inference.py and answers with the Python API's numbers."""
+    code/inference.py and answers with the Python API's numbers, on every
+    engine (BERT_GLUON_ENGINE)."""
+    monkeypatch.setenv('BERT_GLUON_ENGINE', engine)
     from mms.context import Context, RequestProcessor
     from sagemaker_mxnet_serving_container.handler_service import HandlerService
     from bert_gluon.serving.train import INFERENCE_ENTRY
