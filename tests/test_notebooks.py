@@ -14,9 +14,21 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp('notebooks')  # shared: fine-tuning reuses runs/pretrain
 
 
-@pytest.mark.parametrize('name', ['bert.ipynb', 'bert-pretraining.ipynb',
-                                  'bert-finetuning.ipynb', 'bert-pretrained.ipynb',
-                                  'bert-deployment.ipynb'])
+NAMES = ['bert.ipynb', 'bert-pretraining-data.ipynb', 'bert-pretraining.ipynb',
+         'bert-representations.ipynb', 'bert-finetuning.ipynb', 'bert-pretrained.ipynb',
+         'bert-deployment.ipynb']
+
+
+def test_every_notebook_is_tested_and_installs_what_it_needs():
+    assert sorted(p.name for p in NOTEBOOKS.glob('*.ipynb')) == sorted(NAMES)
+    for name in NAMES:
+        first = next(c for c in nbformat.read(NOTEBOOKS / name, as_version=4).cells
+                     if c.cell_type == 'code')
+        assert first.source.startswith('# Installs what this notebook needs'), name
+        assert "mxnet-cu112==1.9.1" in first.source, name
+
+
+@pytest.mark.parametrize('name', NAMES)
 def test_notebook_runs_top_to_bottom(name, workdir, monkeypatch):
     for key, value in SMALL.items():
         monkeypatch.setenv(key, value)
@@ -31,10 +43,15 @@ def test_notebook_runs_top_to_bottom(name, workdir, monkeypatch):
     if name == 'bert.ipynb':
         for shape in ('(2, 8, 768)', '(2, 3, 10000)', '(6,)', '(2, 2)', '(2,)'):
             assert shape in text
+    elif name == 'bert-pretraining-data.ipynb':
+        assert 'tokens:   <cls>' in text and 'mlm_weights     (' in text
+        assert 'next-sentence share: 0.5' in text
     elif name == 'bert-pretraining.ipynb':
         assert 'MLM loss' in text and 'sentence pairs/sec' in text
-        assert '(1, 6, 128) (1, 10, 128)' in text
         assert any('image/png' in o.get('data', {}) for o in outputs)
+    elif name == 'bert-representations.ipynb':
+        assert '(1, 6, 128) (1, 128)' in text and '(1, 10, 128) (1, 128)' in text
+        assert 'bird crane vs machine crane, cosine:' in text and '(4, 384)' in text
     elif name == 'bert-finetuning.ipynb':
         assert 'MRPC epoch 1' in text and 'RTE epoch 1' in text
     elif name == 'bert-pretrained.ipynb':
