@@ -32,7 +32,8 @@ from .fileio import atomic_write_bytes, check_output_file
 from .layers import cls_rows
 from .model import HybridBERTModel
 
-__all__ = ['ONNX_OPSET', 'CONVERTERS', 'OUTPUTS', 'export_onnx', 'standard_interface']
+__all__ = ['ONNX_OPSET', 'CONVERTERS', 'OUTPUTS', 'export_onnx', 'standard_interface',
+           'onnx_inputs']
 
 # 17, as Hugging Face's exports: LayerNormalization's opset (MXNet 1.9's
 # LayerNorm converter writes ReduceMean(axes=...), invalid from 18)
@@ -267,6 +268,17 @@ _INPUTS = (('input_ids', 'tokens'), ('token_type_ids', 'segments'),
 OUTPUTS = {'encoder': ('last_hidden_state', 'pooler_output', 'sentence_embedding'),
            'pretraining': ('last_hidden_state', 'mlm_logits', 'nsp_logits'),
            'classifier': ('logits',)}
+
+
+def onnx_inputs(tokens, segments, valid_lens, pred_positions=None):
+    """The exported graph's inputs from the twin's host arrays: int64 ids, a
+    right-padded attention mask of valid_lens ones (and masked_positions)."""
+    T = tokens.shape[1]
+    feed = {'input_ids': tokens.astype('int64'), 'token_type_ids': segments.astype('int64'),
+            'attention_mask': (onp.arange(T)[None] < valid_lens[:, None]).astype('int64')}
+    if pred_positions is not None:
+        feed['masked_positions'] = pred_positions.astype('int64')
+    return feed
 
 
 def _traced(net, heads):

@@ -118,24 +118,19 @@ def _threads():
     return int(os.environ.get('OMP_NUM_THREADS') or len(os.sched_getaffinity(0)))
 
 
-def _hf_feed(tokens, segments, valid_lens):
-    T = tokens.shape[1]
-    return {'input_ids': tokens.astype('int64'), 'token_type_ids': segments.astype('int64'),
-            'attention_mask': (onp.arange(T)[None] < valid_lens[:, None]).astype('int64')}
-
-
 def _onnxruntime_run(path):
     import onnxruntime as ort
+    from ..onnx_export import onnx_inputs
     options = ort.SessionOptions()
     options.intra_op_num_threads = _threads()
     session = ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
     names = [o.name for o in session.get_outputs()]
-    return lambda *arrays: dict(zip(names, session.run(None, _hf_feed(*arrays))))
+    return lambda *arrays: dict(zip(names, session.run(None, onnx_inputs(*arrays))))
 
 
 def _openvino_run(path, precision):
     import openvino as ov
-    from ..onnx_export import OUTPUTS
+    from ..onnx_export import OUTPUTS, onnx_inputs
     compiled = ov.Core().compile_model(str(path), 'CPU', {
         'INFERENCE_PRECISION_HINT': 'bf16' if precision == 'bfloat16' else 'f32',
         'INFERENCE_NUM_THREADS': _threads(), 'PERFORMANCE_HINT': 'LATENCY'})
@@ -145,7 +140,7 @@ def _openvino_run(path, precision):
     names = [next(iter(set(output.names) & known)) for output in compiled.outputs]
 
     def run(*arrays):
-        results = request.infer(_hf_feed(*arrays))
+        results = request.infer(onnx_inputs(*arrays))
         return {name: results[output] for name, output in zip(names, compiled.outputs)}
     return run
 
