@@ -18,7 +18,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as onp
 from mxnet import gluon
 
 from ..classifier import is_classifier_folder, load_classifier
