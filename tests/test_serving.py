@@ -360,3 +360,9 @@ def test_the_onnx_engines_cache_their_model_beside_the_weights(tiny_pretrained, 
     cached.write_bytes(cached.read_bytes()[:-10])
     with pytest.raises(ValueError, match=r'model.onnx is corrupt .*delete .*onnx to rebuild'):
         load_model(str(folder), 'onnxruntime')
+    # a registered checkpoint's folder belongs to its package: the ONNX goes to the cache
+    from bert_gluon.pretrained import minilm_folder
+    monkeypatch.setenv('BERT_GLUON_CACHE', str(tmp_path / 'cache'))
+    load_model('all-MiniLM-L6-v2', 'onnxruntime')
+    assert not (minilm_folder() / 'onnx').exists()
+    assert list((tmp_path / 'cache').glob('onnx/*/model.onnx'))

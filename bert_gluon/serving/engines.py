@@ -21,7 +21,7 @@ from pathlib import Path
 from mxnet import gluon
 
 from ..classifier import is_classifier_folder, load_classifier
-from ..data.files import cache_dir, sha1_of
+from ..data.files import cache_dir, find_dataset, sha1_of
 from ..fileio import atomic_write_json, read_json
 from ..pretrained import PRETRAINED, from_pretrained, minilm_folder
 from ..represent import mean_pool
@@ -66,7 +66,13 @@ class ServedModel(gluon.Block):
 
 
 def _folder_of(source):
-    return minilm_folder() if source == 'all-MiniLM-L6-v2' else Path(source)
+    """(where the weights are, whether the ONNX may be cached there): a
+    registered name's folder belongs to another package or the data cache."""
+    if source == 'all-MiniLM-L6-v2':
+        return minilm_folder(), False
+    if source in PRETRAINED:  # d2l's checkpoints
+        return find_dataset(source), False
+    return Path(source), True
 
 
 def _weights_digest(folder):
@@ -86,13 +92,14 @@ def _writable(place):
     return True
 
 
-def _cached_onnx(folder, net):
+def _cached_onnx(folder, beside, net):
     """The folder's ONNX: built from `net` on first use, cached beside the
-    weights (or, read-only, in the package cache), rebuilt when they change."""
+    weights (`beside`; else, or read-only, in the package cache), rebuilt
+    when they change."""
     from .. import __version__
     from ..onnx_export import export_onnx
     source = _weights_digest(folder)
-    places = (folder / 'onnx', cache_dir() / 'onnx' / source)
+    places = ((folder / 'onnx',) if beside else ()) + (cache_dir() / 'onnx' / source,)
     for place in places:
         record, model = place / 'model.json', place / 'model.onnx'
         if not (record.is_file() and model.is_file()):
@@ -179,7 +186,7 @@ def load_model(source, engine='mxnet', precision='float32'):
         net.hybridize(static_alloc=True, static_shape=False)
         run = _mxnet_run(net, kind)
     else:
-        path = _cached_onnx(_folder_of(source), net)
+        path = _cached_onnx(*_folder_of(source), net)
         run = _onnxruntime_run(path) if engine == 'onnxruntime' else _openvino_run(path,
                                                                                     precision)
     return ServedModel(run, kind, tokenizer, max_len, labels, engine, precision)
