@@ -277,6 +277,8 @@ def build_parser():
     enc.add_argument('--pooling', default=enc_defaults['pooling'], choices=POOLINGS)
     enc.add_argument('--max-len', type=_positive_int, default=enc_defaults['max_len'])
     enc.set_defaults(func=_encode)
+    for command in sub.choices.values():  # --help shows the API's defaults
+        command.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     return parser
 
 
