@@ -15,14 +15,13 @@ its record. Engines other than MXNet are extras:
 import hashlib
 import importlib
 import os
-import tempfile
 from pathlib import Path
 
 from mxnet import gluon
 
 from ..classifier import is_classifier_folder, load_classifier
 from ..data.files import cache_dir, find_dataset, sha1_of
-from ..fileio import atomic_write_json, read_json
+from ..fileio import atomic_write_json, check_writable_folder, read_json
 from ..pretrained import PRETRAINED, from_pretrained, minilm_folder
 from ..represent import mean_pool
 
@@ -85,9 +84,8 @@ def _weights_digest(folder):
 
 def _writable(place):
     try:
-        place.mkdir(parents=True, exist_ok=True)
-        tempfile.NamedTemporaryFile(dir=place, prefix='.write-test-').close()
-    except OSError:
+        check_writable_folder(place, 'the ONNX cache')
+    except ValueError:
         return False
     return True
 
