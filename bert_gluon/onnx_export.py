@@ -262,9 +262,9 @@ class _Encoder(nn.HybridBlock):
         return X, self.net.nsp.mlp[0](cls_rows(F, X))
 
 
-# what each kind of model's graph takes and gives: (ONNX name, the twin's argument)
-_INPUTS = (('input_ids', 'tokens'), ('token_type_ids', 'segments'),
-           ('attention_mask', 'valid_lens'), ('masked_positions', 'pred_positions'))
+# what each kind of model's graph takes (the twin's tokens, segments, valid_lens,
+# pred_positions: data0..data3 of the traced graph) and gives
+_INPUTS = ('input_ids', 'token_type_ids', 'attention_mask', 'masked_positions')
 OUTPUTS = {'encoder': ('last_hidden_state', 'pooler_output', 'sentence_embedding'),
            'pretraining': ('last_hidden_state', 'mlm_logits', 'nsp_logits'),
            'classifier': ('logits',)}
@@ -312,7 +312,7 @@ def _interface(kind, graph, shapes):
     the encoder, the mean over the mask (sentence-transformers' embedding)."""
     count = 4 if kind == 'pretraining' else 3
     inputs, front = [], []
-    for i, (name, _) in enumerate(_INPUTS[:count]):
+    for i, name in enumerate(_INPUTS[:count]):
         axes = ['batch', 'predictions' if name == 'masked_positions' else 'sequence']
         inputs.append(helper.make_tensor_value_info(name, TensorProto.INT64, axes))
         if name == 'attention_mask':  # a right-padded mask's count of ones is valid_lens
