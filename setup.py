@@ -18,7 +18,8 @@ setup(
     # mxnet-cu112==1.9.1 (or another CUDA build) and pip must not pull the
     # CPU wheel over it. CPU users take the `cpu` extra.
     install_requires=['numpy<1.24', 'd2l==0.16.7', 'tqdm'],
-    extras_require={'cpu': ['mxnet==1.9.1', 'mkl'],
+    extras_require={'cpu': ['mxnet==1.9.1', 'mkl', 'onednn-cpu-gomp==2023.2.0',
+                            'onednn-devel-cpu-gomp==2023.2.0'],
                     'pretrained': ['safetensors', 'tokenizers'],
                     # serving engines (bert_gluon/serving/engines.py) and ONNX export
                     'onnxruntime': ['onnx==1.16.2', 'onnxruntime==1.18.1'],

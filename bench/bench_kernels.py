@@ -159,10 +159,11 @@ def main():
             ('dropout (128, 64, 128)', native_dropout, mxnet_dropout),
             ('attention (128, 64, 128)', native_attention, mxnet_attention),
             ('vocab projection, fwd', native_projection, mxnet_projection),
-            ('Dense 128->256, MKL f32', linear(False), mxnet_linear),
+            ('Dense 128->256, MKL f32', linear(''), mxnet_linear),
             ('encoder block, fwd', lambda: fused(h, lens), per_step_block)]
-    if kernels.bf16_unavailable_reason() is None:
-        rows.insert(6, ('Dense 128->256, MKL bf16', linear(True), mxnet_linear))
+    for provider in kernels.BF16_PROVIDERS:
+        if kernels.bf16_unavailable_reason(provider) is None:
+            rows.insert(6, (f'Dense 128->256, {provider} bf16', linear(provider), mxnet_linear))
     threads = os.environ.get('OMP_NUM_THREADS', 'default')
     print('\n'.join(harness.header_lines(threads, f'products: {kernels.blas_provider()}')))
     print(f'ms per call (fastest of 3 rounds of 10), native vs the alternative; last two '

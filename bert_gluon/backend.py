@@ -74,15 +74,16 @@ def resolve_backend(request, contexts, dtype='float32', precision='float32'):
 
 
 def bf16_products(name, precision):
-    """Whether products of `precision` on backend `name` run on bf16
-    operands: only where a bf16 provider beats float32 on this CPU
-    (kernels/providers.py); else float32, said once."""
+    """Who multiplies the bf16 operands of products of `precision` on
+    backend `name`: 'onednn' or 'mkl' where that provider beats float32 on
+    this CPU (kernels/providers.py), else '' (float32; said once)."""
     if precision != 'bfloat16' or name != 'native':
-        return False
-    if providers.bf16_provider() == 'float32':
+        return ''
+    provider = providers.bf16_provider()
+    if provider == 'float32':
         providers.warn_bf16_fallback()
-        return False
-    return True
+        return ''
+    return provider
 
 
 def _resolve(request, contexts, dtype):
@@ -108,7 +109,7 @@ def _blocks(block):
 def set_backend(block, name, key=None):
     """Set the resolved backend `name` on `block` and its descendants (with
     the request key it answers) and drop every cached graph of the tree."""
-    bf16 = key is not None and bf16_products(name, key[3])
+    bf16 = bf16_products(name, key[3]) if key is not None else ''
     for blk in _blocks(block):
         if isinstance(blk, BackendMixin):
             blk.__dict__.update(_bg_backend=name, _bg_key=key, _bg_bf16=bf16)
@@ -126,7 +127,7 @@ class BackendMixin:
     _bg_precision = 'float32'  # of the products: a config's dtype
     _bg_backend = None
     _bg_key = None
-    _bg_bf16 = False
+    _bg_bf16 = ''
 
     def _init_backend(self, backend=None, source=None, precision=None):
         """Ask for `backend` (and products in `precision`) on this block and
@@ -207,8 +208,9 @@ class BackendMixin:
 
     @property
     def bf16(self):
-        """True when this block's products run on bf16 operands (a config's
-        dtype='bfloat16', on a CPU where bf16 beats float32)."""
+        """Who multiplies this block's bf16 operands, 'onednn' or 'mkl' (a
+        config's dtype='bfloat16', on a CPU where bf16 beats float32), or ''
+        (float32): the native ops' bf16 attribute."""
         return self._bg_bf16
 
 

@@ -23,7 +23,7 @@ class Dense(BackendMixin, nn.Dense):
 
     Same parameters as `nn.Dense`, so it can stand where the book has one.
     On the native backend (flatten=False) its product runs the native
-    bert_linear op, MKL's products in float32 or bf16, forward and backward;
+    bert_linear op, MKL's products in float32 or a provider's in bf16, forward and backward;
     vocabulary=True (the MLM head's 20k-word output, with a bias) runs
     bert_dense instead, which in training projects only weighted slots
     (bench/bench_kernels.py compares both with FullyConnected).

@@ -1,6 +1,7 @@
 """The native kernels equal the MXNet operators or d2l blocks they replace,
 forward and backward, and the package works the same without them."""
 import json
+import re
 
 import mxnet as mx
 import numpy as onp
@@ -383,7 +384,7 @@ def _linear_case(use_bias, bf16, shape=(5, 7, 24), units=40):
 
 @pytest.mark.parametrize('use_bias', [True, False])
 def test_native_linear_equals_fully_connected(use_bias):
-    ours, theirs = _linear_case(use_bias, bf16=False)
+    ours, theirs = _linear_case(use_bias, bf16='')
     for name, a, e in zip(('y', 'dx', 'dw', 'db'), ours, theirs):
         assert_close(a, e, err_msg=name)
 
@@ -392,15 +393,54 @@ def test_native_linear_equals_fully_connected(use_bias):
 # so a sum of K products is off by ~2^-9 * sqrt(K) of its terms' scale (random
 # signs); 2% of the largest magnitude bounds that at these sizes (K <= 128).
 BF16_TOLERANCE = 2e-2
-BF16_NEEDS = 'bf16 products need AVX512_BF16 or AMX and MKL'
 
 
-@pytest.mark.skipif(kernels.bf16_unavailable_reason() is not None, reason=BF16_NEEDS)
-def test_bf16_linear_is_close_to_float32():
-    ours, theirs = _linear_case(True, bf16=True, shape=(9, 33, 128), units=96)
+def runnable(provider):
+    """`provider` as a parameter, skipped (saying why) where it cannot run."""
+    reason = kernels.bf16_unavailable_reason(provider)
+    return pytest.param(provider, marks=pytest.mark.skipif(
+        reason is not None, reason=f'{provider} bf16 cannot run here: {reason}'))
+
+
+BF16_PROVIDERS = [runnable(p) for p in kernels.BF16_PROVIDERS]
+NEEDS_A_BF16_PROVIDER = pytest.mark.skipif(
+    all(kernels.bf16_unavailable_reason(p) for p in kernels.BF16_PROVIDERS),
+    reason='no bf16 provider runs here (a CPU with AVX512_BF16 or AMX, and MKL or oneDNN)')
+
+
+@pytest.mark.parametrize('provider', BF16_PROVIDERS)
+def test_bf16_linear_is_close_to_float32(provider):
+    ours, theirs = _linear_case(True, bf16=provider, shape=(9, 33, 128), units=96)
     for name, a, e in zip(('y', 'dx', 'dw', 'db'), ours, theirs):
         assert_close(a, e, atol=BF16_TOLERANCE, rtol=0, err_msg=name)
     assert not onp.array_equal(ours[0], theirs[0])  # bf16 products really ran
+
+
+@pytest.mark.parametrize('provider', BF16_PROVIDERS)
+def test_bf16_products_of_every_layout_are_close_to_float32(provider):
+    """bert_dense (the vocabulary projection, all rows and weighted rows
+    only) in bf16 against float32, forward and backward: the transposed
+    operands of the weight gradient and an accumulating product."""
+    x = mx.nd.random.normal(0, 1, (3, 11, 64))
+    w = mx.nd.random.normal(0, 0.3, (300, 64))
+    b = mx.nd.random.normal(0, 0.3, (300,))
+    weights = mx.nd.array(onp.random.RandomState(0).randint(0, 2, (3, 11)))
+    for packed in (False, True):
+        results = {}
+        for bf16 in ('', provider):
+            args = [x, w, b] + ([weights] if packed else [])
+            for a in args[:3]:
+                a.attach_grad()
+            with autograd.record():
+                y = mx.nd.bert_dense(*args, packed=packed, bf16=bf16)
+            y.backward(mx.nd.ones_like(y) / 30)
+            rows = int(weights.sum().asscalar()) if packed else 33  # packed: later rows unspecified
+            results[bf16] = [y.asnumpy().reshape(33, 300)[:rows], x.grad.asnumpy(),
+                             w.grad.asnumpy()]
+        for name, a, e in zip(('y', 'dx', 'dw'), results[provider], results['']):
+            scale = max(1.0, onp.abs(e).max())
+            assert_close(a, e, atol=BF16_TOLERANCE * scale, rtol=0, err_msg=f'{name} {packed}')
+        assert not onp.array_equal(results[provider][0], results[''][0])
 
 
 @pytest.fixture
@@ -439,10 +479,11 @@ def test_bf16_falls_back_to_float32_where_the_cpu_lacks_it(monkeypatch, bf16_pro
         onp.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
     net = bg.HybridBERTModel(TINY.replace(dtype='bfloat16'), backend='native')
     net.initialize()
-    bf16_provider('mkl')
-    with pytest.raises(ValueError, match='BERT_GLUON_BF16_PROVIDER=mkl cannot run here: '
-                                         '.*neither AVX512_BF16'):
-        net(*batch)
+    for provider in kernels.BF16_PROVIDERS:
+        bf16_provider(provider)
+        with pytest.raises(ValueError, match=f'BERT_GLUON_BF16_PROVIDER={provider} cannot run '
+                                             'here: .*neither AVX512_BF16'):
+            net(*batch)
     bf16_provider('fast')
     with pytest.raises(ValueError, match='BERT_GLUON_BF16_PROVIDER must be one of'):
         net(*batch)
@@ -451,50 +492,77 @@ def test_bf16_falls_back_to_float32_where_the_cpu_lacks_it(monkeypatch, bf16_pro
         bg.backend.resolve_backend('mxnet', [mx.cpu()], precision='bfloat16')
 
 
-@pytest.mark.skipif(kernels.bf16_unavailable_reason() is not None, reason=BF16_NEEDS)
+@NEEDS_A_BF16_PROVIDER
 def test_bf16_provider_is_measured_once_per_machine_and_cached(monkeypatch, bf16_provider,
                                                                tmp_path):
-    """'auto' times the products (float32 against bf16) and keeps the
-    choice on disk under a key of this CPU, MKL and ISA cap: a second
+    """'auto' times the products (float32 against each runnable provider's
+    bf16), takes the fastest that beats float32, and keeps the choice on disk
+    under a key of this CPU, the libraries and ISA caps: a second
     process-level choice reads it, whatever the timing would say; a forced
     provider wins over the measurement."""
     from bert_gluon.kernels import providers
+    runnable = [p for p in kernels.BF16_PROVIDERS if not kernels.bf16_unavailable_reason(p)]
     monkeypatch.setattr(providers, 'build_dir', lambda: tmp_path)
     bf16_provider('auto')
-    speedups = providers.measure_bf16_speedups()
+    speedups = providers.measure_bf16_speedups(runnable[0])
     assert len(speedups) == len(providers.SHAPES) and all(s > 0 for s in speedups)
-    monkeypatch.setattr(providers, 'measure_bf16_speedups', lambda: [3.0, 3.0, 3.0])
-    assert providers.bf16_choice()['provider'] == 'mkl'
-    assert '3.00x float32' in providers.bf16_choice()['why']
+    fastest = runnable[-1]
+    monkeypatch.setattr(providers, 'measure_bf16_speedups',
+                        lambda p: [3.0] * 3 if p == fastest else [2.0] * 3)
+    assert providers.bf16_choice()['provider'] == fastest
+    assert f"{fastest}'s bf16 products 3.00x float32" in providers.bf16_choice()['why']
     providers.forget()
-    monkeypatch.setattr(providers, 'measure_bf16_speedups', lambda: [0.5, 0.5, 0.5])
-    assert providers.bf16_provider() == 'mkl'  # the cached measurement, not a new one
+    monkeypatch.setattr(providers, 'measure_bf16_speedups', lambda p: [0.5] * 3)
+    assert providers.bf16_provider() == fastest  # the cached measurement, not a new one
     (tmp_path / 'bf16_provider.json').unlink()
     providers.forget()
     assert providers.bf16_provider() == 'float32'
-    bf16_provider('mkl')
-    assert providers.bf16_choice() == {'provider': 'mkl',
-                                       'why': 'forced by BERT_GLUON_BF16_PROVIDER'}
+    for provider in runnable:
+        bf16_provider(provider)
+        assert providers.bf16_choice() == {'provider': provider,
+                                           'why': 'forced by BERT_GLUON_BF16_PROVIDER'}
 
 
-@pytest.mark.skipif(kernels.bf16_unavailable_reason() is not None, reason=BF16_NEEDS)
-def test_bf16_provider_follows_an_isa_cap():
-    """MKL held to AVX2 (as on a CPU without AVX-512) emulates bf16, slower
-    than float32: the measured choice there is float32, and the model says so."""
-    script = """
+ISA_CAP_SCRIPT = """
 import warnings
 import bert_gluon as bg
+from bert_gluon import kernels
 from bert_gluon.kernels import providers
+for p in kernels.BF16_PROVIDERS:
+    print(p, 'reason', kernels.bf16_unavailable_reason(p))
 print('provider', providers.bf16_provider(), providers.bf16_choice()['why'])
 with warnings.catch_warnings(record=True) as said:
     warnings.simplefilter('always')
     net = bg.HybridBERTModel(bg.get_config('book.demo', dtype='bfloat16'), backend='native')
     net.initialize()
-    print('bf16', net.backend, net.bf16, len(said))
+    print('bf16', net.backend, repr(net.bf16), len(said))
 """
-    out = run_script(script, MKL_ENABLE_INSTRUCTIONS='AVX2', BERT_GLUON_BF16_PROVIDER='auto')
+
+
+@NEEDS_A_BF16_PROVIDER
+def test_bf16_provider_follows_isa_caps():
+    """Both libraries held to AVX2 (as on a CPU without AVX-512): oneDNN has
+    no bf16 matmul there and MKL emulates it, slower than float32, so the
+    choice is float32 and the model says so once."""
+    out = run_script(ISA_CAP_SCRIPT, MKL_ENABLE_INSTRUCTIONS='AVX2', ONEDNN_MAX_CPU_ISA='AVX2',
+                     BERT_GLUON_BF16_PROVIDER='auto')
     assert out.returncode == 0, out.stderr[-2000:]
-    assert 'provider float32' in out.stdout and 'bf16 native False 1' in out.stdout, out.stdout
+    assert "onednn reason oneDNN has no bf16 matmul for this CPU at ONEDNN_MAX_CPU_ISA=AVX2" \
+        in out.stdout, out.stdout
+    assert 'provider float32' in out.stdout and "bf16 native '' 1" in out.stdout, out.stdout
+
+
+@pytest.mark.parametrize('provider', [runnable('onednn')])
+def test_emulated_onednn_bf16_is_measured_and_not_chosen(provider):
+    """oneDNN held to AVX-512 without its bf16 instructions (a Skylake-class
+    core) emulates bf16 products: they run, are timed slower than float32,
+    and are not chosen."""
+    out = run_script(ISA_CAP_SCRIPT, ONEDNN_MAX_CPU_ISA='AVX512_CORE',
+                     BERT_GLUON_BF16_PROVIDER='auto')
+    assert out.returncode == 0, out.stderr[-2000:]
+    emulated = re.search(r"onednn's bf16 products ([0-9.]+)x float32", out.stdout)
+    assert emulated and float(emulated.group(1)) < 1, out.stdout
+    assert 'provider onednn' not in out.stdout, out.stdout
 
 
 def check_bf16_model(config, batch_size=4):
@@ -518,7 +586,7 @@ def check_bf16_model(config, batch_size=4):
         loss.backward()
         grads = {k: p.grad().asnumpy() for k, p in net._collect_params_with_prefix().items()}
         outputs[dtype] = (inference, recorded, grads)
-        assert net.bf16 == (dtype == 'bfloat16')
+        assert bool(net.bf16) == (dtype == 'bfloat16')
     (inf32, rec32, g32), (inf16, rec16, g16) = outputs['float32'], outputs['bfloat16']
     for a, e in zip(inf16 + rec16, inf32 + rec32):
         assert_close(a, e, atol=BF16_TOLERANCE, rtol=0)
@@ -527,15 +595,15 @@ def check_bf16_model(config, batch_size=4):
     assert not onp.array_equal(inf16[0].asnumpy(), inf32[0].asnumpy())
 
 
-@pytest.mark.skipif(kernels.bf16_unavailable_reason() is not None, reason=BF16_NEEDS)
+@pytest.mark.parametrize('provider', BF16_PROVIDERS)
 @pytest.mark.parametrize('config', ['tiny', 'minilm-shaped'])
-def test_bf16_model_is_close_to_float32(config, bf16_provider):
-    bf16_provider('mkl')  # MKL's bf16 products, whether or not they pay on this CPU
+def test_bf16_model_is_close_to_float32(config, provider, bf16_provider):
+    bf16_provider(provider)  # this provider's products, whether or not they pay here
     check_bf16_model(config)
 
 
-@pytest.mark.skipif(kernels.bf16_unavailable_reason() is not None, reason=BF16_NEEDS)
-def test_bf16_model_with_more_threads_than_tasks():
+@pytest.mark.parametrize('provider', BF16_PROVIDERS)
+def test_bf16_model_with_more_threads_than_tasks(provider):
     """Four threads, batches 1 and 2: the fused blocks' wide tasks in bf16."""
     script = """
 from test_kernels import check_bf16_model
@@ -543,7 +611,7 @@ for batch_size in (1, 2):
     check_bf16_model('minilm-shaped', batch_size)
 print('same')
 """
-    out = run_script(script, OMP_NUM_THREADS='4', BERT_GLUON_BF16_PROVIDER='mkl')
+    out = run_script(script, OMP_NUM_THREADS='4', BERT_GLUON_BF16_PROVIDER=provider)
     assert out.returncode == 0 and 'same' in out.stdout, out.stderr[-2000:]
 
 

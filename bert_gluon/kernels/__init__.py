@@ -14,7 +14,9 @@ backward, float32 or bf16 operands.
 `blas.h`, `library.cc`: matrix products from Intel MKL (the `mkl` package:
 it dispatches on the CPU, AVX2 to AMX, and has bf16 products), found at load
 time, or else the OpenBLAS beside libmxnet.so (float32 only);
-`blas_provider()` says which.
+`blas_provider()` says which. `onednn.cc`: bf16 products from oneDNN (the
+`onednn-cpu-gomp` package, built against `onednn-devel-cpu-gomp`'s headers
+where both are installed); `providers.py` picks MKL's, oneDNN's or none.
 `attention.cc`: self-attention scores (masked softmax) and context straight
 from the (B, T, H) projections, per head (`heads.h`) through a
 register-blocked product (`small_gemm.h`): no head transposes, no BLAS call
@@ -51,14 +53,15 @@ from ..data.files import sha1_of
 from ..fileio import atomic_write, atomic_write_bytes
 
 __all__ = ['has_op', 'native_available', 'unavailable_reason', 'library_path',
-           'blas_provider', 'bf16_unavailable_reason', 'cpu_flags', 'cpu_identity', 'build_dir']
+           'blas_provider', 'BF16_PROVIDERS', 'bf16_unavailable_reason',
+           'cpu_flags', 'cpu_identity', 'build_dir']
 
 _SOURCES = [Path(__file__).with_name(name)
             for name in ('library.cc', 'layer_norm.cc', 'cross_entropy.cc',
                          'dropout.cc', 'attention.cc', 'encoder_layer.cc', 'embedding.cc',
-                         'dense.cc', 'linear.cc')]
+                         'dense.cc', 'linear.cc', 'onednn.cc')]
 _HEADERS = [Path(__file__).with_name(name)
-            for name in ('common.h', 'small_gemm.h', 'heads.h', 'blas.h')]
+            for name in ('common.h', 'small_gemm.h', 'heads.h', 'blas.h', 'onednn.h')]
 _OPENBLAS = Path(mx.__file__).parent / 'libopenblas.so.0'
 # Exported: only what MXNet and this module call (a version script), bound
 # locally (-Bsymbolic): another extension library loaded beside it, such as
@@ -88,6 +91,27 @@ def cpu_identity():
     return '\n'.join(line for line in lines if line.startswith(keep))
 
 
+@functools.lru_cache(maxsize=None)
+def _onednn_flags():
+    """g++ arguments that build onednn.cc against the installed oneDNN
+    (headers of onednn-devel-cpu-gomp, libdnnl of onednn-cpu-gomp), or []:
+    built without it."""
+    def located(package, name):
+        try:
+            files = importlib.metadata.files(package) or []
+        except importlib.metadata.PackageNotFoundError:
+            return None
+        found = [f.locate().resolve() for f in files if str(f).endswith(name)]
+        return next((path for path in found if path.exists()), None)
+    header = located('onednn-devel-cpu-gomp', 'oneapi/dnnl/dnnl.h')
+    library = located('onednn-cpu-gomp', 'libdnnl.so.3')
+    if not (header and library):
+        return []
+    include = header.parent.parent.parent
+    return ['-DBERT_GLUON_ONEDNN', f'-I{include}', str(library),
+            f'-Wl,-rpath,{library.parent}']
+
+
 def _compiler_identity():
     out = subprocess.run(['g++', '--version'], capture_output=True, text=True,
                          timeout=60, check=True)
@@ -111,7 +135,8 @@ def _build(target):
 
     def compile_to(path):
         subprocess.run(['g++', *_FLAGS, f'-Wl,--version-script={exports}', f'-I{include}',
-                        '-o', path, *map(str, _SOURCES), str(lib_api), '-lmvec', '-ldl'],
+                        '-o', path, *map(str, _SOURCES), str(lib_api), *_onednn_flags(),
+                        '-lmvec', '-ldl'],
                        check=True, capture_output=True, text=True, timeout=_BUILD_SECONDS)
     atomic_write(target, compile_to)  # other processes see it whole or not at all
     atomic_write_bytes(target.with_suffix('.sha1'), sha1_of(target).encode())
@@ -146,7 +171,8 @@ def build_dir():
 def library_path():
     """Where this machine's build of the kernels lives (built or not)."""
     digest = hashlib.sha1(mx.__version__.encode())
-    for part in (_compiler_identity(), ' '.join(_FLAGS), _EXPORTS, cpu_identity()):
+    for part in (_compiler_identity(), ' '.join(_FLAGS + _onednn_flags()), _EXPORTS,
+                 cpu_identity()):
         digest.update(part.encode())
     for source in _SOURCES + _HEADERS:
         digest.update(source.read_bytes())
@@ -218,17 +244,33 @@ def cpu_flags():
     return set()
 
 
-def bf16_unavailable_reason():
-    """None when bf16 products can run here (MKL, a CPU with AVX512_BF16 or
-    AMX), else why not. Whether they beat float32: providers.bf16_choice()."""
+BF16_PROVIDERS = ('onednn', 'mkl')
+
+
+def bf16_unavailable_reason(provider):
+    """None when `provider` ('onednn' or 'mkl') can run bf16 products here,
+    else why not. Whether they beat float32: providers.bf16_choice()."""
+    if provider not in BF16_PROVIDERS:
+        raise ValueError(f'provider must be one of {BF16_PROVIDERS}, got {provider!r}')
     reason = unavailable_reason()
     if reason:
         return reason
     if not {'avx512_bf16', 'amx_bf16'} & cpu_flags():
         return ('this CPU has neither AVX512_BF16 nor AMX-BF16: bf16 products '
                 'would be emulated, slower than float32')
-    if blas_provider() != 'mkl':
-        return 'bf16 products come from MKL: pip install mkl'
+    if provider == 'mkl':
+        return None if blas_provider() == 'mkl' else "MKL's bf16 products: pip install mkl"
+    if not _onednn_flags():
+        return ("oneDNN's bf16 products: pip install onednn-cpu-gomp==2023.2.0 "
+                'onednn-devel-cpu-gomp==2023.2.0')
+    library = ctypes.CDLL(str(_state['path']))  # the handle MXNet already loaded
+    library.bert_gluon_onednn_bf16.restype = ctypes.c_char_p
+    library.bert_gluon_onednn_bf16.argtypes = [ctypes.c_int64] * 3
+    implementation = library.bert_gluon_onednn_bf16(32, 384, 384).decode()
+    if not implementation or implementation.startswith('ref'):
+        cap = os.environ.get('ONEDNN_MAX_CPU_ISA')
+        return (f"oneDNN has no bf16 matmul for this CPU{f' at ONEDNN_MAX_CPU_ISA={cap}' if cap else ''}"
+                f" (found: {implementation or 'none'})")
     return None
 
 

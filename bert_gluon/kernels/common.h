@@ -32,12 +32,12 @@ inline void column_sums(const float* dY, int64_t M, int64_t N, float* db) {
 }
 
 // The products of a Dense layer's backward, Y (M, N) = X (M, K) W^T:
-// dX = dY W and dW = dY^T X, in float32, or with bf16 on copies of dY, W and
-// X made in `scratch` ((M * N + N * K + M * K) bf16)
+// dX = dY W and dW = dY^T X, in float32, or by a bf16 provider on copies of
+// dY, W and X made in `scratch` ((M * N + N * K + M * K) bf16)
 inline void dense_backward(int64_t M, int64_t N, int64_t K, const float* dY, const float* X,
-                           const float* W, float* dX, float* dW, bool bf16,
+                           const float* W, float* dX, float* dW, blas::Bf16 bf16,
                            blas::bf16* scratch) {
-  if (!bf16) {
+  if (bf16 == blas::Bf16::none) {
     blas::sgemm(false, false, M, K, N, 1.f, dY, N, W, K, 0.f, dX, K);
     blas::sgemm(true, false, N, K, M, 1.f, dY, N, X, K, 0.f, dW, K);
     return;
@@ -46,8 +46,8 @@ inline void dense_backward(int64_t M, int64_t N, int64_t K, const float* dY, con
   to_bf16_parallel(dY, M * N, dy16);
   to_bf16_parallel(W, N * K, w16);
   to_bf16_parallel(X, M * K, x16);
-  blas::gemm_bf16(false, false, M, K, N, 1.f, dy16, N, w16, K, 0.f, dX, K);
-  blas::gemm_bf16(true, false, N, K, M, 1.f, dy16, N, x16, K, 0.f, dW, K);
+  blas::gemm_bf16(bf16, false, false, M, K, N, 1.f, dy16, N, w16, K, 0.f, dX, K);
+  blas::gemm_bf16(bf16, true, false, N, K, M, 1.f, dy16, N, x16, K, 0.f, dW, K);
 }
 
 // Type inference of an op whose inputs are float32 (input int_ok may be
@@ -71,6 +71,16 @@ inline bool flag_of(const std::unordered_map<std::string, std::string>& attrs,
                     const char* name) {
   auto it = attrs.find(name);
   return it != attrs.end() && (it->second == "1" || it->second == "True");
+}
+
+// An op's bf16 attribute: who multiplies bf16 operands ("mkl" or "onednn";
+// "1"/"True" mean MKL), or none ("", "0", "False": float32)
+inline blas::Bf16 bf16_of(const std::unordered_map<std::string, std::string>& attrs) {
+  auto it = attrs.find("bf16");
+  if (it == attrs.end()) return blas::Bf16::none;
+  if (it->second == "onednn") return blas::Bf16::onednn;
+  if (it->second == "mkl" || it->second == "1" || it->second == "True") return blas::Bf16::mkl;
+  return blas::Bf16::none;
 }
 
 // A float attribute, or fallback when it is not given

@@ -1,13 +1,13 @@
 // The MLM head's vocabulary projection, for MXNet 1.9 on the CPU (extension
 // library), its products from blas.h (MKL where installed): float32, or with
-// bf16=1 bf16 operands accumulated in float32 (the float32 weight converted
+// bf16=mkl|onednn bf16 operands accumulated in float32 (the float32 weight converted
 // on each call: it is the master copy the optimizer updates).
 // The projection is most of a pretraining step's FLOPs, and the book pads
 // every sequence to 10 slots, of which ~30% have weight 0 on WikiText-2; with
 // packed=1 the op projects only the rows of nonzero weight, packed at the top
 // of its output (bert_softmax_ce(..., packed=1) reads that layout).
 //
-// Op bert_dense(X (..., H), W (V, H), b (V,)[, weights (...)]; packed=0, bf16=0)
+// Op bert_dense(X (..., H), W (V, H), b (V,)[, weights (...)]; packed=0, bf16='')
 //      -> Y (..., V) = X W^T + b.
 //   packed=1 takes weights and, in row-major order over the leading axes,
 //   writes row k = X[r_k] W^T + b for the k-th row r_k of nonzero weight;
@@ -69,7 +69,9 @@ static MXReturnValue pd_forward(const std::unordered_map<std::string, std::strin
                                 const OpResource& res) {
   MXTensor& X = (*inputs)[0];
   const int64_t H = X.shape.back(), R = X.size() / H, V = (*inputs)[1].shape[0];
-  const bool packed = flag_of(attrs, "packed"), bf16 = flag_of(attrs, "bf16");
+  const bool packed = flag_of(attrs, "packed");
+  const blas::Bf16 by = bf16_of(attrs);
+  const bool bf16 = by != blas::Bf16::none;
   const std::vector<int64_t> rows = packed ? weighted_rows((*inputs)[3].data<float>(), R)
                                            : std::vector<int64_t>();
   const int64_t n = packed ? rows.size() : R;
@@ -99,7 +101,7 @@ static MXReturnValue pd_forward(const std::unordered_map<std::string, std::strin
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) std::memcpy(Y + i * V, b, V * sizeof(float));
   if (bf16) {
-    blas::gemm_bf16(false, true, n, V, H, 1.f, a16, H, w16, H, 1.f, Y, V);
+    blas::gemm_bf16(by, false, true, n, V, H, 1.f, a16, H, w16, H, 1.f, Y, V);
   } else {
     blas::sgemm(false, true, n, V, H, 1.f, A, H, W, H, 1.f, Y, V);
   }
@@ -117,7 +119,9 @@ static MXReturnValue pd_backward(const std::unordered_map<std::string, std::stri
   float* dX = (*outputs)[0].data<float>();
   float* dW = (*outputs)[1].data<float>();
   float* db = (*outputs)[2].data<float>();
-  const bool packed = flag_of(attrs, "packed"), bf16 = flag_of(attrs, "bf16");
+  const bool packed = flag_of(attrs, "packed");
+  const blas::Bf16 by = bf16_of(attrs);
+  const bool bf16 = by != blas::Bf16::none;
   std::vector<int64_t> rows;
   if (packed) {
     std::memset((*outputs)[3].data_ptr, 0, R * sizeof(float));
@@ -143,7 +147,7 @@ static MXReturnValue pd_backward(const std::unordered_map<std::string, std::stri
     dXv = scratch + n * H;
     space += 2 * n * H * sizeof(float);
   }
-  dense_backward(n, V, H, dY, Xv, W, dXv, dW, bf16, reinterpret_cast<blas::bf16*>(space));
+  dense_backward(n, V, H, dY, Xv, W, dXv, dW, by, reinterpret_cast<blas::bf16*>(space));
   for (int64_t i = 0; packed && i < n; ++i)
     std::memcpy(dX + rows[i] * H, dXv + i * H, H * sizeof(float));
   return MX_SUCCESS;

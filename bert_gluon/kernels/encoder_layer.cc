@@ -10,7 +10,7 @@
 //   Y = LayerNorm(A + act(A W1^T + b1) W2^T + b2), act ReLU or erf-GELU
 //
 // The four Dense products go through blas.h (MKL's packed weights: packed
-// once per call, shared by every row block), in float32 or, with bf16=1, on
+// once per call, shared by every row block), in float32 or, with bf16=mkl|onednn, on
 // bf16 operands accumulated in float32; attention's per-head products stay
 // float32 (small_gemm.h, via heads.h).
 //
@@ -80,12 +80,14 @@ inline float erf_rational(float x) {
 // what it saves.
 struct Packed {
   int64_t N, K, rows;
+  blas::Bf16 by;
   bool bf16, direct;
   int64_t bytes;
   void* data = nullptr;
-  Packed(int64_t N_, int64_t K_, int64_t rows_, bool bf16_, bool once)
-      : N(N_), K(K_), rows(rows_), bf16(bf16_), direct(once && !bf16_),
-        bytes(direct ? 0 : (blas::packed_weight_bytes(bf16_, rows_, N_, K_) + 63) / 64 * 64) {}
+  Packed(int64_t N_, int64_t K_, int64_t rows_, blas::Bf16 by_, bool once)
+      : N(N_), K(K_), rows(rows_), by(by_), bf16(by_ != blas::Bf16::none),
+        direct(once && !bf16),
+        bytes(direct ? 0 : (blas::packed_weight_bytes(by_, rows_, N_, K_) + 63) / 64 * 64) {}
 
   // pack W into the space at `next` (advanced past it); w16: N * K bf16 of scratch
   void pack(const float* W, char*& next, blas::bf16* w16) {
@@ -100,7 +102,7 @@ struct Packed {
       return;
     }
     to_bf16_parallel(W, N * K, w16);
-    blas::pack_weight_bf16(w16, N, K, rows, data);
+    blas::pack_weight_bf16(by, w16, N, K, rows, data);
   }
 
   // C (n, N) = X (n, K) @ W^T (+ C when accumulate). With bf16 weights X16,
@@ -129,7 +131,7 @@ struct Packed {
       blas::to_bf16(X, n * K, scratch);
       X16 = scratch;
     }
-    blas::gemm_packed_bf16(n, N, K, X16, K, data, beta, C, N);
+    blas::gemm_packed_bf16(by, n, N, K, X16, K, data, beta, C, N);
   }
 };
 
@@ -204,11 +206,12 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
   if (wide) seqs = std::max<int64_t>(1, std::min<int64_t>(B, kBlockRows / T));
   const int64_t rows = seqs * T;
   const int64_t tasks = (B + seqs - 1) / seqs;
-  const bool bf16 = flag_of(attrs, "bf16");
+  const blas::Bf16 by = bf16_of(attrs);
+  const bool bf16 = by != blas::Bf16::none;
   // The weights packed once for every row block's products
   const bool once = tasks == 1;
-  Packed Wqkv(H3, H, rows, bf16, once), Wo(H, H, rows, bf16, once),
-      W1(F, H, rows, bf16, once), W2(H, F, rows, bf16, once);
+  Packed Wqkv(H3, H, rows, by, once), Wo(H, H, rows, by, once),
+      W1(F, H, rows, by, once), W2(H, F, rows, by, once);
   const int64_t weight_bytes = Wqkv.bytes + Wo.bytes + W1.bytes + W2.bytes;
   // then float32 scratch: the stacked q | k | v weight (3H, H), its bias and
   // zero biases (3H each), a bf16 copy of the largest weight; then per

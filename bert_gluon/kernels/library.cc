@@ -7,6 +7,7 @@
 #include <vector>
 #include "mxnet/lib_api.h"
 #include "blas.h"
+#include "onednn.h"
 
 using namespace mxnet::ext;
 
@@ -106,7 +107,6 @@ extern "C" const char* bert_gluon_blas_provider() { return provider_.name; }
 namespace blas {
 
 const char* provider() { return provider_.name; }
-bool has_bf16() { return provider_.gemm_bf16 != nullptr; }
 
 void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
            const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
@@ -115,15 +115,18 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
                   beta, C, ldc);
 }
 
-void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-               const bf16* A, int64_t lda, const bf16* B, int64_t ldb, float beta, float* C,
-               int64_t ldc) {
+void gemm_bf16(Bf16 by, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
+               float alpha, const bf16* A, int64_t lda, const bf16* B, int64_t ldb, float beta,
+               float* C, int64_t ldc) {
+  if (by == Bf16::onednn)
+    return onednn::gemm_bf16(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   provider_.gemm_bf16(kRowMajor, trans(trans_a), trans(trans_b), M, N, K, alpha, A, lda, B,
                       ldb, beta, C, ldc);
 }
 
-size_t packed_weight_bytes(bool bf16_operands, int64_t M, int64_t N, int64_t K) {
-  if (bf16_operands) return provider_.bf16_pack_size(kBMatrix, M, N, K);
+size_t packed_weight_bytes(Bf16 by, int64_t M, int64_t N, int64_t K) {
+  if (by == Bf16::onednn) return onednn::packed_weight_bytes(N, K);
+  if (by == Bf16::mkl) return provider_.bf16_pack_size(kBMatrix, M, N, K);
   if (provider_.sgemm_pack_size) return provider_.sgemm_pack_size(kBMatrix, M, N, K);
   return N * K * sizeof(float);
 }
@@ -137,7 +140,9 @@ void pack_weight(const float* W, int64_t N, int64_t K, int64_t M, void* packed) 
   }
 }
 
-void pack_weight_bf16(const bf16* W, int64_t N, int64_t K, int64_t M, void* packed) {
+void pack_weight_bf16(Bf16 by, const bf16* W, int64_t N, int64_t K, int64_t M,
+                      void* packed) {
+  if (by == Bf16::onednn) return onednn::pack_weight_bf16(W, N, K, packed);
   provider_.bf16_pack(kRowMajor, kBMatrix, kTrans, M, N, K, W, K, static_cast<bf16*>(packed));
 }
 
@@ -152,8 +157,9 @@ void gemm_packed(int64_t M, int64_t N, int64_t K, const float* X, int64_t ldx,
   }
 }
 
-void gemm_packed_bf16(int64_t M, int64_t N, int64_t K, const bf16* X, int64_t ldx,
+void gemm_packed_bf16(Bf16 by, int64_t M, int64_t N, int64_t K, const bf16* X, int64_t ldx,
                       const void* packed, float beta, float* C, int64_t ldc) {
+  if (by == Bf16::onednn) return onednn::gemm_packed_bf16(M, N, K, X, ldx, packed, beta, C, ldc);
   provider_.bf16_compute(kRowMajor, kNoTrans, kPacked, M, N, K, 1.f, X, ldx,
                          static_cast<const bf16*>(packed), K, beta, C, ldc);
 }

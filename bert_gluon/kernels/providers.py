@@ -1,17 +1,20 @@
 """Who runs the bf16 products on this CPU: measured here, not assumed.
 
+  'onednn'   oneDNN's bf16 matmul (AMX or AVX512_BF16, dispatched on the ISA)
   'mkl'      MKL's bf16 x bf16 -> float32 products (AMX or AVX512_BF16)
   'float32'  no bf16 provider beats float32 here: dtype='bfloat16' runs the
              products in float32, and says so once
 
 bf16 only pays where the CPU multiplies bf16 faster than float32: with AMX
 (several times), not always with AVX512_BF16 alone (an Intel core without
-AMX runs its bf16 dot products at half its float32 FMA rate), never where
-the CPU has neither (MKL would emulate). So the choice is timed: the Dense
-products of a BERT layer, bf16 against float32, once per CPU, MKL version,
-ISA cap (MKL_ENABLE_INSTRUCTIONS) and thread count, cached beside the
-kernels' build. BERT_GLUON_BF16_PROVIDER=mkl|float32 forces it (tests,
-benches); 'auto' (the default) measures.
+AMX runs its bf16 dot products at half its float32 FMA rate; MKL's bf16 on
+Zen 4 is slower than its sgemm, oneDNN's twice as fast), never where the CPU
+has neither (they would emulate). So the choice is timed: the Dense
+products of a BERT layer, each provider's bf16 against float32, once per
+CPU, library versions, ISA caps (MKL_ENABLE_INSTRUCTIONS, ONEDNN_MAX_CPU_ISA)
+and thread count, cached beside the kernels' build; the fastest that beats
+float32 by MARGIN wins. BERT_GLUON_BF16_PROVIDER=onednn|mkl|float32 forces
+it (tests, benches); 'auto' (the default) measures.
 """
 import json
 import os
@@ -20,12 +23,12 @@ import threading
 import time
 import warnings
 
-from . import bf16_unavailable_reason, build_dir, cpu_identity
+from . import BF16_PROVIDERS, bf16_unavailable_reason, build_dir, cpu_identity
 
 __all__ = ['PROVIDERS', 'bf16_choice', 'bf16_provider', 'warn_bf16_fallback',
            'measure_bf16_speedups', 'forget']
 
-PROVIDERS = ('mkl', 'float32')
+PROVIDERS = BF16_PROVIDERS + ('float32',)
 # (M, K, N) of X (M, K) @ W (N, K)^T: a 32-token request's Q/K/V (MiniLM),
 # MiniLM's FFN at 128 tokens, d2l's pretraining FFN at batch 128 x 64 tokens
 SHAPES = ((32, 384, 384), (128, 384, 1536), (8192, 128, 256))
@@ -38,12 +41,15 @@ _warned = []
 
 def _key():
     import importlib.metadata
-    try:
-        mkl = importlib.metadata.version('mkl')
-    except importlib.metadata.PackageNotFoundError:
-        mkl = 'none'
+
+    def version(package):
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return 'none'
+    libraries = ', '.join(f'{p} {version(p)}' for p in ('mkl', 'onednn-cpu-gomp'))
     caps = ','.join(f'{k}={os.environ.get(k, "")}' for k in _ENVIRONMENT)
-    return f'{cpu_identity()}\nmkl {mkl}\n{caps}\ncpus {len(os.sched_getaffinity(0))}'
+    return f'{cpu_identity()}\n{libraries}\n{caps}\ncpus {len(os.sched_getaffinity(0))}'
 
 
 def _seconds(run, repeats):
@@ -56,13 +62,13 @@ def _seconds(run, repeats):
     return statistics.median(times)
 
 
-def measure_bf16_speedups():
-    """float32 seconds / bf16 seconds of each of SHAPES' products, on this
-    process's threads (> 1: bf16 faster)."""
+def measure_bf16_speedups(provider):
+    """float32 seconds / `provider`'s bf16 seconds of each of SHAPES'
+    products, on this process's threads (> 1: bf16 faster)."""
     import mxnet as mx
-    reason = bf16_unavailable_reason()  # loads the kernels
+    reason = bf16_unavailable_reason(provider)  # loads the kernels
     if reason:
-        raise ValueError(f'bf16 products cannot run here: {reason}')
+        raise ValueError(f'bf16 products by {provider} cannot run here: {reason}')
     ratios = []
     for M, K, N in SHAPES:
         X = mx.nd.random.uniform(-1, 1, (M, K))
@@ -71,7 +77,7 @@ def measure_bf16_speedups():
 
         def product(bf16):
             return lambda: mx.nd.bert_linear(X, W, use_bias=False, bf16=bf16).wait_to_read()
-        ratios.append(_seconds(product(False), repeats) / _seconds(product(True), repeats))
+        ratios.append(_seconds(product(''), repeats) / _seconds(product(provider), repeats))
     return ratios
 
 
@@ -80,13 +86,16 @@ def _decide():
     if forced not in PROVIDERS + ('auto',):
         raise ValueError(f'BERT_GLUON_BF16_PROVIDER must be one of {PROVIDERS + ("auto",)}, '
                          f'got {forced!r}')
-    reason = bf16_unavailable_reason()
     if forced != 'auto':
-        if forced == 'mkl' and reason:
-            raise ValueError(f'BERT_GLUON_BF16_PROVIDER=mkl cannot run here: {reason}')
+        reason = forced != 'float32' and bf16_unavailable_reason(forced)
+        if reason:
+            raise ValueError(f'BERT_GLUON_BF16_PROVIDER={forced} cannot run here: {reason}')
         return {'provider': forced, 'why': 'forced by BERT_GLUON_BF16_PROVIDER'}
-    if reason:
-        return {'provider': 'float32', 'why': reason}
+    reasons = {p: bf16_unavailable_reason(p) for p in BF16_PROVIDERS}
+    runnable = [p for p in BF16_PROVIDERS if reasons[p] is None]
+    if not runnable:
+        return {'provider': 'float32',
+                'why': '; '.join(f'{p}: {reason}' for p, reason in reasons.items())}
     path = build_dir() / 'bf16_provider.json'
     key = _key()
     try:
@@ -95,11 +104,15 @@ def _decide():
         cached = None
     if cached:
         return cached
-    ratios = measure_bf16_speedups()
-    speedup = statistics.geometric_mean(ratios)
-    shapes = ', '.join(f'{M}x{K}x{N} {r:.2f}x' for (M, K, N), r in zip(SHAPES, ratios))
-    choice = {'provider': 'mkl' if speedup >= MARGIN else 'float32', 'speedup': speedup,
-              'why': f"MKL's bf16 products measured {speedup:.2f}x float32 here ({shapes})"}
+    speedups, said = {}, []
+    for provider in runnable:
+        ratios = measure_bf16_speedups(provider)
+        speedups[provider] = statistics.geometric_mean(ratios)
+        shapes = ', '.join(f'{M}x{K}x{N} {r:.2f}x' for (M, K, N), r in zip(SHAPES, ratios))
+        said.append(f"{provider}'s bf16 products {speedups[provider]:.2f}x float32 ({shapes})")
+    best = max(speedups, key=speedups.get)
+    choice = {'provider': best if speedups[best] >= MARGIN else 'float32',
+              'speedups': speedups, 'why': 'measured here: ' + '; '.join(said)}
     _store(path, key, choice)
     return choice
 
@@ -119,8 +132,9 @@ def _store(path, key, choice):
 
 
 def bf16_choice():
-    """{'provider': 'mkl' | 'float32', 'why': ..., ['speedup': measured]} for
-    this process's CPU, libraries, ISA caps and BERT_GLUON_BF16_PROVIDER."""
+    """{'provider': 'onednn' | 'mkl' | 'float32', 'why': ..., ['speedups':
+    measured, by provider]} for this process's CPU, libraries, ISA caps and
+    BERT_GLUON_BF16_PROVIDER."""
     key = (os.environ.get('BERT_GLUON_BF16_PROVIDER', 'auto'), _key())
     with _lock:
         if key not in _chosen:
@@ -129,7 +143,7 @@ def bf16_choice():
 
 
 def bf16_provider():
-    """'mkl' or 'float32': what dtype='bfloat16' products run on here."""
+    """'onednn', 'mkl' or 'float32': what dtype='bfloat16' products run on here."""
     return bf16_choice()['provider']
 
 
@@ -138,8 +152,8 @@ def warn_bf16_fallback():
     if not _warned:
         _warned.append(True)
         warnings.warn("dtype='bfloat16' runs its products in float32 on this CPU: "
-                      f"{bf16_choice()['why']}; set BERT_GLUON_BF16_PROVIDER=mkl to force "
-                      'bf16', stacklevel=3)
+                      f"{bf16_choice()['why']}; BERT_GLUON_BF16_PROVIDER=onednn or mkl "
+                      'forces bf16', stacklevel=3)
 
 
 def forget():

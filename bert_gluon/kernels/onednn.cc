@@ -1,0 +1,271 @@
+// bf16 products from oneDNN (libdnnl of the onednn-cpu-gomp package, on the
+// same libgomp as MXNet), the blas::Bf16::onednn provider of blas.h. Its
+// matmul dispatches on the ISA, not the vendor: AMX, or AVX512_BF16 where
+// MKL's bf16 is slower than its own sgemm (Zen 4). Built only where its
+// headers were found (-DBERT_GLUON_ONEDNN, kernels/__init__.py); else every
+// product here says it cannot run and the Python side never asks for one.
+//
+// Primitives are made once per shape and kept (a map; oneDNN's own cache
+// would still rebuild the descriptor on each call). A packed weight is W in
+// the layout oneDNN's matmul picks for it, reordered once; that layout does
+// not depend on the number of rows M (measured), so one packing serves any M.
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <array>
+#include "blas.h"
+#include "onednn.h"
+
+#ifdef BERT_GLUON_ONEDNN
+#include <oneapi/dnnl/dnnl.h>
+
+namespace {
+
+dnnl_engine_t engine() {
+  static dnnl_engine_t made = [] {
+    dnnl_engine_t e = nullptr;
+    if (dnnl_engine_create(&e, dnnl_cpu, 0) != dnnl_success) e = nullptr;
+    return e;
+  }();
+  return made;
+}
+
+// A stream is not for two threads at once: one per calling thread
+struct Stream {
+  dnnl_stream_t stream = nullptr;
+  Stream() { dnnl_stream_create(&stream, engine(), dnnl_stream_default_flags); }
+  ~Stream() { if (stream) dnnl_stream_destroy(stream); }
+};
+
+dnnl_stream_t stream() {
+  thread_local Stream mine;
+  return mine.stream;
+}
+
+// (rows, cols) with strides; transposed: stored as (cols, rows)
+dnnl_memory_desc_t matrix(int64_t rows, int64_t cols, int64_t ld, bool transposed,
+                          dnnl_data_type_t type) {
+  dnnl_dims_t dims = {rows, cols};
+  dnnl_dims_t strides = {transposed ? 1 : ld, transposed ? ld : 1};
+  dnnl_memory_desc_t md = nullptr;
+  dnnl_memory_desc_create_with_strides(&md, 2, dims, type, strides);
+  return md;
+}
+
+// W^T (K, N) of a W (N, K) in the layout matmul picks ('any'), or nullptr
+dnnl_memory_desc_t any_weights(int64_t K, int64_t N) {
+  dnnl_dims_t dims = {K, N};
+  dnnl_memory_desc_t md = nullptr;
+  dnnl_memory_desc_create_with_tag(&md, 2, dims, dnnl_bf16, dnnl_format_tag_any);
+  return md;
+}
+
+// A matmul primitive C (M, N) = alpha A B (+ beta C), or nullptr; `weights`
+// given: B in that layout. Its implementation's name into `impl` if asked.
+dnnl_primitive_t make_matmul(dnnl_memory_desc_t a, const_dnnl_memory_desc_t b,
+                             dnnl_memory_desc_t c, float alpha, float beta,
+                             dnnl_memory_desc_t* picked_weights, const char** impl) {
+  dnnl_primitive_attr_t attr = nullptr;
+  dnnl_post_ops_t post = nullptr;
+  dnnl_primitive_attr_create(&attr);
+  dnnl_post_ops_create(&post);
+  if (alpha != 1.f) dnnl_post_ops_append_eltwise(post, dnnl_eltwise_linear, alpha, 0.f);
+  if (beta != 0.f) dnnl_post_ops_append_sum(post, beta, 0, dnnl_data_type_undef);
+  dnnl_primitive_attr_set_post_ops(attr, post);
+  dnnl_primitive_desc_t pd = nullptr;
+  dnnl_primitive_t prim = nullptr;
+  if (dnnl_matmul_primitive_desc_create(&pd, engine(), a, b, nullptr, c, attr)
+      == dnnl_success) {
+    const char* name = "";
+    dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &name);
+    if (impl) *impl = name;  // static strings of the library
+    if (picked_weights)
+      dnnl_memory_desc_clone(picked_weights, dnnl_primitive_desc_query_md(
+                                                 pd, dnnl_query_weights_md, 0));
+    if (dnnl_primitive_create(&prim, pd) != dnnl_success) prim = nullptr;
+    dnnl_primitive_desc_destroy(pd);
+  }
+  dnnl_post_ops_destroy(post);
+  dnnl_primitive_attr_destroy(attr);
+  return prim;
+}
+
+struct Matmul {
+  dnnl_primitive_t prim = nullptr;
+  dnnl_memory_desc_t a = nullptr, b = nullptr, c = nullptr;
+};
+
+std::mutex lock_;
+std::map<std::array<int64_t, 11>, Matmul> matmuls_;
+// packed layout of W (N, K), by (N, K); nullptr: no oneDNN product for it
+std::map<std::array<int64_t, 2>, dnnl_memory_desc_t> packed_;
+
+dnnl_memory_desc_t packed_layout(int64_t N, int64_t K) {
+  std::lock_guard<std::mutex> hold(lock_);
+  auto found = packed_.find({N, K});
+  if (found != packed_.end()) return found->second;
+  dnnl_memory_desc_t a = matrix(1, K, K, false, dnnl_bf16), c = matrix(1, N, N, false, dnnl_f32);
+  dnnl_memory_desc_t any = any_weights(K, N), picked = nullptr;
+  dnnl_primitive_t probe = make_matmul(a, any, c, 1.f, 0.f, &picked, nullptr);
+  if (probe) dnnl_primitive_destroy(probe);
+  for (auto md : {a, c, any}) dnnl_memory_desc_destroy(md);
+  return packed_[{N, K}] = probe ? picked : nullptr;
+}
+
+bool run(const Matmul& m, const void* A, const void* B, float* C) {
+  dnnl_memory_t a = nullptr, b = nullptr, c = nullptr;
+  dnnl_memory_create(&a, m.a, engine(), const_cast<void*>(A));
+  dnnl_memory_create(&b, m.b, engine(), const_cast<void*>(B));
+  dnnl_memory_create(&c, m.c, engine(), C);
+  dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}};
+  const bool ok = a && b && c && dnnl_primitive_execute(m.prim, stream(), 3, args) == dnnl_success
+                  && dnnl_stream_wait(stream()) == dnnl_success;
+  for (auto mem : {a, b, c}) if (mem) dnnl_memory_destroy(mem);
+  return ok;
+}
+
+// The primitive of a key, made on first use; nullptr prim when it cannot be.
+// A copy: another thread may clear the map meanwhile (what it drops is leaked,
+// never freed under a running product).
+Matmul matmul_for(const std::array<int64_t, 11>& key, dnnl_memory_desc_t a,
+                         dnnl_memory_desc_t b, dnnl_memory_desc_t c, float alpha, float beta) {
+  std::lock_guard<std::mutex> hold(lock_);
+  if (matmuls_.size() > 4096) matmuls_.clear();  // bounded: request lengths vary
+  auto found = matmuls_.find(key);
+  if (found != matmuls_.end()) {
+    for (auto md : {a, b, c}) dnnl_memory_desc_destroy(md);
+    return found->second;
+  }
+  Matmul m;
+  m.prim = make_matmul(a, b, c, alpha, beta, nullptr, nullptr);
+  m.a = a, m.b = b, m.c = c;
+  return matmuls_[key] = m;
+}
+
+int32_t bits(float x) {
+  int32_t i;
+  std::memcpy(&i, &x, 4);
+  return i;
+}
+
+// Reference product, for a shape oneDNN refused (never seen on a CPU that
+// passed the Python side's probe): correct, slow
+void reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+               const blas::bf16* A, int64_t lda, const blas::bf16* B, int64_t ldb, float beta,
+               float* C, int64_t ldc) {
+  auto f = [](blas::bf16 v) { uint32_t u = uint32_t(v) << 16; float x; std::memcpy(&x, &u, 4); return x; };
+  std::fprintf(stderr, "bert_gluon: oneDNN has no bf16 product for %lldx%lldx%lld here; "
+               "running a slow reference\n", (long long)M, (long long)K, (long long)N);
+#pragma omp parallel for
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      float sum = 0.f;
+      for (int64_t k = 0; k < K; ++k)
+        sum += f(trans_a ? A[k * lda + i] : A[i * lda + k]) * f(trans_b ? B[j * ldb + k] : B[k * ldb + j]);
+      C[i * ldc + j] = alpha * sum + (beta != 0.f ? beta * C[i * ldc + j] : 0.f);
+    }
+}
+
+}  // namespace
+
+namespace onednn {
+
+bool built() { return true; }
+
+const char* bf16_implementation(int64_t M, int64_t N, int64_t K) {
+  if (!engine()) return "";
+  dnnl_memory_desc_t a = matrix(M, K, K, false, dnnl_bf16), c = matrix(M, N, N, false, dnnl_f32);
+  dnnl_memory_desc_t any = any_weights(K, N);
+  const char* impl = "";
+  dnnl_primitive_t probe = make_matmul(a, any, c, 1.f, 0.f, nullptr, &impl);
+  if (probe) dnnl_primitive_destroy(probe);
+  for (auto md : {a, c, any}) dnnl_memory_desc_destroy(md);
+  return probe ? impl : "";
+}
+
+void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+               const blas::bf16* A, int64_t lda, const blas::bf16* B, int64_t ldb, float beta,
+               float* C, int64_t ldc) {
+  const std::array<int64_t, 11> key = {0, trans_a, trans_b, M, N, K, lda, ldb, ldc,
+                                       bits(alpha), bits(beta)};
+  const Matmul m = matmul_for(key, matrix(M, K, lda, trans_a, dnnl_bf16),
+                               matrix(K, N, ldb, trans_b, dnnl_bf16),
+                               matrix(M, N, ldc, false, dnnl_f32), alpha, beta);
+  if (!m.prim || !run(m, A, B, C))
+    reference(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+size_t packed_weight_bytes(int64_t N, int64_t K) {
+  dnnl_memory_desc_t layout = packed_layout(N, K);
+  return layout ? dnnl_memory_desc_get_size(layout) : N * K * sizeof(blas::bf16);
+}
+
+void pack_weight_bf16(const blas::bf16* W, int64_t N, int64_t K, void* packed) {
+  dnnl_memory_desc_t layout = packed_layout(N, K);
+  dnnl_memory_desc_t plain = matrix(K, N, K, true, dnnl_bf16);  // W^T, stored as W
+  bool done = false;
+  if (layout) {
+    dnnl_primitive_desc_t pd = nullptr;
+    dnnl_primitive_t reorder = nullptr;
+    dnnl_memory_t from = nullptr, to = nullptr;
+    if (dnnl_reorder_primitive_desc_create(&pd, plain, engine(), layout, engine(), nullptr)
+            == dnnl_success
+        && dnnl_primitive_create(&reorder, pd) == dnnl_success
+        && dnnl_memory_create(&from, plain, engine(), const_cast<blas::bf16*>(W)) == dnnl_success
+        && dnnl_memory_create(&to, layout, engine(), packed) == dnnl_success) {
+      dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
+      done = dnnl_primitive_execute(reorder, stream(), 2, args) == dnnl_success
+             && dnnl_stream_wait(stream()) == dnnl_success;
+    }
+    if (from) dnnl_memory_destroy(from);
+    if (to) dnnl_memory_destroy(to);
+    if (reorder) dnnl_primitive_destroy(reorder);
+    if (pd) dnnl_primitive_desc_destroy(pd);
+  }
+  dnnl_memory_desc_destroy(plain);
+  if (!done) std::memcpy(packed, W, N * K * sizeof(blas::bf16));
+}
+
+void gemm_packed_bf16(int64_t M, int64_t N, int64_t K, const blas::bf16* X, int64_t ldx,
+                      const void* packed, float beta, float* C, int64_t ldc) {
+  dnnl_memory_desc_t layout = packed_layout(N, K);
+  if (!layout) {  // packed as W itself
+    gemm_bf16(false, true, M, N, K, 1.f, X, ldx, static_cast<const blas::bf16*>(packed), K,
+              beta, C, ldc);
+    return;
+  }
+  dnnl_memory_desc_t b = nullptr;
+  dnnl_memory_desc_clone(&b, layout);
+  const std::array<int64_t, 11> key = {1, 0, 0, M, N, K, ldx, 0, ldc, bits(1.f), bits(beta)};
+  const Matmul m = matmul_for(key, matrix(M, K, ldx, false, dnnl_bf16), b,
+                               matrix(M, N, ldc, false, dnnl_f32), 1.f, beta);
+  if (!m.prim || !run(m, X, packed, C)) {
+    std::fprintf(stderr, "bert_gluon: oneDNN's packed bf16 product %lldx%lldx%lld failed\n",
+                 (long long)M, (long long)K, (long long)N);
+    std::abort();  // the packed layout has no other reader
+  }
+}
+
+}  // namespace onednn
+
+#else  // built without oneDNN's headers
+
+namespace onednn {
+bool built() { return false; }
+const char* bf16_implementation(int64_t, int64_t, int64_t) { return ""; }
+void gemm_bf16(bool, bool, int64_t, int64_t, int64_t, float, const blas::bf16*, int64_t,
+               const blas::bf16*, int64_t, float, float*, int64_t) { std::abort(); }
+size_t packed_weight_bytes(int64_t N, int64_t K) { return N * K * sizeof(blas::bf16); }
+void pack_weight_bf16(const blas::bf16*, int64_t, int64_t, void*) { std::abort(); }
+void gemm_packed_bf16(int64_t, int64_t, int64_t, const blas::bf16*, int64_t, const void*, float,
+                      float*, int64_t) { std::abort(); }
+}  // namespace onednn
+
+#endif
+
+// The name of oneDNN's bf16 matmul for an M x K x N product here ("" where
+// there is none): how the Python side tells oneDNN's bf16 can run
+extern "C" const char* bert_gluon_onednn_bf16(int64_t M, int64_t N, int64_t K) {
+  return onednn::bf16_implementation(M, N, K);
+}
