@@ -312,7 +312,7 @@ def main():
                 print(f'{ours} / {theirs}: ' + ', '.join(
                     f'{k} {a[k][0] / b[k][0]:.2f}x' for k in KINDS if a[k] and b[k]))
         flops = train_flops(batch_size, **SIZES)
-        for name, bf16 in (('twin', False), ('twin-bf16', provider == 'mkl'),
+        for name, bf16 in (('twin', False), ('twin-bf16', provider != 'float32'),
                            ('twin-bf16-mkl', True)):
             if stats.get(name, {}).get('train'):
                 achieved = flops * stats[name]['train'][0] / batch_size

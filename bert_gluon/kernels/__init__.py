@@ -54,14 +54,15 @@ from ..fileio import atomic_write, atomic_write_bytes
 
 __all__ = ['has_op', 'native_available', 'unavailable_reason', 'library_path',
            'blas_provider', 'BF16_PROVIDERS', 'bf16_unavailable_reason',
-           'cpu_flags', 'cpu_identity', 'build_dir']
+           'prepared_weight_counts', 'cpu_flags', 'cpu_identity', 'build_dir']
 
 _SOURCES = [Path(__file__).with_name(name)
             for name in ('library.cc', 'layer_norm.cc', 'cross_entropy.cc',
                          'dropout.cc', 'attention.cc', 'encoder_layer.cc', 'embedding.cc',
-                         'dense.cc', 'linear.cc', 'onednn.cc')]
+                         'dense.cc', 'linear.cc', 'onednn.cc', 'prepared.cc')]
 _HEADERS = [Path(__file__).with_name(name)
-            for name in ('common.h', 'small_gemm.h', 'heads.h', 'blas.h', 'onednn.h')]
+            for name in ('common.h', 'small_gemm.h', 'heads.h', 'blas.h', 'onednn.h',
+                         'prepared.h')]
 _OPENBLAS = Path(mx.__file__).parent / 'libopenblas.so.0'
 # Exported: only what MXNet and this module call (a version script), bound
 # locally (-Bsymbolic): another extension library loaded beside it, such as
@@ -272,6 +273,17 @@ def bf16_unavailable_reason(provider):
         return (f"oneDNN has no bf16 matmul for this CPU{f' at ONEDNN_MAX_CPU_ISA={cap}' if cap else ''}"
                 f" (found: {implementation or 'none'})")
     return None
+
+
+def prepared_weight_counts():
+    """(made, reused): weights the inference ops prepared (packed,
+    reordered, converted) and reused so far in this process."""
+    if not native_available():
+        return 0, 0
+    made, reused = ctypes.c_uint64(), ctypes.c_uint64()
+    ctypes.CDLL(str(_state['path'])).bert_gluon_prepared_counts(ctypes.byref(made),
+                                                                ctypes.byref(reused))
+    return made.value, reused.value
 
 
 def unavailable_reason():

@@ -9,8 +9,8 @@
 //   A = LayerNorm(X + C W_o^T (+ b_o))
 //   Y = LayerNorm(A + act(A W1^T + b1) W2^T + b2), act ReLU or erf-GELU
 //
-// The four Dense products go through blas.h (MKL's packed weights: packed
-// once per call, shared by every row block), in float32 or, with bf16=mkl|onednn, on
+// The four Dense products go through blas.h (weights packed or reordered
+// once and kept while unchanged: prepared.h), in float32 or, with bf16=mkl|onednn, on
 // bf16 operands accumulated in float32; attention's per-head products stay
 // float32 (small_gemm.h, via heads.h).
 //
@@ -25,6 +25,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <string>
 #include <vector>
 #include <omp.h>
@@ -32,12 +33,16 @@
 #include "common.h"
 #include "heads.h"
 #include "blas.h"
+#include "prepared.h"
 
 using namespace mxnet::ext;
 using namespace heads;
 
 namespace {
 constexpr int64_t kBlockRows = 128;  // rows per task: ~0.5 MB of intermediates
+// Rows a packed weight is packed for: any product's rows (MKL's packed
+// layout depends on N and K only; oneDNN's on neither M)
+constexpr int64_t kPackRows = 1024;
 
 // Input indices of the weights (X is input 0, valid_lens input 1)
 struct Slots {
@@ -75,34 +80,49 @@ inline float erf_rational(float x) {
   return x * p / q;
 }
 
-// A Dense weight W (N, K) packed once for products X (M <= rows, K) @ W^T.
-// Used by one product only (float32), W is left as it is: packing would cost
-// what it saves.
+// A Dense weight W (N, K), the rows of `parts` one after another (q | k | v
+// stacked, or one weight), prepared for products X (n, K) @ W^T: packed
+// (MKL) or reordered (oneDNN), in float32 or bf16, once per version of its
+// sources and kept (prepared.h). A float32 one for a single task's products
+// is used as it is (packing would cost what it saves), stacked once if need be.
 struct Packed {
-  int64_t N, K, rows;
+  int64_t N, K;
   blas::Bf16 by;
   bool bf16, direct;
-  int64_t bytes;
-  void* data = nullptr;
-  Packed(int64_t N_, int64_t K_, int64_t rows_, blas::Bf16 by_, bool once)
-      : N(N_), K(K_), rows(rows_), by(by_), bf16(by_ != blas::Bf16::none),
-        direct(once && !bf16),
-        bytes(direct ? 0 : (blas::packed_weight_bytes(by_, rows_, N_, K_) + 63) / 64 * 64) {}
+  prepared::Buffer held;
+  const void* data = nullptr;
+  Packed(int64_t N_, int64_t K_, blas::Bf16 by_, bool once)
+      : N(N_), K(K_), by(by_), bf16(by_ != blas::Bf16::none), direct(once && !bf16) {}
 
-  // pack W into the space at `next` (advanced past it); w16: N * K bf16 of scratch
-  void pack(const float* W, char*& next, blas::bf16* w16) {
-    if (direct) {  // W outlives the products
-      data = const_cast<float*>(W);
+  void prepare(const std::vector<prepared::Source>& sources,
+               const std::vector<const float*>& parts) {
+    const int64_t part = N / parts.size() * K;  // floats per part
+    if (direct && parts.size() == 1) {  // W outlives the products
+      data = parts[0];
       return;
     }
-    data = next;
-    next += bytes;
-    if (!bf16) {
-      blas::pack_weight(W, N, K, rows, data);
-      return;
-    }
-    to_bf16_parallel(W, N * K, w16);
-    blas::pack_weight_bf16(by, w16, N, K, rows, data);
+    auto stack = [&](float* W) {
+      for (size_t i = 0; i < parts.size(); ++i)
+        std::memcpy(W + i * part, parts[i], part * sizeof(float));
+    };
+    const int layout = direct ? 0 : !bf16 ? 1 : by == blas::Bf16::mkl ? 2 : 3;
+    const uint64_t kind = (uint64_t(layout) << 56) ^ (uint64_t(N) << 28) ^ uint64_t(K);
+    const size_t bytes = direct ? N * K * sizeof(float)
+                                : blas::packed_weight_bytes(by, kPackRows, N, K);
+    held = prepared::get(sources, kind, bytes, [&](char* out) {
+      if (direct) return stack(reinterpret_cast<float*>(out));
+      std::vector<float> stacked(parts.size() > 1 ? N * K : 0);
+      const float* W = parts[0];
+      if (parts.size() > 1) {
+        stack(stacked.data());
+        W = stacked.data();
+      }
+      if (!bf16) return blas::pack_weight(W, N, K, kPackRows, out);
+      std::vector<blas::bf16> w16(N * K);
+      to_bf16_parallel(W, N * K, w16.data());
+      blas::pack_weight_bf16(by, w16.data(), N, K, kPackRows, out);
+    });
+    data = held.get();
   }
 
   // C (n, N) = X (n, K) @ W^T (+ C when accumulate). With bf16 weights X16,
@@ -208,38 +228,32 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
   const int64_t tasks = (B + seqs - 1) / seqs;
   const blas::Bf16 by = bf16_of(attrs);
   const bool bf16 = by != blas::Bf16::none;
-  // The weights packed once for every row block's products
+  // The weights prepared once for every call while they are unchanged
   const bool once = tasks == 1;
-  Packed Wqkv(H3, H, rows, by, once), Wo(H, H, rows, by, once),
-      W1(F, H, rows, by, once), W2(H, F, rows, by, once);
-  const int64_t weight_bytes = Wqkv.bytes + Wo.bytes + W1.bytes + W2.bytes;
-  // then float32 scratch: the stacked q | k | v weight (3H, H), its bias and
-  // zero biases (3H each), a bf16 copy of the largest weight; then per
-  // thread: float32 intermediates and a bf16 copy of a product's operand
-  const int64_t shared = H3 * H + 2 * H3 + (bf16 ? std::max(H3, F) * H / 2 + 1 : 0);
+  Packed Wqkv(H3, H, by, once), Wo(H, H, by, once), W1(F, H, by, once), W2(H, F, by, once);
+  auto sources = [&](std::initializer_list<int> slots) {
+    std::vector<prepared::Source> out;
+    for (int slot : slots) out.emplace_back(in[slot]);
+    return out;
+  };
+  Wqkv.prepare(sources({at.W_q, at.W_k, at.W_v}), {p(at.W_q), p(at.W_k), p(at.W_v)});
+  Wo.prepare(sources({at.W_o}), {p(at.W_o)});
+  W1.prepare(sources({at.W1}), {p(at.W1)});
+  W2.prepare(sources({at.W2}), {p(at.W2)});
+  // float32 scratch: the stacked q | k | v bias and zero biases (3H each);
+  // then per thread: float32 intermediates and a bf16 copy of a product's operand
   const int64_t each = rows * (H3 + 2 * H + F) + s.d * T + T * T
                        + (bf16 ? rows * std::max(H, F) / 2 + 1 : 0);
   // one temp-space allocation per call: MXNet hands out the same buffer
-  char* space = static_cast<char*>(
-      res.alloc_cpu(weight_bytes + (shared + threads * each) * sizeof(float)));
-  float* stacked = reinterpret_cast<float*>(space + weight_bytes);  // (3H, H)
-  float* bqkv = stacked + H3 * H;  // (3H,)
+  float* bqkv = static_cast<float*>(res.alloc_cpu((2 * H3 + threads * each) * sizeof(float)));
   float* zeros = bqkv + H3;        // (3H,)
-  auto* w16 = reinterpret_cast<blas::bf16*>(zeros + H3);
-  float* per_thread = zeros + shared - H3 * H - H3;
-  for (int w = 0; w < 3; ++w) {
-    std::memcpy(stacked + w * H * H, p(w == 0 ? at.W_q : w == 1 ? at.W_k : at.W_v),
-                H * H * sizeof(float));
-    if (at.b_q >= 0)
+  float* per_thread = zeros + H3;
+  if (at.b_q >= 0) {
+    for (int w = 0; w < 3; ++w)
       std::memcpy(bqkv + w * H, p(w == 0 ? at.b_q : w == 1 ? at.b_k : at.b_v),
                   H * sizeof(float));
   }
   std::fill(zeros, zeros + H3, 0.f);
-  char* next = space;
-  Wqkv.pack(stacked, next, w16);
-  Wo.pack(p(at.W_o), next, w16);
-  W1.pack(p(at.W1), next, w16);
-  W2.pack(p(at.W2), next, w16);
   const float* b_qkv = at.b_q >= 0 ? bqkv : zeros;
   const float* b_o = at.b_o >= 0 ? p(at.b_o) : zeros;
   const float *b1 = p(at.b1), *b2 = p(at.b2);
