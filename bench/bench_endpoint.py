@@ -55,7 +55,7 @@ def main():
     args = parser.parse_args()
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     print('\n'.join(harness.header_lines(args.threads, 'one model-server worker')))
-    print(harness.bf16_provider(env)[1])
+    print(harness.providers_line(env)[1])
     from bert_gluon.pretrained import minilm_folder
     from bert_gluon.serving.endpoint import LocalEndpoint
     print('local endpoint (SageMaker MXNet serving container, multi-model-server), MiniLM '

@@ -130,11 +130,11 @@ def main():
     for a in (dense_x, dense_w, dense_b):
         a.attach_grad()
 
-    def linear(bf16):
+    def linear(products):
         def run():
             with autograd.record():
                 y = mx.nd.bert_linear(dense_x.as_nd_ndarray(), dense_w.as_nd_ndarray(),
-                                      dense_b.as_nd_ndarray(), bf16=bf16)
+                                      dense_b.as_nd_ndarray(), products=products)
             y.backward()
         return run
 
@@ -163,7 +163,11 @@ def main():
             ('encoder block, fwd', lambda: fused(h, lens), per_step_block)]
     for provider in kernels.BF16_PROVIDERS:
         if kernels.bf16_unavailable_reason(provider) is None:
-            rows.insert(6, (f'Dense 128->256, {provider} bf16', linear(provider), mxnet_linear))
+            rows.insert(6, (f'Dense 128->256, {provider} bf16',
+                            linear(kernels.products_attribute('bfloat16', provider)),
+                            mxnet_linear))
+    if kernels.float32_unavailable_reason('onednn') is None:
+        rows.insert(6, ('Dense 128->256, onednn f32', linear('onednn'), mxnet_linear))
     threads = os.environ.get('OMP_NUM_THREADS', 'default')
     print('\n'.join(harness.header_lines(threads, f'products: {kernels.blas_provider()}')))
     print(f'ms per call (fastest of 3 rounds of 10), native vs the alternative; last two '

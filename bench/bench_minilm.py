@@ -24,6 +24,7 @@ import harness  # noqa: E402
 
 CONTESTANTS = {
     'twin': 'bert_gluon twin, native kernels, float32',
+    'twin-blas': "bert_gluon twin, float32 by MKL's sgemm forced",
     'twin-bf16': "bert_gluon twin, dtype='bfloat16' (bf16 where it beats float32 here)",
     'twin-bf16-mkl': "bert_gluon twin, dtype='bfloat16', MKL's bf16 forced",
     'hf-eager': 'transformers BertModel, PyTorch eager, no_grad',
@@ -60,7 +61,9 @@ def _twin(name, tokens, segments, lens):
     from bert_gluon.pretrained import from_pretrained
     if name == 'twin-bf16-mkl':
         os.environ['BERT_GLUON_BF16_PROVIDER'] = 'mkl'  # read when the model resolves
-    dtype = 'float32' if name == 'twin' else 'bfloat16'
+    if name == 'twin-blas':
+        os.environ['BERT_GLUON_FLOAT32_PROVIDER'] = 'blas'
+    dtype = 'float32' if name in ('twin', 'twin-blas') else 'bfloat16'
     net, _, _ = from_pretrained('all-MiniLM-L6-v2', dtype=dtype)
     net.check_inputs = False
     net.encoder.hybridize(static_alloc=True, static_shape=True)
@@ -187,7 +190,7 @@ def _table(args, workers, rates, seconds, batch_size, length):
     # side by side: the twin against each peer (a time ratio in latency mode: > 1 is the twin ahead)
     key = ((lambda n: harness.percentile(seconds[n]['encode'], 50)) if args.latency
            else (lambda n: 1 / stats[n][0]))
-    for ours in ('twin', 'twin-bf16', 'twin-bf16-mkl'):
+    for ours in ('twin', 'twin-blas', 'twin-bf16', 'twin-bf16-mkl'):
         for theirs in [n for n in CONTESTANTS if not n.startswith('twin')] + ['twin']:
             if ours != theirs and stats.get(ours) and stats.get(theirs):
                 print(f'{ours} vs {theirs}: {key(theirs) / key(ours):.2f}x')
@@ -220,7 +223,7 @@ def main():
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE='1',
                GLIBC_TUNABLES='glibc.malloc.hugetlb=1')
     print('\n'.join(harness.header_lines(args.threads, 'huge pages on')))
-    print(harness.bf16_provider(env)[1])
+    print(harness.providers_line(env)[1])
     print('all-MiniLM-L6-v2 encoder, sentence pairs cut to the length; ' +
           (f'latency of one sequence, {args.rounds} interleaved rounds of {calls} calls'
            if args.latency else f'median (min-max) pairs/s of {args.rounds} interleaved '

@@ -39,6 +39,8 @@ CONTESTANTS = {
     'twin': ('twin, native kernels, float32', 'all', 'twin', {}),
     'twin-mxnet': ("twin on MXNet's operators (BERT_GLUON_NATIVE=0, a GPU's path)", 'all',
                    'twin', {'BERT_GLUON_NATIVE': '0'}),
+    'twin-blas': ("twin, float32 by MKL's sgemm forced (BERT_GLUON_FLOAT32_PROVIDER=blas)",
+                  'all', 'twin', {'BERT_GLUON_FLOAT32_PROVIDER': 'blas'}),
     'twin-bf16': ("twin, native kernels, dtype='bfloat16' (bf16 where it beats float32 here)",
                   'all', 'twin-bf16', {}),
     'twin-bf16-mkl': ("twin, dtype='bfloat16', MKL's bf16 forced (BERT_GLUON_BF16_PROVIDER=mkl)",
@@ -268,7 +270,7 @@ def main():
         return
     print('\n'.join(harness.header_lines(
         args.threads, f'huge pages {"off" if args.no_hugepages else "on"}')))
-    provider, line = harness.bf16_provider(dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
+    chosen, line = harness.providers_line(dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
     print(line)
     SIZES.update(SIZE_CONFIGS[args.config])
     print(f'{args.config}: the book\'s BERT at vocab {SIZES["vocab_size"]}, '
@@ -312,7 +314,7 @@ def main():
                 print(f'{ours} / {theirs}: ' + ', '.join(
                     f'{k} {a[k][0] / b[k][0]:.2f}x' for k in KINDS if a[k] and b[k]))
         flops = train_flops(batch_size, **SIZES)
-        for name, bf16 in (('twin', False), ('twin-bf16', provider != 'float32'),
+        for name, bf16 in (('twin', False), ('twin-bf16', chosen.get('bfloat16', 'float32') != 'float32'),
                            ('twin-bf16-mkl', True)):
             if stats.get(name, {}).get('train'):
                 achieved = flops * stats[name]['train'][0] / batch_size

@@ -20,7 +20,7 @@ import sys
 import time
 
 __all__ = ['machine', 'header_lines', 'peak_flops', 'Worker', 'serve', 'interleaved',
-           'summary', 'percentile', 'threads_default', 'bf16_provider']
+           'summary', 'percentile', 'threads_default', 'providers_line']
 
 FLAGS = ('avx2', 'fma', 'avx512f', 'avx512_bf16', 'amx_bf16', 'amx_tile')
 
@@ -86,16 +86,21 @@ def header_lines(threads, extra=''):
             f'{threads} threads per contestant; ISA: {flags}' + (f'; {extra}' if extra else '')]
 
 
-def bf16_provider(env):
-    """(provider, a line saying it): what dtype='bfloat16' runs on here
-    (kernels/providers.py), asked of a fresh process with the contestants'
-    environment (threads, ISA caps)."""
-    script = ('from bert_gluon.kernels import providers; c = providers.bf16_choice(); '
-              'print(c["provider"], "-", c["why"])')
+def providers_line(env):
+    """({precision: provider}, a line saying them): who multiplies in
+    float32 and bf16 here (kernels/providers.py), asked of a fresh process
+    with the contestants' environment (threads, ISA caps)."""
+    script = ('from bert_gluon.kernels import providers\n'
+              'for p in providers.CHOICES:\n'
+              '    c = providers.choice(p); print(p, c["provider"], "-", c["why"])')
     out = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
                          text=True)
-    answer = out.stdout.strip() or ' '.join(out.stderr.strip().splitlines()[-1:])
-    return answer.split(' ', 1)[0], f"dtype='bfloat16' products here: {answer}"
+    lines = out.stdout.strip().splitlines()
+    if out.returncode or len(lines) != 2:
+        return {}, 'providers: ' + ' '.join(out.stderr.strip().splitlines()[-1:])
+    chosen = {line.split()[0]: line.split()[1] for line in lines}
+    return chosen, '\n'.join(f'{p} products here: {line.split(" ", 1)[1]}'
+                             for p, line in zip(chosen, lines))
 
 
 class Worker:

@@ -34,7 +34,7 @@ from mxnet.gluon import nn
 from . import kernels
 from .kernels import providers
 
-__all__ = ['BACKENDS', 'BackendMixin', 'resolve_backend', 'bf16_products', 'set_backend',
+__all__ = ['BACKENDS', 'BackendMixin', 'resolve_backend', 'products_for', 'set_backend',
            'tracing', 'graph_kind', 'scoped', 'dropout_active', 'InferenceGraph',
            'run_graph']
 
@@ -64,7 +64,7 @@ def _native_obstacle(contexts, dtype):
 def resolve_backend(request, contexts, dtype='float32', precision='float32'):
     """'native' or 'mxnet' for parameters on `contexts` of `dtype`, whose
     products run in `precision` (a config's dtype). bf16 needs the native
-    backend; whether it beats float32 there is `bf16_products`'s question."""
+    backend; whether it beats float32 there is `products_for`'s question."""
     name = _resolve(check_backend(request), contexts, dtype)
     if precision == 'bfloat16' and name != 'native':
         raise ValueError("dtype='bfloat16' cannot run here: it runs on the 'native' backend "
@@ -73,17 +73,13 @@ def resolve_backend(request, contexts, dtype='float32', precision='float32'):
     return name
 
 
-def bf16_products(name, precision):
-    """Who multiplies the bf16 operands of products of `precision` on
-    backend `name`: 'onednn' or 'mkl' where that provider beats float32 on
-    this CPU (kernels/providers.py), else '' (float32; said once)."""
-    if precision != 'bfloat16' or name != 'native':
+def products_for(name, precision):
+    """The native ops' `products` attribute (who multiplies, in what) for
+    products of `precision` on backend `name`: the providers measured
+    fastest on this CPU (kernels/providers.py); '' on MXNet's operators."""
+    if name != 'native':
         return ''
-    provider = providers.bf16_provider()
-    if provider == 'float32':
-        providers.warn_bf16_fallback()
-        return ''
-    return provider
+    return providers.products(precision)
 
 
 def _resolve(request, contexts, dtype):
@@ -109,10 +105,10 @@ def _blocks(block):
 def set_backend(block, name, key=None):
     """Set the resolved backend `name` on `block` and its descendants (with
     the request key it answers) and drop every cached graph of the tree."""
-    bf16 = bf16_products(name, key[3]) if key is not None else ''
+    products = products_for(name, key[3]) if key is not None else ''
     for blk in _blocks(block):
         if isinstance(blk, BackendMixin):
-            blk.__dict__.update(_bg_backend=name, _bg_key=key, _bg_bf16=bf16)
+            blk.__dict__.update(_bg_backend=name, _bg_key=key, _bg_products=products)
             blk.__dict__.pop('_inference_graph', None)
             if key is not None:
                 blk.__dict__.update(_bg_request=key[0], _bg_precision=key[3])
@@ -127,7 +123,7 @@ class BackendMixin:
     _bg_precision = 'float32'  # of the products: a config's dtype
     _bg_backend = None
     _bg_key = None
-    _bg_bf16 = ''
+    _bg_products = ''
 
     def _init_backend(self, backend=None, source=None, precision=None):
         """Ask for `backend` (and products in `precision`) on this block and
@@ -207,11 +203,18 @@ class BackendMixin:
         return self._bg_backend == 'native'
 
     @property
+    def products(self):
+        """Who multiplies in this block's native ops, in what: '' (MKL's or
+        OpenBLAS's float32), 'onednn' (its float32), 'mkl-bf16' or
+        'onednn-bf16' (a config's dtype='bfloat16' where bf16 pays here)."""
+        return self._bg_products
+
+    @property
     def bf16(self):
-        """Who multiplies this block's bf16 operands, 'onednn' or 'mkl' (a
-        config's dtype='bfloat16', on a CPU where bf16 beats float32), or ''
-        (float32): the native ops' bf16 attribute."""
-        return self._bg_bf16
+        """Who multiplies this block's bf16 operands, 'onednn' or 'mkl', or ''
+        (its products run in float32)."""
+        products = self._bg_products
+        return products[:-len('-bf16')] if products.endswith('-bf16') else ''
 
 
 _graph_kind = contextvars.ContextVar('bert_gluon_graph_kind', default=None)

@@ -23,7 +23,8 @@ class Dense(BackendMixin, nn.Dense):
 
     Same parameters as `nn.Dense`, so it can stand where the book has one.
     On the native backend (flatten=False) its product runs the native
-    bert_linear op, MKL's products in float32 or a provider's in bf16, forward and backward;
+    bert_linear op, products by the provider measured fastest here (float32 or bf16:
+    kernels/providers.py), forward and backward;
     vocabulary=True (the MLM head's 20k-word output, with a bias) runs
     bert_dense instead, which in training projects only weighted slots
     (bench/bench_kernels.py compares both with FullyConnected).
@@ -40,9 +41,10 @@ class Dense(BackendMixin, nn.Dense):
             if bias is not None:
                 inputs.append(bias.as_nd_ndarray())
             if self._vocabulary:
-                out = F.bert_dense(*inputs, bf16=self.bf16)
+                out = F.bert_dense(*inputs, products=self.products)
             else:
-                out = F.bert_linear(*inputs, use_bias=bias is not None, bf16=self.bf16)
+                out = F.bert_linear(*inputs, use_bias=bias is not None,
+                                    products=self.products)
             out = out.as_np_ndarray()
             if self.act is not None:
                 out = self.act(out)
@@ -218,7 +220,7 @@ class EncoderBlock(BackendMixin, nn.HybridBlock):
             X.as_nd_ndarray(), valid_lens.as_nd_ndarray(), *(param_value(F, p, X) for p in params),
             num_heads=att.num_heads, scale=att._scale, eps=self._eps,
             activation=ffn.activation, use_bias=self._use_bias,
-            bf16=self.bf16).as_np_ndarray()
+            products=self.products).as_np_ndarray()
 
 
 def sinusoidal_positions(F, X, num_hiddens):

@@ -153,7 +153,8 @@ class HybridMaskLM(BackendMixin, nn.HybridBlock):
         weights = mlm_weights.as_nd_ndarray()
         logits = F.bert_dense(  # (B, P, V), weighted rows packed on top
             hidden.as_nd_ndarray(), param_value(F, decoder.weight, hidden),
-            param_value(F, decoder.bias, hidden), weights, packed=True, bf16=self.bf16)
+            param_value(F, decoder.bias, hidden), weights, packed=True,
+            products=self.products)
         return F.bert_softmax_ce(logits, mlm_Y.as_nd_ndarray(), weights,
                                  packed=True)[0].as_np_ndarray()
 

@@ -359,7 +359,7 @@ def test_native_layer_norm_of_a_sum_equals_mxnet():
     assert_close(r.grad.asnumpy(), s.grad.asnumpy(), rtol=1e-5, atol=2e-5)
 
 
-def _linear_case(use_bias, bf16, shape=(5, 7, 24), units=40):
+def _linear_case(use_bias, products, shape=(5, 7, 24), units=40):
     """bert_linear's output and gradients, and FullyConnected's (float32)."""
     x = np.random.normal(0, 1, shape)
     w = np.random.normal(0, 0.3, (units, shape[-1]))
@@ -373,7 +373,7 @@ def _linear_case(use_bias, bf16, shape=(5, 7, 24), units=40):
         with autograd.record():
             if native:
                 y = mx.nd.bert_linear(*(a.as_nd_ndarray() for a in args), use_bias=use_bias,
-                                      bf16=bf16).as_np_ndarray()
+                                      products=products).as_np_ndarray()
             else:
                 y = npx.fully_connected(*args, num_hidden=units, no_bias=not use_bias,
                                         flatten=False)
@@ -382,87 +382,96 @@ def _linear_case(use_bias, bf16, shape=(5, 7, 24), units=40):
     return results
 
 
-@pytest.mark.parametrize('use_bias', [True, False])
-def test_native_linear_equals_fully_connected(use_bias):
-    ours, theirs = _linear_case(use_bias, bf16='')
-    for name, a, e in zip(('y', 'dx', 'dw', 'db'), ours, theirs):
-        assert_close(a, e, err_msg=name)
+def runnable(precision, provider):
+    """(precision, provider) as a parameter, skipped (saying why) where it
+    cannot run."""
+    reason = (kernels.float32_unavailable_reason(provider) if precision == 'float32'
+              else kernels.bf16_unavailable_reason(provider))
+    return pytest.param(precision, provider, id=f'{precision}-{provider}',
+                        marks=pytest.mark.skipif(
+                            reason is not None,
+                            reason=f'{precision} products by {provider} cannot run here: {reason}'))
 
 
+FLOAT32_PRODUCTS = [runnable('float32', p) for p in kernels.FLOAT32_PROVIDERS]
+BF16_PRODUCTS = [runnable('bfloat16', p) for p in kernels.BF16_PROVIDERS]
+NEEDS_A_BF16_PROVIDER = pytest.mark.skipif(
+    all(kernels.bf16_unavailable_reason(p) for p in kernels.BF16_PROVIDERS),
+    reason='no bf16 provider runs here (a CPU with AVX512_BF16 or AMX, and MKL or oneDNN)')
 # bf16 keeps 8 bits of mantissa: each operand is off by up to 2^-9 of itself,
 # so a sum of K products is off by ~2^-9 * sqrt(K) of its terms' scale (random
 # signs); 2% of the largest magnitude bounds that at these sizes (K <= 128).
 BF16_TOLERANCE = 2e-2
 
 
-def runnable(provider):
-    """`provider` as a parameter, skipped (saying why) where it cannot run."""
-    reason = kernels.bf16_unavailable_reason(provider)
-    return pytest.param(provider, marks=pytest.mark.skipif(
-        reason is not None, reason=f'{provider} bf16 cannot run here: {reason}'))
+def tolerance(precision):
+    return 1e-5 if precision == 'float32' else BF16_TOLERANCE
 
 
-BF16_PROVIDERS = [runnable(p) for p in kernels.BF16_PROVIDERS]
-NEEDS_A_BF16_PROVIDER = pytest.mark.skipif(
-    all(kernels.bf16_unavailable_reason(p) for p in kernels.BF16_PROVIDERS),
-    reason='no bf16 provider runs here (a CPU with AVX512_BF16 or AMX, and MKL or oneDNN)')
-
-
-@pytest.mark.parametrize('provider', BF16_PROVIDERS)
-def test_bf16_linear_is_close_to_float32(provider):
-    ours, theirs = _linear_case(True, bf16=provider, shape=(9, 33, 128), units=96)
+@pytest.mark.parametrize('precision, provider', FLOAT32_PRODUCTS + BF16_PRODUCTS)
+@pytest.mark.parametrize('use_bias', [True, False])
+def test_native_linear_equals_fully_connected(use_bias, precision, provider):
+    products = kernels.products_attribute(precision, provider)
+    ours, theirs = _linear_case(use_bias, products, shape=(9, 33, 128), units=96)
     for name, a, e in zip(('y', 'dx', 'dw', 'db'), ours, theirs):
-        assert_close(a, e, atol=BF16_TOLERANCE, rtol=0, err_msg=name)
-    assert not onp.array_equal(ours[0], theirs[0])  # bf16 products really ran
+        assert_close(a, e, atol=tolerance(precision), rtol=0, err_msg=name)
+    if precision == 'bfloat16':
+        assert not onp.array_equal(ours[0], theirs[0])  # bf16 products really ran
 
 
-@pytest.mark.parametrize('provider', BF16_PROVIDERS)
-def test_bf16_products_of_every_layout_are_close_to_float32(provider):
-    """bert_dense (the vocabulary projection, all rows and weighted rows
-    only) in bf16 against float32, forward and backward: the transposed
-    operands of the weight gradient and an accumulating product."""
-    x = mx.nd.random.normal(0, 1, (3, 11, 64))
-    w = mx.nd.random.normal(0, 0.3, (300, 64))
-    b = mx.nd.random.normal(0, 0.3, (300,))
-    weights = mx.nd.array(onp.random.RandomState(0).randint(0, 2, (3, 11)))
+@pytest.mark.parametrize('precision, provider', FLOAT32_PRODUCTS + BF16_PRODUCTS)
+def test_vocabulary_projection_of_every_provider(precision, provider):
+    """bert_dense (all rows, and weighted rows only) against MXNet's
+    FullyConnected, forward and backward: an accumulating product and the
+    transposed operands of the weight gradient."""
+    x = np.random.normal(0, 1, (3, 11, 64))
+    w = np.random.normal(0, 0.3, (300, 64))
+    b = np.random.normal(0, 0.3, (300,))
+    weights = onp.random.RandomState(0).randint(0, 2, (3, 11))
+    kept = weights.reshape(-1).nonzero()[0]
+    products = kernels.products_attribute(precision, provider)
     for packed in (False, True):
-        results = {}
-        for bf16 in ('', provider):
-            args = [x, w, b] + ([weights] if packed else [])
-            for a in args[:3]:
+        results = []
+        for native in (True, False):
+            for a in (x, w, b):
                 a.attach_grad()
             with autograd.record():
-                y = mx.nd.bert_dense(*args, packed=packed, bf16=bf16)
-            y.backward(mx.nd.ones_like(y) / 30)
-            rows = int(weights.sum().asscalar()) if packed else 33  # packed: later rows unspecified
-            results[bf16] = [y.asnumpy().reshape(33, 300)[:rows], x.grad.asnumpy(),
-                             w.grad.asnumpy()]
-        for name, a, e in zip(('y', 'dx', 'dw'), results[provider], results['']):
-            scale = max(1.0, onp.abs(e).max())
-            assert_close(a, e, atol=BF16_TOLERANCE * scale, rtol=0, err_msg=f'{name} {packed}')
-        assert not onp.array_equal(results[provider][0], results[''][0])
+                if native:
+                    args = [a.as_nd_ndarray() for a in (x, w, b)]
+                    args += [mx.nd.array(weights)] if packed else []
+                    y = mx.nd.bert_dense(*args, packed=packed, products=products).as_np_ndarray()
+                    rows = y.reshape(33, 300)[:len(kept)] if packed else y
+                else:
+                    y = npx.fully_connected(x, w, b, num_hidden=300, flatten=False)
+                    rows = y.reshape(33, 300)[kept] if packed else y
+                loss = (rows * np.arange(300) / 3000).sum()
+            loss.backward()
+            results.append([rows.asnumpy(), x.grad.asnumpy(), w.grad.asnumpy()])
+        for name, a, e in zip(('y', 'dx', 'dw'), *results):
+            assert_close(a, e, atol=tolerance(precision), rtol=0, err_msg=f'{name} {packed}')
 
 
 @pytest.fixture
-def bf16_provider(monkeypatch):
-    """Set BERT_GLUON_BF16_PROVIDER for one test; the choices made before
-    and after it are forgotten."""
+def forced(monkeypatch):
+    """forced(precision, provider): BERT_GLUON_FLOAT32_PROVIDER or
+    BERT_GLUON_BF16_PROVIDER for one test; the choices made before and after
+    it are forgotten."""
     from bert_gluon.kernels import providers
     providers.forget()
 
-    def force(value):
-        monkeypatch.setenv('BERT_GLUON_BF16_PROVIDER', value)
+    def force(precision, value):
+        monkeypatch.setenv(providers.FORCED_BY[precision], value)
         providers.forget()
     yield force
     monkeypatch.undo()
     providers.forget()
 
 
-def test_bf16_falls_back_to_float32_where_the_cpu_lacks_it(monkeypatch, bf16_provider):
+def test_bf16_falls_back_to_float32_where_the_cpu_lacks_it(monkeypatch, forced):
     """A CPU with neither AVX512_BF16 nor AMX: dtype='bfloat16' runs float32
-    (the float32 model's numbers exactly), said once; forcing MKL there is
-    refused; on MXNet's operators bf16 is refused outright."""
-    bf16_provider('auto')
+    (the float32 model's numbers exactly), said once; forcing a bf16
+    provider there is refused; on MXNet's operators bf16 is refused outright."""
+    forced('bfloat16', 'auto')
     monkeypatch.setattr(kernels, 'cpu_flags', lambda: {'avx2', 'fma'})
     batch = make_batch()
     outputs = []
@@ -480,47 +489,66 @@ def test_bf16_falls_back_to_float32_where_the_cpu_lacks_it(monkeypatch, bf16_pro
     net = bg.HybridBERTModel(TINY.replace(dtype='bfloat16'), backend='native')
     net.initialize()
     for provider in kernels.BF16_PROVIDERS:
-        bf16_provider(provider)
+        forced('bfloat16', provider)
         with pytest.raises(ValueError, match=f'BERT_GLUON_BF16_PROVIDER={provider} cannot run '
                                              'here: .*neither AVX512_BF16'):
             net(*batch)
-    bf16_provider('fast')
+    forced('bfloat16', 'fast')
     with pytest.raises(ValueError, match='BERT_GLUON_BF16_PROVIDER must be one of'):
+        net(*batch)
+    forced('bfloat16', 'auto')
+    forced('float32', 'mkl')
+    with pytest.raises(ValueError, match='BERT_GLUON_FLOAT32_PROVIDER must be one of'):
         net(*batch)
     with pytest.raises(ValueError, match="dtype='bfloat16' cannot run here: it runs on the "
                                          "'native' backend"):
         bg.backend.resolve_backend('mxnet', [mx.cpu()], precision='bfloat16')
 
 
-@NEEDS_A_BF16_PROVIDER
-def test_bf16_provider_is_measured_once_per_machine_and_cached(monkeypatch, bf16_provider,
-                                                               tmp_path):
-    """'auto' times the products (float32 against each runnable provider's
-    bf16), takes the fastest that beats float32, and keeps the choice on disk
-    under a key of this CPU, the libraries and ISA caps: a second
-    process-level choice reads it, whatever the timing would say; a forced
-    provider wins over the measurement."""
+def test_an_unknown_products_attribute_is_refused():
+    x, w = mx.nd.ones((2, 4)), mx.nd.ones((3, 4))
+    with pytest.raises(mx.base.MXNetError, match="bert_linear: products must be '', "
+                                                 "'onednn', 'mkl-bf16' or 'onednn-bf16', "
+                                                 "got 'bf16'"):
+        mx.nd.bert_linear(x, w, use_bias=False, products='bf16').wait_to_read()
+
+
+@pytest.mark.parametrize('precision', ['float32', 'bfloat16'])
+def test_providers_are_measured_once_per_machine_and_cached(precision, monkeypatch, forced,
+                                                            tmp_path):
+    """'auto' times the products (each runnable challenger against the
+    incumbent float32), takes the fastest that beats it by MARGIN, and keeps
+    the choice on disk under a key of this CPU, the libraries and ISA caps:
+    a second process-level choice reads it, whatever the timing would say; a
+    forced provider wins over the measurement."""
     from bert_gluon.kernels import providers
-    runnable = [p for p in kernels.BF16_PROVIDERS if not kernels.bf16_unavailable_reason(p)]
+    names = kernels.FLOAT32_PROVIDERS[1:] if precision == 'float32' else kernels.BF16_PROVIDERS
+    reason = (kernels.float32_unavailable_reason if precision == 'float32'
+              else kernels.bf16_unavailable_reason)
+    runnable = [p for p in names if not reason(p)]
+    if not runnable:
+        pytest.skip(f'no {precision} challenger runs here')
     monkeypatch.setattr(providers, 'build_dir', lambda: tmp_path)
-    bf16_provider('auto')
-    speedups = providers.measure_bf16_speedups(runnable[0])
+    forced(precision, 'auto')
+    incumbent = 'blas' if precision == 'float32' else providers.provider('float32')
+    speedups = providers.measure_speedups(precision, runnable[0], incumbent)
     assert len(speedups) == len(providers.SHAPES) and all(s > 0 for s in speedups)
     fastest = runnable[-1]
-    monkeypatch.setattr(providers, 'measure_bf16_speedups',
-                        lambda p: [3.0] * 3 if p == fastest else [2.0] * 3)
-    assert providers.bf16_choice()['provider'] == fastest
-    assert f"{fastest}'s bf16 products 3.00x float32" in providers.bf16_choice()['why']
+    monkeypatch.setattr(providers, 'measure_speedups',
+                        lambda p, name, base: [3.0] * 3 if name == fastest else [2.0] * 3)
+    assert providers.provider(precision) == fastest
+    assert f"{fastest}'s {precision} products 3.00x {incumbent}'s float32" in \
+        providers.choice(precision)['why']
     providers.forget()
-    monkeypatch.setattr(providers, 'measure_bf16_speedups', lambda p: [0.5] * 3)
-    assert providers.bf16_provider() == fastest  # the cached measurement, not a new one
-    (tmp_path / 'bf16_provider.json').unlink()
+    monkeypatch.setattr(providers, 'measure_speedups', lambda p, name, base: [0.5] * 3)
+    assert providers.provider(precision) == fastest  # the cached measurement, not a new one
+    (tmp_path / 'providers.json').unlink()
     providers.forget()
-    assert providers.bf16_provider() == 'float32'
-    for provider in runnable:
-        bf16_provider(provider)
-        assert providers.bf16_choice() == {'provider': provider,
-                                           'why': 'forced by BERT_GLUON_BF16_PROVIDER'}
+    assert providers.provider(precision) == ('blas' if precision == 'float32' else 'float32')
+    for name in runnable:
+        forced(precision, name)
+        assert providers.choice(precision) == {
+            'provider': name, 'why': f'forced by {providers.FORCED_BY[precision]}'}
 
 
 ISA_CAP_SCRIPT = """
@@ -530,7 +558,8 @@ from bert_gluon import kernels
 from bert_gluon.kernels import providers
 for p in kernels.BF16_PROVIDERS:
     print(p, 'reason', kernels.bf16_unavailable_reason(p))
-print('provider', providers.bf16_provider(), providers.bf16_choice()['why'])
+for p in providers.CHOICES:
+    print(p, 'provider', providers.provider(p), providers.choice(p)['why'])
 with warnings.catch_warnings(record=True) as said:
     warnings.simplefilter('always')
     net = bg.HybridBERTModel(bg.get_config('book.demo', dtype='bfloat16'), backend='native')
@@ -540,78 +569,85 @@ with warnings.catch_warnings(record=True) as said:
 
 
 @NEEDS_A_BF16_PROVIDER
-def test_bf16_provider_follows_isa_caps():
+def test_providers_follow_isa_caps():
     """Both libraries held to AVX2 (as on a CPU without AVX-512): oneDNN has
     no bf16 matmul there and MKL emulates it, slower than float32, so the
-    choice is float32 and the model says so once."""
+    bf16 choice is float32 and the model says so once."""
     out = run_script(ISA_CAP_SCRIPT, MKL_ENABLE_INSTRUCTIONS='AVX2', ONEDNN_MAX_CPU_ISA='AVX2',
-                     BERT_GLUON_BF16_PROVIDER='auto')
+                     BERT_GLUON_BF16_PROVIDER='auto', BERT_GLUON_FLOAT32_PROVIDER='auto')
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "onednn reason oneDNN has no bf16 matmul for this CPU at ONEDNN_MAX_CPU_ISA=AVX2" \
+    assert 'onednn reason oneDNN has no bf16 matmul for this CPU at ONEDNN_MAX_CPU_ISA=AVX2' \
         in out.stdout, out.stdout
-    assert 'provider float32' in out.stdout and "bf16 native '' 1" in out.stdout, out.stdout
+    assert 'bfloat16 provider float32' in out.stdout, out.stdout
+    assert "bf16 native '' 1" in out.stdout, out.stdout
+    assert re.search(r"float32 provider (blas|onednn) measured here: onednn's float32", out.stdout)
 
 
-@pytest.mark.parametrize('provider', [runnable('onednn')])
-def test_emulated_onednn_bf16_is_measured_and_not_chosen(provider):
+@pytest.mark.parametrize('precision, provider', [runnable('bfloat16', 'onednn')])
+def test_emulated_onednn_bf16_is_measured_and_not_chosen(precision, provider):
     """oneDNN held to AVX-512 without its bf16 instructions (a Skylake-class
     core) emulates bf16 products: they run, are timed slower than float32,
     and are not chosen."""
     out = run_script(ISA_CAP_SCRIPT, ONEDNN_MAX_CPU_ISA='AVX512_CORE',
-                     BERT_GLUON_BF16_PROVIDER='auto')
+                     BERT_GLUON_BF16_PROVIDER='auto', BERT_GLUON_FLOAT32_PROVIDER='blas')
     assert out.returncode == 0, out.stderr[-2000:]
-    emulated = re.search(r"onednn's bf16 products ([0-9.]+)x float32", out.stdout)
+    emulated = re.search(r"onednn's bfloat16 products ([0-9.]+)x blas's float32", out.stdout)
     assert emulated and float(emulated.group(1)) < 1, out.stdout
-    assert 'provider onednn' not in out.stdout, out.stdout
+    assert 'bfloat16 provider onednn' not in out.stdout, out.stdout
 
 
-def check_bf16_model(config, batch_size=4):
-    """The whole twin in bf16 (training graph, model graph and the fused
-    inference blocks) against float32 on the same weights."""
+def check_model(config, precision, batch_size=4):
+    """The whole twin (training graph, model graph and the fused inference
+    blocks) with products of `precision` by the provider chosen now, against
+    MXNet's operators in float32 on the same weights."""
     base = TINY if config == 'tiny' else bg.get_config(
         'all-MiniLM-L6-v2', vocab_size=50, num_hiddens=96, ffn_num_hiddens=192,
         num_heads=3, num_layers=2, max_len=32)
     base = base.replace(dropout=0.0)
     outputs = {}
-    for dtype in ('float32', 'bfloat16'):
-        net = bg.HybridBERTModel(base.replace(dtype=dtype), backend='native')
+    for backend, dtype in (('mxnet', 'float32'), ('native', precision)):
+        net = bg.HybridBERTModel(base.replace(dtype=dtype), backend=backend)
         mx.random.seed(7)
         net.initialize(mx.init.Normal(0.1))
         net.hybridize(static_alloc=True, static_shape=True)
         batch = make_batch(base, batch_size=batch_size, seq_len=16, seed=3)
-        inference = net(*batch)  # unrecorded: the fused blocks
+        inference = net(*batch)  # unrecorded: the fused blocks on the native backend
         with autograd.record():
             recorded = net(*batch)
             loss = (recorded[1] ** 2).mean() + recorded[2].sum()
         loss.backward()
         grads = {k: p.grad().asnumpy() for k, p in net._collect_params_with_prefix().items()}
-        outputs[dtype] = (inference, recorded, grads)
-        assert bool(net.bf16) == (dtype == 'bfloat16')
-    (inf32, rec32, g32), (inf16, rec16, g16) = outputs['float32'], outputs['bfloat16']
-    for a, e in zip(inf16 + rec16, inf32 + rec32):
-        assert_close(a, e, atol=BF16_TOLERANCE, rtol=0)
-    for name in g32:
-        assert_close(g16[name], g32[name], atol=5 * BF16_TOLERANCE, rtol=0, err_msg=name)
-    assert not onp.array_equal(inf16[0].asnumpy(), inf32[0].asnumpy())
+        outputs[backend] = (inference, recorded, grads)
+        assert bool(net.bf16) == (backend == 'native' and precision == 'bfloat16')
+    (inf_e, rec_e, g_e), (inf_a, rec_a, g_a) = outputs['mxnet'], outputs['native']
+    atol = tolerance(precision)
+    for a, e in zip(inf_a + rec_a, inf_e + rec_e):
+        assert_close(a, e, atol=atol, rtol=0)
+    for name in g_e:
+        assert_close(g_a[name], g_e[name], atol=5 * atol, rtol=0, err_msg=name)
+    if precision == 'bfloat16':
+        assert not onp.array_equal(inf_a[0].asnumpy(), inf_e[0].asnumpy())
 
 
-@pytest.mark.parametrize('provider', BF16_PROVIDERS)
+@pytest.mark.parametrize('precision, provider', FLOAT32_PRODUCTS + BF16_PRODUCTS)
 @pytest.mark.parametrize('config', ['tiny', 'minilm-shaped'])
-def test_bf16_model_is_close_to_float32(config, provider, bf16_provider):
-    bf16_provider(provider)  # this provider's products, whether or not they pay here
-    check_bf16_model(config)
+def test_model_of_every_provider_equals_mxnet(config, precision, provider, forced):
+    forced(precision, provider)  # this provider's products, whether or not they pay here
+    check_model(config, precision)
 
 
-@pytest.mark.parametrize('provider', BF16_PROVIDERS)
-def test_bf16_model_with_more_threads_than_tasks(provider):
-    """Four threads, batches 1 and 2: the fused blocks' wide tasks in bf16."""
-    script = """
-from test_kernels import check_bf16_model
+@pytest.mark.parametrize('precision, provider', FLOAT32_PRODUCTS + BF16_PRODUCTS)
+def test_model_with_more_threads_than_tasks(precision, provider):
+    """Four threads, batches 1 and 2: the fused blocks' wide tasks."""
+    script = f"""
+from test_kernels import check_model
 for batch_size in (1, 2):
-    check_bf16_model('minilm-shaped', batch_size)
+    check_model('minilm-shaped', {precision!r}, batch_size)
 print('same')
 """
-    out = run_script(script, OMP_NUM_THREADS='4', BERT_GLUON_BF16_PROVIDER=provider)
+    out = run_script(script, OMP_NUM_THREADS='4', **{
+        'BERT_GLUON_FLOAT32_PROVIDER' if precision == 'float32' else 'BERT_GLUON_BF16_PROVIDER':
+        provider})
     assert out.returncode == 0 and 'same' in out.stdout, out.stderr[-2000:]
 
 

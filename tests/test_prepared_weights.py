@@ -18,29 +18,32 @@ CONFIG = TINY.replace(dropout=0.0)
 BF16_TOLERANCE = 2e-2  # as test_kernels: 8 bits of mantissa
 
 
-def _precisions():
-    yield 'float32'
-    for provider in kernels.BF16_PROVIDERS:
-        reason = kernels.bf16_unavailable_reason(provider)
-        yield pytest.param(provider, marks=pytest.mark.skipif(
-            reason is not None, reason=f'{provider} bf16 cannot run here: {reason}'))
+def _products():
+    for precision, names in (('float32', kernels.FLOAT32_PROVIDERS),
+                             ('bfloat16', kernels.BF16_PROVIDERS)):
+        for name in names:
+            reason = (kernels.float32_unavailable_reason(name) if precision == 'float32'
+                      else kernels.bf16_unavailable_reason(name))
+            yield pytest.param((precision, name), id=f'{precision}-{name}',
+                               marks=pytest.mark.skipif(
+                                   reason is not None,
+                                   reason=f'{precision} by {name} cannot run here: {reason}'))
 
 
-@pytest.fixture(params=list(_precisions()))
+@pytest.fixture(params=list(_products()))
 def precision(request, monkeypatch):
-    """'float32', or a bf16 provider forced for the test."""
-    if request.param != 'float32':
-        monkeypatch.setenv('BERT_GLUON_BF16_PROVIDER', request.param)
+    """'float32' or 'bfloat16', its provider forced for the test."""
+    precision, name = request.param
+    monkeypatch.setenv(providers.FORCED_BY[precision], name)
     providers.forget()
-    yield request.param
+    yield precision
     monkeypatch.undo()
     providers.forget()
 
 
 def served(precision, seed=1, ctx=mx.cpu()):
     """A hybridized native twin, answering through its inference graph."""
-    dtype = 'float32' if precision == 'float32' else 'bfloat16'
-    net = bg.HybridBERTModel(CONFIG.replace(dtype=dtype), backend='native')
+    net = bg.HybridBERTModel(CONFIG.replace(dtype=precision), backend='native')
     mx.random.seed(seed)
     net.initialize(mx.init.Normal(0.1), ctx=ctx)
     net.hybridize(static_alloc=True, static_shape=True)
@@ -83,7 +86,7 @@ def counts():
 def test_a_stream_of_requests_prepares_nothing(precision):
     net, batch = served(precision), batch_on()
     answer(net, batch)
-    assert net.bf16 == ('' if precision == 'float32' else precision)
+    assert net.products == kernels.products_attribute(precision, providers.provider(precision))
     made, reused = counts()
     for _ in range(3):
         answer(net, batch)

@@ -53,7 +53,8 @@ from ..data.files import sha1_of
 from ..fileio import atomic_write, atomic_write_bytes
 
 __all__ = ['has_op', 'native_available', 'unavailable_reason', 'library_path',
-           'blas_provider', 'BF16_PROVIDERS', 'bf16_unavailable_reason',
+           'blas_provider', 'FLOAT32_PROVIDERS', 'BF16_PROVIDERS', 'float32_unavailable_reason',
+           'bf16_unavailable_reason', 'products_attribute',
            'prepared_weight_counts', 'cpu_flags', 'cpu_identity', 'build_dir']
 
 _SOURCES = [Path(__file__).with_name(name)
@@ -245,12 +246,43 @@ def cpu_flags():
     return set()
 
 
+FLOAT32_PROVIDERS = ('blas', 'onednn')  # blas: MKL, or else OpenBLAS
 BF16_PROVIDERS = ('onednn', 'mkl')
+
+
+def _onednn_matmul(bf16):
+    """oneDNN's matmul implementation for a 32x384x384 product here, or ''."""
+    library = ctypes.CDLL(str(_state['path']))  # the handle MXNet already loaded
+    library.bert_gluon_onednn_matmul.restype = ctypes.c_char_p
+    library.bert_gluon_onednn_matmul.argtypes = [ctypes.c_int] + [ctypes.c_int64] * 3
+    return library.bert_gluon_onednn_matmul(int(bf16), 32, 384, 384).decode()
+
+
+def _onednn_unavailable_reason(bf16):
+    if not _onednn_flags():
+        return ('oneDNN is not installed: pip install onednn-cpu-gomp==2023.2.0 '
+                'onednn-devel-cpu-gomp==2023.2.0')
+    implementation = _onednn_matmul(bf16)
+    if not implementation or implementation.startswith('ref'):
+        cap = os.environ.get('ONEDNN_MAX_CPU_ISA')
+        return (f"oneDNN has no {'bf16' if bf16 else 'float32'} matmul for this CPU"
+                f"{f' at ONEDNN_MAX_CPU_ISA={cap}' if cap else ''} "
+                f"(found: {implementation or 'none'})")
+    return None
+
+
+def float32_unavailable_reason(provider):
+    """None when `provider` ('blas' or 'onednn') can run float32 products
+    here, else why not. Which is faster: providers.choice('float32')."""
+    if provider not in FLOAT32_PROVIDERS:
+        raise ValueError(f'provider must be one of {FLOAT32_PROVIDERS}, got {provider!r}')
+    return unavailable_reason() or (_onednn_unavailable_reason(False)
+                                    if provider == 'onednn' else None)
 
 
 def bf16_unavailable_reason(provider):
     """None when `provider` ('onednn' or 'mkl') can run bf16 products here,
-    else why not. Whether they beat float32: providers.bf16_choice()."""
+    else why not. Whether they beat float32: providers.choice('bfloat16')."""
     if provider not in BF16_PROVIDERS:
         raise ValueError(f'provider must be one of {BF16_PROVIDERS}, got {provider!r}')
     reason = unavailable_reason()
@@ -261,18 +293,17 @@ def bf16_unavailable_reason(provider):
                 'would be emulated, slower than float32')
     if provider == 'mkl':
         return None if blas_provider() == 'mkl' else "MKL's bf16 products: pip install mkl"
-    if not _onednn_flags():
-        return ("oneDNN's bf16 products: pip install onednn-cpu-gomp==2023.2.0 "
-                'onednn-devel-cpu-gomp==2023.2.0')
-    library = ctypes.CDLL(str(_state['path']))  # the handle MXNet already loaded
-    library.bert_gluon_onednn_bf16.restype = ctypes.c_char_p
-    library.bert_gluon_onednn_bf16.argtypes = [ctypes.c_int64] * 3
-    implementation = library.bert_gluon_onednn_bf16(32, 384, 384).decode()
-    if not implementation or implementation.startswith('ref'):
-        cap = os.environ.get('ONEDNN_MAX_CPU_ISA')
-        return (f"oneDNN has no bf16 matmul for this CPU{f' at ONEDNN_MAX_CPU_ISA={cap}' if cap else ''}"
-                f" (found: {implementation or 'none'})")
-    return None
+    return _onednn_unavailable_reason(True)
+
+
+def products_attribute(precision, provider):
+    """The native ops' `products` attribute for products of `precision`
+    ('float32' or 'bfloat16') by `provider` (kernels/blas.h)."""
+    if precision == 'float32' and provider in FLOAT32_PROVIDERS:
+        return '' if provider == 'blas' else provider
+    if precision == 'bfloat16' and provider in BF16_PROVIDERS:
+        return f'{provider}-bf16'
+    raise ValueError(f'no {precision} products by {provider!r}')
 
 
 def prepared_weight_counts():

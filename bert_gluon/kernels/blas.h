@@ -1,13 +1,15 @@
-// Matrix products from a library that dispatches on the CPU it runs on:
-// Intel MKL (AVX2, AVX-512, AMX; float32 and bf16 x bf16 -> float32), found
-// at run time by the Python side (`bert_gluon_load_blas`, library.cc), or
-// else the OpenBLAS that MXNet ships (float32 only). bf16 products come from
-// the provider an op's bf16 attribute names: MKL's or oneDNN's (onednn.h).
+// Matrix products, by the provider an op's `products` attribute names:
+//   blas         float32 by the library loaded at start (`bert_gluon_load_blas`,
+//                library.cc): Intel MKL (it dispatches on the CPU, AVX2 to
+//                AMX), or else the OpenBLAS that MXNet ships
+//   onednn       float32 by oneDNN (onednn.h)
+//   mkl_bf16     bf16 x bf16 -> float32 by MKL
+//   onednn_bf16  bf16 x bf16 -> float32 by oneDNN
 // Row-major throughout.
 //
-// Called from inside an OpenMP parallel region, MKL runs on the calling
-// thread alone (its GNU threading layer, on MXNet's libgomp); from outside,
-// on omp_get_max_threads() threads.
+// Called from inside an OpenMP parallel region, MKL and oneDNN run on the
+// calling thread alone (on MXNet's libgomp); from outside, on
+// omp_get_max_threads() threads.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -16,31 +18,37 @@ namespace blas {
 
 typedef uint16_t bf16;  // the upper half of a float32
 
-// Who multiplies bf16 operands (none: the products run in float32)
-enum class Bf16 { none, mkl, onednn };
+enum class Products { blas, onednn, mkl_bf16, onednn_bf16 };
+inline bool bf16_operands(Products by) {
+  return by == Products::mkl_bf16 || by == Products::onednn_bf16;
+}
 
-// C (M, N; ldc) = alpha * op(A) @ op(B) + beta * C; op(A) is (M, K), op(B) (K, N)
-void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-           const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
-           int64_t ldc);
+// C (M, N; ldc) = alpha * op(A) @ op(B) + beta * C; op(A) is (M, K), op(B)
+// (K, N); by a float32 provider (blas or onednn)
+void sgemm(Products by, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
+           float alpha, const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
+           float* C, int64_t ldc);
 
-// The same with bf16 operands, accumulated and returned in float32, by `by`
-void gemm_bf16(Bf16 by, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-               const bf16* A, int64_t lda, const bf16* B, int64_t ldb, float beta, float* C,
-               int64_t ldc);
+// The same with bf16 operands, accumulated and returned in float32, by a
+// bf16 provider (mkl_bf16 or onednn_bf16)
+void gemm_bf16(Products by, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
+               float alpha, const bf16* A, int64_t lda, const bf16* B, int64_t ldb, float beta,
+               float* C, int64_t ldc);
 
-// A weight W (N, K) packed once as the right operand of many products
-// X (M, K) @ W^T: packed_weight_bytes of space, pack_weight, then gemm_packed
-// (bf16: W and X in bf16, a packing of `by`'s). With no packing API
-// (OpenBLAS), the "packed" form is W itself, copied.
-size_t packed_weight_bytes(Bf16 by, int64_t M, int64_t N, int64_t K);
-void pack_weight(const float* W, int64_t N, int64_t K, int64_t M, void* packed);
-void pack_weight_bf16(Bf16 by, const bf16* W, int64_t N, int64_t K, int64_t M, void* packed);
+// A weight W (N, K) packed once by `by` as the right operand of many
+// products X (M, K) @ W^T: packed_weight_bytes of space, pack_weight (W
+// float32) or pack_weight_bf16 (W bf16), then gemm_packed (X of W's type).
+// MKL's layout is for any M up to the M given; oneDNN's for any M. With no
+// packing API (OpenBLAS), the "packed" form is W itself, copied.
+size_t packed_weight_bytes(Products by, int64_t M, int64_t N, int64_t K);
+void pack_weight(Products by, const float* W, int64_t N, int64_t K, int64_t M, void* packed);
+void pack_weight_bf16(Products by, const bf16* W, int64_t N, int64_t K, int64_t M,
+                      void* packed);
 // C (M, N; ldc) = X (M, K; ldx) @ W^T + beta * C
-void gemm_packed(int64_t M, int64_t N, int64_t K, const float* X, int64_t ldx,
+void gemm_packed(Products by, int64_t M, int64_t N, int64_t K, const float* X, int64_t ldx,
                  const void* packed, float beta, float* C, int64_t ldc);
-void gemm_packed_bf16(Bf16 by, int64_t M, int64_t N, int64_t K, const bf16* X, int64_t ldx,
-                      const void* packed, float beta, float* C, int64_t ldc);
+void gemm_packed_bf16(Products by, int64_t M, int64_t N, int64_t K, const bf16* X,
+                      int64_t ldx, const void* packed, float beta, float* C, int64_t ldc);
 
 // Which library runs: "mkl", "openblas" or "" (none loaded yet)
 const char* provider();

@@ -32,22 +32,22 @@ inline void column_sums(const float* dY, int64_t M, int64_t N, float* db) {
 }
 
 // The products of a Dense layer's backward, Y (M, N) = X (M, K) W^T:
-// dX = dY W and dW = dY^T X, in float32, or by a bf16 provider on copies of
+// dX = dY W and dW = dY^T X by `by`: in float32, or in bf16 on copies of
 // dY, W and X made in `scratch` ((M * N + N * K + M * K) bf16)
 inline void dense_backward(int64_t M, int64_t N, int64_t K, const float* dY, const float* X,
-                           const float* W, float* dX, float* dW, blas::Bf16 bf16,
+                           const float* W, float* dX, float* dW, blas::Products by,
                            blas::bf16* scratch) {
-  if (bf16 == blas::Bf16::none) {
-    blas::sgemm(false, false, M, K, N, 1.f, dY, N, W, K, 0.f, dX, K);
-    blas::sgemm(true, false, N, K, M, 1.f, dY, N, X, K, 0.f, dW, K);
+  if (!blas::bf16_operands(by)) {
+    blas::sgemm(by, false, false, M, K, N, 1.f, dY, N, W, K, 0.f, dX, K);
+    blas::sgemm(by, true, false, N, K, M, 1.f, dY, N, X, K, 0.f, dW, K);
     return;
   }
   blas::bf16 *dy16 = scratch, *w16 = dy16 + M * N, *x16 = w16 + N * K;
   to_bf16_parallel(dY, M * N, dy16);
   to_bf16_parallel(W, N * K, w16);
   to_bf16_parallel(X, M * K, x16);
-  blas::gemm_bf16(bf16, false, false, M, K, N, 1.f, dy16, N, w16, K, 0.f, dX, K);
-  blas::gemm_bf16(bf16, true, false, N, K, M, 1.f, dy16, N, x16, K, 0.f, dW, K);
+  blas::gemm_bf16(by, false, false, M, K, N, 1.f, dy16, N, w16, K, 0.f, dX, K);
+  blas::gemm_bf16(by, true, false, N, K, M, 1.f, dy16, N, x16, K, 0.f, dW, K);
 }
 
 // Type inference of an op whose inputs are float32 (input int_ok may be
@@ -73,14 +73,27 @@ inline bool flag_of(const std::unordered_map<std::string, std::string>& attrs,
   return it != attrs.end() && (it->second == "1" || it->second == "True");
 }
 
-// An op's bf16 attribute: who multiplies bf16 operands ("mkl" or "onednn";
-// "1"/"True" mean MKL), or none ("", "0", "False": float32)
-inline blas::Bf16 bf16_of(const std::unordered_map<std::string, std::string>& attrs) {
-  auto it = attrs.find("bf16");
-  if (it == attrs.end()) return blas::Bf16::none;
-  if (it->second == "onednn") return blas::Bf16::onednn;
-  if (it->second == "mkl" || it->second == "1" || it->second == "True") return blas::Bf16::mkl;
-  return blas::Bf16::none;
+// An op's `products` attribute: who multiplies, in what (blas.h): "" (the
+// loaded BLAS, float32), "onednn", "mkl-bf16" or "onednn-bf16"
+inline blas::Products products_of(const std::unordered_map<std::string, std::string>& attrs) {
+  auto it = attrs.find("products");
+  const std::string name = it == attrs.end() ? "" : it->second;
+  if (name == "onednn") return blas::Products::onednn;
+  if (name == "mkl-bf16") return blas::Products::mkl_bf16;
+  if (name == "onednn-bf16") return blas::Products::onednn_bf16;
+  return blas::Products::blas;
+}
+
+// Parse-time check of the `products` attribute of op `op`
+inline bool products_known(const std::unordered_map<std::string, std::string>& attrs,
+                           const char* op) {
+  auto it = attrs.find("products");
+  if (it == attrs.end() || it->second.empty() || it->second == "onednn"
+      || it->second == "mkl-bf16" || it->second == "onednn-bf16")
+    return true;
+  MX_ERROR_MSG << op << ": products must be '', 'onednn', 'mkl-bf16' or 'onednn-bf16', got '"
+               << it->second << "'";
+  return false;
 }
 
 // A float attribute, or fallback when it is not given

@@ -1,13 +1,13 @@
 // The MLM head's vocabulary projection, for MXNet 1.9 on the CPU (extension
 // library), its products from blas.h (MKL where installed): float32, or with
-// bf16=mkl|onednn bf16 operands accumulated in float32 (the float32 weight converted
+// products=mkl-bf16|onednn-bf16 bf16 operands accumulated in float32 (the float32 weight converted
 // on each call: it is the master copy the optimizer updates).
 // The projection is most of a pretraining step's FLOPs, and the book pads
 // every sequence to 10 slots, of which ~30% have weight 0 on WikiText-2; with
 // packed=1 the op projects only the rows of nonzero weight, packed at the top
 // of its output (bert_softmax_ce(..., packed=1) reads that layout).
 //
-// Op bert_dense(X (..., H), W (V, H), b (V,)[, weights (...)]; packed=0, bf16='')
+// Op bert_dense(X (..., H), W (V, H), b (V,)[, weights (...)]; packed=0, products='')
 //      -> Y (..., V) = X W^T + b.
 //   packed=1 takes weights and, in row-major order over the leading axes,
 //   writes row k = X[r_k] W^T + b for the k-th row r_k of nonzero weight;
@@ -36,7 +36,7 @@ static MXReturnValue pd_parse(const std::unordered_map<std::string, std::string>
                               int* num_in, int* num_out) {
   *num_in = flag_of(attrs, "packed") ? 4 : 3;
   *num_out = 1;
-  return MX_SUCCESS;
+  return products_known(attrs, "bert_dense") ? MX_SUCCESS : MX_FAIL;
 }
 
 static MXReturnValue pd_type(const std::unordered_map<std::string, std::string>& attrs,
@@ -70,8 +70,8 @@ static MXReturnValue pd_forward(const std::unordered_map<std::string, std::strin
   MXTensor& X = (*inputs)[0];
   const int64_t H = X.shape.back(), R = X.size() / H, V = (*inputs)[1].shape[0];
   const bool packed = flag_of(attrs, "packed");
-  const blas::Bf16 by = bf16_of(attrs);
-  const bool bf16 = by != blas::Bf16::none;
+  const blas::Products by = products_of(attrs);
+  const bool bf16 = blas::bf16_operands(by);
   const std::vector<int64_t> rows = packed ? weighted_rows((*inputs)[3].data<float>(), R)
                                            : std::vector<int64_t>();
   const int64_t n = packed ? rows.size() : R;
@@ -103,7 +103,7 @@ static MXReturnValue pd_forward(const std::unordered_map<std::string, std::strin
   if (bf16) {
     blas::gemm_bf16(by, false, true, n, V, H, 1.f, a16, H, w16, H, 1.f, Y, V);
   } else {
-    blas::sgemm(false, true, n, V, H, 1.f, A, H, W, H, 1.f, Y, V);
+    blas::sgemm(by, false, true, n, V, H, 1.f, A, H, W, H, 1.f, Y, V);
   }
   return MX_SUCCESS;
 }
@@ -120,8 +120,8 @@ static MXReturnValue pd_backward(const std::unordered_map<std::string, std::stri
   float* dW = (*outputs)[1].data<float>();
   float* db = (*outputs)[2].data<float>();
   const bool packed = flag_of(attrs, "packed");
-  const blas::Bf16 by = bf16_of(attrs);
-  const bool bf16 = by != blas::Bf16::none;
+  const blas::Products by = products_of(attrs);
+  const bool bf16 = blas::bf16_operands(by);
   std::vector<int64_t> rows;
   if (packed) {
     std::memset((*outputs)[3].data_ptr, 0, R * sizeof(float));

@@ -10,14 +10,14 @@
 //   Y = LayerNorm(A + act(A W1^T + b1) W2^T + b2), act ReLU or erf-GELU
 //
 // The four Dense products go through blas.h (weights packed or reordered
-// once and kept while unchanged: prepared.h), in float32 or, with bf16=mkl|onednn, on
-// bf16 operands accumulated in float32; attention's per-head products stay
+// once and kept while unchanged: prepared.h), by the provider its `products` attribute
+// names (blas.h), in float32 or on bf16 operands accumulated in float32; attention's per-head products stay
 // float32 (small_gemm.h, via heads.h).
 //
 // Op bert_encoder_layer(X (B, T, H), valid_lens (B,), W_q, W_k, W_v, W_o (H, H),
 //                       [b_q, b_k, b_v, b_o (H,),] gamma1, beta1 (H,), W1 (F, H),
 //                       b1 (F,), W2 (H, F), b2 (H,), gamma2, beta2 (H,);
-//                       num_heads, scale, eps, activation, use_bias, bf16)
+//                       num_heads, scale, eps, activation, use_bias, products)
 //   -> Y (B, T, H)
 // No backward (MXNet's graph building asks for one to be registered; it
 // fails if run): graphs that may be differentiated use the per-step ops.
@@ -87,12 +87,13 @@ inline float erf_rational(float x) {
 // is used as it is (packing would cost what it saves), stacked once if need be.
 struct Packed {
   int64_t N, K;
-  blas::Bf16 by;
+  blas::Products by;
   bool bf16, direct;
   prepared::Buffer held;
   const void* data = nullptr;
-  Packed(int64_t N_, int64_t K_, blas::Bf16 by_, bool once)
-      : N(N_), K(K_), by(by_), bf16(by_ != blas::Bf16::none), direct(once && !bf16) {}
+  Packed(int64_t N_, int64_t K_, blas::Products by_, bool once)
+      : N(N_), K(K_), by(by_), bf16(blas::bf16_operands(by_)),
+        direct(once && by_ == blas::Products::blas) {}
 
   void prepare(const std::vector<prepared::Source>& sources,
                const std::vector<const float*>& parts) {
@@ -105,8 +106,8 @@ struct Packed {
       for (size_t i = 0; i < parts.size(); ++i)
         std::memcpy(W + i * part, parts[i], part * sizeof(float));
     };
-    const int layout = direct ? 0 : !bf16 ? 1 : by == blas::Bf16::mkl ? 2 : 3;
-    const uint64_t kind = (uint64_t(layout) << 56) ^ (uint64_t(N) << 28) ^ uint64_t(K);
+    const uint64_t layout = direct ? 0 : 1 + static_cast<uint64_t>(by);
+    const uint64_t kind = (layout << 56) ^ (uint64_t(N) << 28) ^ uint64_t(K);
     const size_t bytes = direct ? N * K * sizeof(float)
                                 : blas::packed_weight_bytes(by, kPackRows, N, K);
     held = prepared::get(sources, kind, bytes, [&](char* out) {
@@ -117,7 +118,7 @@ struct Packed {
         stack(stacked.data());
         W = stacked.data();
       }
-      if (!bf16) return blas::pack_weight(W, N, K, kPackRows, out);
+      if (!bf16) return blas::pack_weight(by, W, N, K, kPackRows, out);
       std::vector<blas::bf16> w16(N * K);
       to_bf16_parallel(W, N * K, w16.data());
       blas::pack_weight_bf16(by, w16.data(), N, K, kPackRows, out);
@@ -139,12 +140,13 @@ struct Packed {
       for (int part = 0; part < parts; ++part) {
         const int64_t j0 = part * width, j1 = std::min(N, j0 + width);
         if (j0 < j1)
-          blas::sgemm(false, true, n, j1 - j0, K, 1.f, X, K, W + j0 * K, K, beta, C + j0, N);
+          blas::sgemm(by, false, true, n, j1 - j0, K, 1.f, X, K, W + j0 * K, K, beta, C + j0,
+                      N);
       }
       return;
     }
     if (!bf16) {
-      blas::gemm_packed(n, N, K, X, K, data, beta, C, N);
+      blas::gemm_packed(by, n, N, K, X, K, data, beta, C, N);
       return;
     }
     if (!X16) {
@@ -165,7 +167,7 @@ bool gelu_of(const Attrs& attrs) {
 static MXReturnValue layer_parse(const Attrs& attrs, int* num_in, int* num_out) {
   *num_in = Slots(flag_of(attrs, "use_bias")).count();
   *num_out = 1;
-  return MX_SUCCESS;
+  return products_known(attrs, "bert_encoder_layer") ? MX_SUCCESS : MX_FAIL;
 }
 
 static MXReturnValue layer_type(const Attrs& attrs, std::vector<int>* in_types,
@@ -226,8 +228,8 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
   if (wide) seqs = std::max<int64_t>(1, std::min<int64_t>(B, kBlockRows / T));
   const int64_t rows = seqs * T;
   const int64_t tasks = (B + seqs - 1) / seqs;
-  const blas::Bf16 by = bf16_of(attrs);
-  const bool bf16 = by != blas::Bf16::none;
+  const blas::Products by = products_of(attrs);
+  const bool bf16 = blas::bf16_operands(by);
   // The weights prepared once for every call while they are unchanged
   const bool once = tasks == 1;
   Packed Wqkv(H3, H, by, once), Wo(H, H, by, once), W1(F, H, by, once), W2(H, F, by, once);

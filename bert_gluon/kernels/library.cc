@@ -108,30 +108,37 @@ namespace blas {
 
 const char* provider() { return provider_.name; }
 
-void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-           const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
-           int64_t ldc) {
+void sgemm(Products by, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
+           float alpha, const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
+           float* C, int64_t ldc) {
+  if (by == Products::onednn)
+    return onednn::sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   provider_.sgemm(kRowMajor, trans(trans_a), trans(trans_b), M, N, K, alpha, A, lda, B, ldb,
                   beta, C, ldc);
 }
 
-void gemm_bf16(Bf16 by, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
+void gemm_bf16(Products by, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
                float alpha, const bf16* A, int64_t lda, const bf16* B, int64_t ldb, float beta,
                float* C, int64_t ldc) {
-  if (by == Bf16::onednn)
+  if (by == Products::onednn_bf16)
     return onednn::gemm_bf16(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   provider_.gemm_bf16(kRowMajor, trans(trans_a), trans(trans_b), M, N, K, alpha, A, lda, B,
                       ldb, beta, C, ldc);
 }
 
-size_t packed_weight_bytes(Bf16 by, int64_t M, int64_t N, int64_t K) {
-  if (by == Bf16::onednn) return onednn::packed_weight_bytes(N, K);
-  if (by == Bf16::mkl) return provider_.bf16_pack_size(kBMatrix, M, N, K);
+size_t packed_weight_bytes(Products by, int64_t M, int64_t N, int64_t K) {
+  switch (by) {
+    case Products::onednn: return onednn::packed_weight_bytes(false, N, K);
+    case Products::onednn_bf16: return onednn::packed_weight_bytes(true, N, K);
+    case Products::mkl_bf16: return provider_.bf16_pack_size(kBMatrix, M, N, K);
+    case Products::blas: break;
+  }
   if (provider_.sgemm_pack_size) return provider_.sgemm_pack_size(kBMatrix, M, N, K);
   return N * K * sizeof(float);
 }
 
-void pack_weight(const float* W, int64_t N, int64_t K, int64_t M, void* packed) {
+void pack_weight(Products by, const float* W, int64_t N, int64_t K, int64_t M, void* packed) {
+  if (by == Products::onednn) return onednn::pack_weight(false, W, N, K, packed);
   if (provider_.sgemm_pack) {  // B = W^T, (K, N)
     provider_.sgemm_pack(kRowMajor, kBMatrix, kTrans, M, N, K, 1.f, W, K,
                          static_cast<float*>(packed));
@@ -140,26 +147,29 @@ void pack_weight(const float* W, int64_t N, int64_t K, int64_t M, void* packed) 
   }
 }
 
-void pack_weight_bf16(Bf16 by, const bf16* W, int64_t N, int64_t K, int64_t M,
+void pack_weight_bf16(Products by, const bf16* W, int64_t N, int64_t K, int64_t M,
                       void* packed) {
-  if (by == Bf16::onednn) return onednn::pack_weight_bf16(W, N, K, packed);
+  if (by == Products::onednn_bf16) return onednn::pack_weight(true, W, N, K, packed);
   provider_.bf16_pack(kRowMajor, kBMatrix, kTrans, M, N, K, W, K, static_cast<bf16*>(packed));
 }
 
-void gemm_packed(int64_t M, int64_t N, int64_t K, const float* X, int64_t ldx,
+void gemm_packed(Products by, int64_t M, int64_t N, int64_t K, const float* X, int64_t ldx,
                  const void* packed, float beta, float* C, int64_t ldc) {
+  if (by == Products::onednn)
+    return onednn::gemm_packed(false, M, N, K, X, ldx, packed, beta, C, ldc);
   if (provider_.sgemm_compute) {
     provider_.sgemm_compute(kRowMajor, kNoTrans, kPacked, M, N, K, X, ldx,
                             static_cast<const float*>(packed), K, beta, C, ldc);
   } else {
-    sgemm(false, true, M, N, K, 1.f, X, ldx, static_cast<const float*>(packed), K, beta, C,
-          ldc);
+    sgemm(by, false, true, M, N, K, 1.f, X, ldx, static_cast<const float*>(packed), K, beta,
+          C, ldc);
   }
 }
 
-void gemm_packed_bf16(Bf16 by, int64_t M, int64_t N, int64_t K, const bf16* X, int64_t ldx,
-                      const void* packed, float beta, float* C, int64_t ldc) {
-  if (by == Bf16::onednn) return onednn::gemm_packed_bf16(M, N, K, X, ldx, packed, beta, C, ldc);
+void gemm_packed_bf16(Products by, int64_t M, int64_t N, int64_t K, const bf16* X,
+                      int64_t ldx, const void* packed, float beta, float* C, int64_t ldc) {
+  if (by == Products::onednn_bf16)
+    return onednn::gemm_packed(true, M, N, K, X, ldx, packed, beta, C, ldc);
   provider_.bf16_compute(kRowMajor, kNoTrans, kPacked, M, N, K, 1.f, X, ldx,
                          static_cast<const bf16*>(packed), K, beta, C, ldc);
 }

@@ -1,10 +1,10 @@
 // A Dense layer (flatten=False) for MXNet 1.9 on the CPU (extension
-// library), forward and backward through blas.h: float32, or with
-// bf16=mkl|onednn bf16 operands accumulated in float32 by that provider (the float32 weight is the master
+// library), forward and backward through blas.h, by the provider its
+// `products` attribute names: float32, or bf16 operands accumulated in float32 (the float32 weight is the master
 // copy the optimizer updates; it is converted on each call). The bias is
 // the output's starting value, added by the forward product itself.
 //
-// Op bert_linear(X (..., K), W (N, K)[, b (N,)]; use_bias=1, bf16='')
+// Op bert_linear(X (..., K), W (N, K)[, b (N,)]; use_bias=1, products='')
 //      -> Y (..., N) = X W^T (+ b)
 #include <cstdint>
 #include <cstring>
@@ -19,7 +19,7 @@ static MXReturnValue linear_parse(const std::unordered_map<std::string, std::str
                                   int* num_in, int* num_out) {
   *num_in = attrs.count("use_bias") && !flag_of(attrs, "use_bias") ? 2 : 3;
   *num_out = 1;
-  return MX_SUCCESS;
+  return products_known(attrs, "bert_linear") ? MX_SUCCESS : MX_FAIL;
 }
 
 static MXReturnValue linear_type(const std::unordered_map<std::string, std::string>& attrs,
@@ -59,9 +59,9 @@ static MXReturnValue linear_forward(const std::unordered_map<std::string, std::s
     for (int64_t i = 0; i < M; ++i) std::memcpy(Y + i * N, b, N * sizeof(float));
   }
   const float beta = b ? 1.f : 0.f;
-  const blas::Bf16 bf16 = bf16_of(attrs);
-  if (bf16 == blas::Bf16::none) {
-    blas::sgemm(false, true, M, N, K, 1.f, X, K, W, K, beta, Y, N);
+  const blas::Products by = products_of(attrs);
+  if (!blas::bf16_operands(by)) {
+    blas::sgemm(by, false, true, M, N, K, 1.f, X, K, W, K, beta, Y, N);
     return MX_SUCCESS;
   }
   // one temp-space allocation per call: MXNet hands out the same buffer
@@ -69,7 +69,7 @@ static MXReturnValue linear_forward(const std::unordered_map<std::string, std::s
   blas::bf16* w16 = x16 + M * K;
   to_bf16_parallel(X, M * K, x16);
   to_bf16_parallel(W, N * K, w16);
-  blas::gemm_bf16(bf16, false, true, M, N, K, 1.f, x16, K, w16, K, beta, Y, N);
+  blas::gemm_bf16(by, false, true, M, N, K, 1.f, x16, K, w16, K, beta, Y, N);
   return MX_SUCCESS;
 }
 
@@ -86,11 +86,11 @@ static MXReturnValue linear_backward(const std::unordered_map<std::string, std::
   float* dW = (*outputs)[1].data<float>();
   float* db = outputs->size() == 3 ? (*outputs)[2].data<float>() : nullptr;
   if (db) column_sums(dY, M, N, db);
-  const blas::Bf16 bf16 = bf16_of(attrs);
+  const blas::Products by = products_of(attrs);
   // one temp-space allocation per call: MXNet hands out the same buffer
-  auto* scratch = bf16 != blas::Bf16::none ? static_cast<blas::bf16*>(
+  auto* scratch = blas::bf16_operands(by) ? static_cast<blas::bf16*>(
       res.alloc_cpu((M * N + N * K + M * K) * sizeof(blas::bf16))) : nullptr;
-  dense_backward(M, N, K, dY, X, W, dX, dW, bf16, scratch);
+  dense_backward(M, N, K, dY, X, W, dX, dW, by, scratch);
   return MX_SUCCESS;
 }
 

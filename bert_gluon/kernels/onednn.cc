@@ -1,9 +1,11 @@
-// bf16 products from oneDNN (libdnnl of the onednn-cpu-gomp package, on the
-// same libgomp as MXNet), the blas::Bf16::onednn provider of blas.h. Its
-// matmul dispatches on the ISA, not the vendor: AMX, or AVX512_BF16 where
-// MKL's bf16 is slower than its own sgemm (Zen 4). Built only where its
-// headers were found (-DBERT_GLUON_ONEDNN, kernels/__init__.py); else every
-// product here says it cannot run and the Python side never asks for one.
+// Products from oneDNN (libdnnl of the onednn-cpu-gomp package, on the same
+// libgomp as MXNet), the Products::onednn and ::onednn_bf16 providers of
+// blas.h: float32 or bf16 operands, float32 results. Its matmul dispatches on
+// the ISA, not the vendor: AMX, AVX512_BF16, AVX-512 or AVX2, where MKL
+// takes a slow path on AMD (sgemm at ~40% of oneDNN's on Zen 4; its bf16
+// slower than its sgemm). Built only where its headers were found
+// (-DBERT_GLUON_ONEDNN, kernels/__init__.py); else nothing here runs and the
+// Python side never names it.
 //
 // Primitives are made once per shape and kept (a map; oneDNN's own cache
 // would still rebuild the descriptor on each call). A packed weight is W in
@@ -54,12 +56,15 @@ dnnl_memory_desc_t matrix(int64_t rows, int64_t cols, int64_t ld, bool transpose
 }
 
 // W^T (K, N) of a W (N, K) in the layout matmul picks ('any'), or nullptr
-dnnl_memory_desc_t any_weights(int64_t K, int64_t N) {
+dnnl_memory_desc_t any_weights(int64_t K, int64_t N, dnnl_data_type_t type) {
   dnnl_dims_t dims = {K, N};
   dnnl_memory_desc_t md = nullptr;
-  dnnl_memory_desc_create_with_tag(&md, 2, dims, dnnl_bf16, dnnl_format_tag_any);
+  dnnl_memory_desc_create_with_tag(&md, 2, dims, type, dnnl_format_tag_any);
   return md;
 }
+
+dnnl_data_type_t type_of(bool bf16) { return bf16 ? dnnl_bf16 : dnnl_f32; }
+size_t size_of(bool bf16) { return bf16 ? 2 : 4; }
 
 // A matmul primitive C (M, N) = alpha A B (+ beta C), or nullptr; `weights`
 // given: B in that layout. Its implementation's name into `impl` if asked.
@@ -98,19 +103,20 @@ struct Matmul {
 
 std::mutex lock_;
 std::map<std::array<int64_t, 11>, Matmul> matmuls_;
-// packed layout of W (N, K), by (N, K); nullptr: no oneDNN product for it
-std::map<std::array<int64_t, 2>, dnnl_memory_desc_t> packed_;
+// packed layout of W (N, K), by (bf16, N, K); nullptr: no oneDNN product for it
+std::map<std::array<int64_t, 3>, dnnl_memory_desc_t> packed_;
 
-dnnl_memory_desc_t packed_layout(int64_t N, int64_t K) {
+dnnl_memory_desc_t packed_layout(bool bf16, int64_t N, int64_t K) {
   std::lock_guard<std::mutex> hold(lock_);
-  auto found = packed_.find({N, K});
+  auto found = packed_.find({bf16, N, K});
   if (found != packed_.end()) return found->second;
-  dnnl_memory_desc_t a = matrix(1, K, K, false, dnnl_bf16), c = matrix(1, N, N, false, dnnl_f32);
-  dnnl_memory_desc_t any = any_weights(K, N), picked = nullptr;
+  dnnl_memory_desc_t a = matrix(1, K, K, false, type_of(bf16));
+  dnnl_memory_desc_t c = matrix(1, N, N, false, dnnl_f32);
+  dnnl_memory_desc_t any = any_weights(K, N, type_of(bf16)), picked = nullptr;
   dnnl_primitive_t probe = make_matmul(a, any, c, 1.f, 0.f, &picked, nullptr);
   if (probe) dnnl_primitive_destroy(probe);
   for (auto md : {a, c, any}) dnnl_memory_desc_destroy(md);
-  return packed_[{N, K}] = probe ? picked : nullptr;
+  return packed_[{bf16, N, K}] = probe ? picked : nullptr;
 }
 
 bool run(const Matmul& m, const void* A, const void* B, float* C) {
@@ -149,14 +155,24 @@ int32_t bits(float x) {
   return i;
 }
 
+float widened(float v) { return v; }
+float widened(blas::bf16 v) {
+  const uint32_t u = uint32_t(v) << 16;
+  float x;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+
 // Reference product, for a shape oneDNN refused (never seen on a CPU that
 // passed the Python side's probe): correct, slow
+template <typename T>
 void reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-               const blas::bf16* A, int64_t lda, const blas::bf16* B, int64_t ldb, float beta,
-               float* C, int64_t ldc) {
-  auto f = [](blas::bf16 v) { uint32_t u = uint32_t(v) << 16; float x; std::memcpy(&x, &u, 4); return x; };
-  std::fprintf(stderr, "bert_gluon: oneDNN has no bf16 product for %lldx%lldx%lld here; "
-               "running a slow reference\n", (long long)M, (long long)K, (long long)N);
+               const T* A, int64_t lda, const T* B, int64_t ldb, float beta, float* C,
+               int64_t ldc) {
+  auto f = [](T v) { return widened(v); };
+  std::fprintf(stderr, "bert_gluon: oneDNN has no %s product for %lldx%lldx%lld here; "
+               "running a slow reference\n", sizeof(T) == 2 ? "bf16" : "float32",
+               (long long)M, (long long)K, (long long)N);
 #pragma omp parallel for
   for (int64_t i = 0; i < M; ++i)
     for (int64_t j = 0; j < N; ++j) {
@@ -173,10 +189,11 @@ namespace onednn {
 
 bool built() { return true; }
 
-const char* bf16_implementation(int64_t M, int64_t N, int64_t K) {
+const char* implementation(bool bf16, int64_t M, int64_t N, int64_t K) {
   if (!engine()) return "";
-  dnnl_memory_desc_t a = matrix(M, K, K, false, dnnl_bf16), c = matrix(M, N, N, false, dnnl_f32);
-  dnnl_memory_desc_t any = any_weights(K, N);
+  dnnl_memory_desc_t a = matrix(M, K, K, false, type_of(bf16));
+  dnnl_memory_desc_t c = matrix(M, N, N, false, dnnl_f32);
+  dnnl_memory_desc_t any = any_weights(K, N, type_of(bf16));
   const char* impl = "";
   dnnl_primitive_t probe = make_matmul(a, any, c, 1.f, 0.f, nullptr, &impl);
   if (probe) dnnl_primitive_destroy(probe);
@@ -184,26 +201,40 @@ const char* bf16_implementation(int64_t M, int64_t N, int64_t K) {
   return probe ? impl : "";
 }
 
-void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-               const blas::bf16* A, int64_t lda, const blas::bf16* B, int64_t ldb, float beta,
-               float* C, int64_t ldc) {
-  const std::array<int64_t, 11> key = {0, trans_a, trans_b, M, N, K, lda, ldb, ldc,
+template <typename T>
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+          const T* A, int64_t lda, const T* B, int64_t ldb, float beta, float* C,
+          int64_t ldc) {
+  const bool bf16 = sizeof(T) == 2;
+  const std::array<int64_t, 11> key = {bf16, trans_a, trans_b, M, N, K, lda, ldb, ldc,
                                        bits(alpha), bits(beta)};
-  const Matmul m = matmul_for(key, matrix(M, K, lda, trans_a, dnnl_bf16),
-                               matrix(K, N, ldb, trans_b, dnnl_bf16),
-                               matrix(M, N, ldc, false, dnnl_f32), alpha, beta);
+  const Matmul m = matmul_for(key, matrix(M, K, lda, trans_a, type_of(bf16)),
+                              matrix(K, N, ldb, trans_b, type_of(bf16)),
+                              matrix(M, N, ldc, false, dnnl_f32), alpha, beta);
   if (!m.prim || !run(m, A, B, C))
     reference(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-size_t packed_weight_bytes(int64_t N, int64_t K) {
-  dnnl_memory_desc_t layout = packed_layout(N, K);
-  return layout ? dnnl_memory_desc_get_size(layout) : N * K * sizeof(blas::bf16);
+void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+           const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+           int64_t ldc) {
+  gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-void pack_weight_bf16(const blas::bf16* W, int64_t N, int64_t K, void* packed) {
-  dnnl_memory_desc_t layout = packed_layout(N, K);
-  dnnl_memory_desc_t plain = matrix(K, N, K, true, dnnl_bf16);  // W^T, stored as W
+void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+               const blas::bf16* A, int64_t lda, const blas::bf16* B, int64_t ldb, float beta,
+               float* C, int64_t ldc) {
+  gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+size_t packed_weight_bytes(bool bf16, int64_t N, int64_t K) {
+  dnnl_memory_desc_t layout = packed_layout(bf16, N, K);
+  return layout ? dnnl_memory_desc_get_size(layout) : N * K * size_of(bf16);
+}
+
+void pack_weight(bool bf16, const void* W, int64_t N, int64_t K, void* packed) {
+  dnnl_memory_desc_t layout = packed_layout(bf16, N, K);
+  dnnl_memory_desc_t plain = matrix(K, N, K, true, type_of(bf16));  // W^T, stored as W
   bool done = false;
   if (layout) {
     dnnl_primitive_desc_t pd = nullptr;
@@ -212,7 +243,7 @@ void pack_weight_bf16(const blas::bf16* W, int64_t N, int64_t K, void* packed) {
     if (dnnl_reorder_primitive_desc_create(&pd, plain, engine(), layout, engine(), nullptr)
             == dnnl_success
         && dnnl_primitive_create(&reorder, pd) == dnnl_success
-        && dnnl_memory_create(&from, plain, engine(), const_cast<blas::bf16*>(W)) == dnnl_success
+        && dnnl_memory_create(&from, plain, engine(), const_cast<void*>(W)) == dnnl_success
         && dnnl_memory_create(&to, layout, engine(), packed) == dnnl_success) {
       dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
       done = dnnl_primitive_execute(reorder, stream(), 2, args) == dnnl_success
@@ -224,24 +255,29 @@ void pack_weight_bf16(const blas::bf16* W, int64_t N, int64_t K, void* packed) {
     if (pd) dnnl_primitive_desc_destroy(pd);
   }
   dnnl_memory_desc_destroy(plain);
-  if (!done) std::memcpy(packed, W, N * K * sizeof(blas::bf16));
+  if (!done) std::memcpy(packed, W, N * K * size_of(bf16));
 }
 
-void gemm_packed_bf16(int64_t M, int64_t N, int64_t K, const blas::bf16* X, int64_t ldx,
-                      const void* packed, float beta, float* C, int64_t ldc) {
-  dnnl_memory_desc_t layout = packed_layout(N, K);
+void gemm_packed(bool bf16, int64_t M, int64_t N, int64_t K, const void* X, int64_t ldx,
+                 const void* packed, float beta, float* C, int64_t ldc) {
+  dnnl_memory_desc_t layout = packed_layout(bf16, N, K);
   if (!layout) {  // packed as W itself
-    gemm_bf16(false, true, M, N, K, 1.f, X, ldx, static_cast<const blas::bf16*>(packed), K,
-              beta, C, ldc);
+    if (bf16)
+      gemm(false, true, M, N, K, 1.f, static_cast<const blas::bf16*>(X), ldx,
+           static_cast<const blas::bf16*>(packed), K, beta, C, ldc);
+    else
+      gemm(false, true, M, N, K, 1.f, static_cast<const float*>(X), ldx,
+           static_cast<const float*>(packed), K, beta, C, ldc);
     return;
   }
   dnnl_memory_desc_t b = nullptr;
   dnnl_memory_desc_clone(&b, layout);
-  const std::array<int64_t, 11> key = {1, 0, 0, M, N, K, ldx, 0, ldc, bits(1.f), bits(beta)};
-  const Matmul m = matmul_for(key, matrix(M, K, ldx, false, dnnl_bf16), b,
-                               matrix(M, N, ldc, false, dnnl_f32), 1.f, beta);
+  const std::array<int64_t, 11> key = {2 + bf16, 0, 0, M, N, K, ldx, 0, ldc, bits(1.f),
+                                       bits(beta)};
+  const Matmul m = matmul_for(key, matrix(M, K, ldx, false, type_of(bf16)), b,
+                              matrix(M, N, ldc, false, dnnl_f32), 1.f, beta);
   if (!m.prim || !run(m, X, packed, C)) {
-    std::fprintf(stderr, "bert_gluon: oneDNN's packed bf16 product %lldx%lldx%lld failed\n",
+    std::fprintf(stderr, "bert_gluon: oneDNN's packed product %lldx%lldx%lld failed\n",
                  (long long)M, (long long)K, (long long)N);
     std::abort();  // the packed layout has no other reader
   }
@@ -253,19 +289,21 @@ void gemm_packed_bf16(int64_t M, int64_t N, int64_t K, const blas::bf16* X, int6
 
 namespace onednn {
 bool built() { return false; }
-const char* bf16_implementation(int64_t, int64_t, int64_t) { return ""; }
+const char* implementation(bool, int64_t, int64_t, int64_t) { return ""; }
+void sgemm(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*,
+           int64_t, float, float*, int64_t) { std::abort(); }
 void gemm_bf16(bool, bool, int64_t, int64_t, int64_t, float, const blas::bf16*, int64_t,
                const blas::bf16*, int64_t, float, float*, int64_t) { std::abort(); }
-size_t packed_weight_bytes(int64_t N, int64_t K) { return N * K * sizeof(blas::bf16); }
-void pack_weight_bf16(const blas::bf16*, int64_t, int64_t, void*) { std::abort(); }
-void gemm_packed_bf16(int64_t, int64_t, int64_t, const blas::bf16*, int64_t, const void*, float,
-                      float*, int64_t) { std::abort(); }
+size_t packed_weight_bytes(bool, int64_t, int64_t) { std::abort(); }
+void pack_weight(bool, const void*, int64_t, int64_t, void*) { std::abort(); }
+void gemm_packed(bool, int64_t, int64_t, int64_t, const void*, int64_t, const void*, float,
+                 float*, int64_t) { std::abort(); }
 }  // namespace onednn
 
 #endif
 
-// The name of oneDNN's bf16 matmul for an M x K x N product here ("" where
-// there is none): how the Python side tells oneDNN's bf16 can run
-extern "C" const char* bert_gluon_onednn_bf16(int64_t M, int64_t N, int64_t K) {
-  return onednn::bf16_implementation(M, N, K);
+// The name of oneDNN's matmul (bf16 or float32 operands) for an M x K x N
+// product here ("" where there is none): how the Python side tells it can run
+extern "C" const char* bert_gluon_onednn_matmul(int bf16, int64_t M, int64_t N, int64_t K) {
+  return onednn::implementation(bf16, M, N, K);
 }

@@ -1,20 +1,25 @@
-"""Who runs the bf16 products on this CPU: measured here, not assumed.
+"""Who multiplies on this CPU, in float32 and in bf16: measured here, not
+assumed.
 
-  'onednn'   oneDNN's bf16 matmul (AMX or AVX512_BF16, dispatched on the ISA)
-  'mkl'      MKL's bf16 x bf16 -> float32 products (AMX or AVX512_BF16)
-  'float32'  no bf16 provider beats float32 here: dtype='bfloat16' runs the
-             products in float32, and says so once
+float32:   'blas'     MKL's sgemm (or OpenBLAS's, without MKL)
+           'onednn'   oneDNN's matmul
+bfloat16:  'onednn'   oneDNN's bf16 matmul (AMX or AVX512_BF16)
+           'mkl'      MKL's bf16 x bf16 -> float32 products
+           'float32'  no bf16 provider beats float32 here: dtype='bfloat16'
+                      runs the float32 products, and says so once
 
-bf16 only pays where the CPU multiplies bf16 faster than float32: with AMX
-(several times), not always with AVX512_BF16 alone (an Intel core without
-AMX runs its bf16 dot products at half its float32 FMA rate; MKL's bf16 on
-Zen 4 is slower than its sgemm, oneDNN's twice as fast), never where the CPU
-has neither (they would emulate). So the choice is timed: the Dense
-products of a BERT layer, each provider's bf16 against float32, once per
-CPU, library versions, ISA caps (MKL_ENABLE_INSTRUCTIONS, ONEDNN_MAX_CPU_ISA)
-and thread count, cached beside the kernels' build; the fastest that beats
-float32 by MARGIN wins. BERT_GLUON_BF16_PROVIDER=onednn|mkl|float32 forces
-it (tests, benches); 'auto' (the default) measures.
+Libraries dispatch on what they know of a CPU, not on what it can do: MKL
+runs a slow path on AMD (on Zen 4 its sgemm reaches ~40% of oneDNN's and
+its bf16 is slower than its own sgemm, while oneDNN's bf16 doubles float32);
+an Intel core without AMX runs bf16 dot products at half its float32 rate;
+a CPU with neither AVX512_BF16 nor AMX would emulate bf16. So each choice is
+timed on the Dense products of a BERT layer (SHAPES), once per CPU, library
+versions, ISA caps (MKL_ENABLE_INSTRUCTIONS, ONEDNN_MAX_CPU_ISA) and thread
+count, and cached beside the kernels' build: float32 takes oneDNN where it
+beats BLAS by MARGIN; bf16 takes the fastest provider that beats the chosen
+float32 by MARGIN. BERT_GLUON_FLOAT32_PROVIDER=blas|onednn and
+BERT_GLUON_BF16_PROVIDER=onednn|mkl|float32 force them (tests, benches);
+'auto' (the default) measures.
 """
 import json
 import os
@@ -23,18 +28,20 @@ import threading
 import time
 import warnings
 
-from . import BF16_PROVIDERS, bf16_unavailable_reason, build_dir, cpu_identity
+from . import (BF16_PROVIDERS, FLOAT32_PROVIDERS, bf16_unavailable_reason, build_dir,
+               cpu_identity, float32_unavailable_reason, products_attribute)
 
-__all__ = ['PROVIDERS', 'bf16_choice', 'bf16_provider', 'warn_bf16_fallback',
-           'measure_bf16_speedups', 'forget']
+__all__ = ['CHOICES', 'FORCED_BY', 'choice', 'provider', 'products', 'measure_speedups',
+           'forget']
 
-PROVIDERS = BF16_PROVIDERS + ('float32',)
+CHOICES = {'float32': FLOAT32_PROVIDERS, 'bfloat16': BF16_PROVIDERS + ('float32',)}
+FORCED_BY = {'float32': 'BERT_GLUON_FLOAT32_PROVIDER', 'bfloat16': 'BERT_GLUON_BF16_PROVIDER'}
 # (M, K, N) of X (M, K) @ W (N, K)^T: a 32-token request's Q/K/V (MiniLM),
 # MiniLM's FFN at 128 tokens, d2l's pretraining FFN at batch 128 x 64 tokens
 SHAPES = ((32, 384, 384), (128, 384, 1536), (8192, 128, 256))
-MARGIN = 1.05  # bf16 must be this much faster: its rounding is not free
+MARGIN = 1.05  # a challenger must be this much faster: ties keep the incumbent
 _ENVIRONMENT = ('MKL_ENABLE_INSTRUCTIONS', 'ONEDNN_MAX_CPU_ISA', 'OMP_NUM_THREADS')
-_lock = threading.Lock()
+_lock = threading.RLock()  # a bf16 choice makes the float32 one first
 _chosen = {}
 _warned = []
 
@@ -62,68 +69,89 @@ def _seconds(run, repeats):
     return statistics.median(times)
 
 
-def measure_bf16_speedups(provider):
-    """float32 seconds / `provider`'s bf16 seconds of each of SHAPES'
-    products, on this process's threads (> 1: bf16 faster)."""
+def _unavailable_reason(precision, name):
+    if precision == 'float32':
+        return float32_unavailable_reason(name)
+    return None if name == 'float32' else bf16_unavailable_reason(name)
+
+
+def measure_speedups(precision, name, baseline):
+    """Seconds of `baseline`'s float32 products / seconds of `name`'s
+    `precision` products, for each of SHAPES, on this process's threads
+    (> 1: `name` faster)."""
     import mxnet as mx
-    reason = bf16_unavailable_reason(provider)  # loads the kernels
+    reason = _unavailable_reason(precision, name)  # loads the kernels
     if reason:
-        raise ValueError(f'bf16 products by {provider} cannot run here: {reason}')
+        raise ValueError(f'{precision} products by {name} cannot run here: {reason}')
     ratios = []
     for M, K, N in SHAPES:
         X = mx.nd.random.uniform(-1, 1, (M, K))
         W = mx.nd.random.uniform(-1, 1, (N, K))
         repeats = max(3, min(30, int(2e9 / (2 * M * K * N))))
 
-        def product(bf16):
-            return lambda: mx.nd.bert_linear(X, W, use_bias=False, bf16=bf16).wait_to_read()
-        ratios.append(_seconds(product(''), repeats) / _seconds(product(provider), repeats))
+        def product(attribute):
+            return lambda: mx.nd.bert_linear(X, W, use_bias=False,
+                                             products=attribute).wait_to_read()
+        ratios.append(_seconds(product(products_attribute('float32', baseline)), repeats)
+                      / _seconds(product(products_attribute(precision, name)), repeats))
     return ratios
 
 
-def _decide():
-    forced = os.environ.get('BERT_GLUON_BF16_PROVIDER', 'auto')
-    if forced not in PROVIDERS + ('auto',):
-        raise ValueError(f'BERT_GLUON_BF16_PROVIDER must be one of {PROVIDERS + ("auto",)}, '
+def _measured(precision, incumbent, challengers):
+    """The fastest challenger that beats `incumbent`'s float32 products by
+    MARGIN, else the incumbent (precision 'float32') or 'float32'."""
+    speedups, said = {}, []
+    for name in challengers:
+        ratios = measure_speedups(precision, name, incumbent)
+        speedups[name] = statistics.geometric_mean(ratios)
+        shapes = ', '.join(f'{M}x{K}x{N} {r:.2f}x' for (M, K, N), r in zip(SHAPES, ratios))
+        said.append(f"{name}'s {precision} products {speedups[name]:.2f}x {incumbent}'s "
+                    f'float32 ({shapes})')
+    fallback = incumbent if precision == 'float32' else 'float32'
+    best = max(speedups, key=speedups.get, default=None)
+    winner = best if best and speedups[best] >= MARGIN else fallback
+    return {'provider': winner, 'speedups': speedups,
+            'why': 'measured here: ' + ('; '.join(said) or 'nothing else runs')}
+
+
+def _decide(precision):
+    variable = FORCED_BY[precision]
+    forced = os.environ.get(variable, 'auto')
+    if forced not in CHOICES[precision] + ('auto',):
+        raise ValueError(f'{variable} must be one of {CHOICES[precision] + ("auto",)}, '
                          f'got {forced!r}')
     if forced != 'auto':
-        reason = forced != 'float32' and bf16_unavailable_reason(forced)
+        reason = _unavailable_reason(precision, forced)
         if reason:
-            raise ValueError(f'BERT_GLUON_BF16_PROVIDER={forced} cannot run here: {reason}')
-        return {'provider': forced, 'why': 'forced by BERT_GLUON_BF16_PROVIDER'}
-    reasons = {p: bf16_unavailable_reason(p) for p in BF16_PROVIDERS}
-    runnable = [p for p in BF16_PROVIDERS if reasons[p] is None]
+            raise ValueError(f'{variable}={forced} cannot run here: {reason}')
+        return {'provider': forced, 'why': f'forced by {variable}'}
+    names = FLOAT32_PROVIDERS[1:] if precision == 'float32' else BF16_PROVIDERS
+    reasons = {name: _unavailable_reason(precision, name) for name in names}
+    runnable = [name for name in names if reasons[name] is None]
+    incumbent = 'blas' if precision == 'float32' else provider('float32')
     if not runnable:
-        return {'provider': 'float32',
-                'why': '; '.join(f'{p}: {reason}' for p, reason in reasons.items())}
-    path = build_dir() / 'bf16_provider.json'
-    key = _key()
+        return {'provider': incumbent if precision == 'float32' else 'float32',
+                'why': '; '.join(f'{name}: {reason}' for name, reason in reasons.items())}
+    path = build_dir() / 'providers.json'
+    key = f'{precision} against {incumbent}\n{_key()}'
     try:
         cached = json.loads(path.read_text()).get(key)
     except (OSError, ValueError, AttributeError):
         cached = None
     if cached:
         return cached
-    speedups, said = {}, []
-    for provider in runnable:
-        ratios = measure_bf16_speedups(provider)
-        speedups[provider] = statistics.geometric_mean(ratios)
-        shapes = ', '.join(f'{M}x{K}x{N} {r:.2f}x' for (M, K, N), r in zip(SHAPES, ratios))
-        said.append(f"{provider}'s bf16 products {speedups[provider]:.2f}x float32 ({shapes})")
-    best = max(speedups, key=speedups.get)
-    choice = {'provider': best if speedups[best] >= MARGIN else 'float32',
-              'speedups': speedups, 'why': 'measured here: ' + '; '.join(said)}
-    _store(path, key, choice)
-    return choice
+    measured = _measured(precision, incumbent, runnable)
+    _store(path, key, measured)
+    return measured
 
 
-def _store(path, key, choice):
+def _store(path, key, measured):
     from ..fileio import atomic_write_json
     try:
         known = json.loads(path.read_text())
     except (OSError, ValueError):
         known = {}
-    known[key] = choice
+    known[key] = measured
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, known)
@@ -131,29 +159,39 @@ def _store(path, key, choice):
         pass
 
 
-def bf16_choice():
-    """{'provider': 'onednn' | 'mkl' | 'float32', 'why': ..., ['speedups':
-    measured, by provider]} for this process's CPU, libraries, ISA caps and
-    BERT_GLUON_BF16_PROVIDER."""
-    key = (os.environ.get('BERT_GLUON_BF16_PROVIDER', 'auto'), _key())
+def choice(precision):
+    """{'provider': ..., 'why': ..., ['speedups': measured, by provider]}:
+    who multiplies in `precision` ('float32' or 'bfloat16') here, for this
+    process's CPU, libraries, ISA caps and BERT_GLUON_*_PROVIDER."""
+    if precision not in CHOICES:
+        raise ValueError(f'precision must be one of {tuple(CHOICES)}, got {precision!r}')
+    key = (precision, os.environ.get(FORCED_BY[precision], 'auto'),
+           os.environ.get(FORCED_BY['float32'], 'auto'), _key())
     with _lock:
         if key not in _chosen:
-            _chosen[key] = _decide()
+            _chosen[key] = _decide(precision)
         return _chosen[key]
 
 
-def bf16_provider():
-    """'onednn', 'mkl' or 'float32': what dtype='bfloat16' products run on here."""
-    return bf16_choice()['provider']
+def provider(precision):
+    """Who multiplies in `precision` here: 'blas' or 'onednn' (float32);
+    'onednn', 'mkl' or 'float32' (bfloat16)."""
+    return choice(precision)['provider']
 
 
-def warn_bf16_fallback():
-    """Say once per process that dtype='bfloat16' runs float32 here, and why."""
-    if not _warned:
-        _warned.append(True)
-        warnings.warn("dtype='bfloat16' runs its products in float32 on this CPU: "
-                      f"{bf16_choice()['why']}; BERT_GLUON_BF16_PROVIDER=onednn or mkl "
-                      'forces bf16', stacklevel=3)
+def products(precision):
+    """The native ops' `products` attribute for a model of `precision`;
+    dtype='bfloat16' where no bf16 provider pays runs float32 and says so,
+    once per process."""
+    name = provider(precision)
+    if precision == 'bfloat16' and name == 'float32':
+        if not _warned:
+            _warned.append(True)
+            warnings.warn("dtype='bfloat16' runs its products in float32 on this CPU: "
+                          f"{choice(precision)['why']}; BERT_GLUON_BF16_PROVIDER=onednn or "
+                          'mkl forces bf16', stacklevel=3)
+        precision, name = 'float32', provider('float32')
+    return products_attribute(precision, name)
 
 
 def forget():
