@@ -1,7 +1,8 @@
 // The MLM head's vocabulary projection, for MXNet 1.9 on the CPU (extension
-// library), its products from blas.h (MKL where installed): float32, or with
-// products=mkl-bf16|onednn-bf16 bf16 operands accumulated in float32 (the float32 weight converted
-// on each call: it is the master copy the optimizer updates).
+// library), its products from blas.h by the provider its `products` attribute
+// names: float32, or bf16 operands accumulated in float32. The float32 weight
+// is the master copy the optimizer updates: oneDNN's products reorder (and
+// convert) it once per version of it (prepared.h), MKL's convert it per call.
 // The projection is most of a pretraining step's FLOPs, and the book pads
 // every sequence to 10 slots, of which ~30% have weight 0 on WikiText-2; with
 // packed=1 the op projects only the rows of nonzero weight, packed at the top
@@ -19,6 +20,7 @@
 #include <omp.h>
 #include "mxnet/lib_api.h"
 #include "common.h"
+#include "prepared.h"
 #include "blas.h"
 
 using namespace mxnet::ext;
@@ -80,8 +82,12 @@ static MXReturnValue pd_forward(const std::unordered_map<std::string, std::strin
   const float* W = (*inputs)[1].data<float>();
   const float* b = (*inputs)[2].data<float>();
   float* Y = (*outputs)[0].data<float>();
+  // oneDNN's layouts serve any number of rows: W reordered once per version
+  // (prepared.h); MKL's packing is per row count, so its products take W as is
+  const bool prepare = by == blas::Products::onednn || by == blas::Products::onednn_bf16;
   char* space = static_cast<char*>(res.alloc_cpu(
-      (packed ? n * H * sizeof(float) : 0) + (bf16 ? (n + V) * H * sizeof(blas::bf16) : 0)));
+      (packed ? n * H * sizeof(float) : 0)
+      + (bf16 ? (n + (prepare ? 0 : V)) * H * sizeof(blas::bf16) : 0)));
   if (packed) {  // the weighted rows, gathered
     float* gathered = reinterpret_cast<float*>(space);
     gather(A, rows, H, gathered);
@@ -91,16 +97,22 @@ static MXReturnValue pd_forward(const std::unordered_map<std::string, std::strin
   blas::bf16 *a16 = nullptr, *w16 = nullptr;
   if (bf16) {
     a16 = reinterpret_cast<blas::bf16*>(space);
-    w16 = a16 + n * H;
     to_bf16_parallel(A, n * H, a16);
-    to_bf16_parallel(W, V * H, w16);
+    if (!prepare) {
+      w16 = a16 + n * H;
+      to_bf16_parallel(W, V * H, w16);
+    }
   }
   // Y = A W^T + b: each row starts as the bias (written in parallel: the
   // first touch of a large output), then one product on every thread adds to
   // it (measured faster than per-thread column blocks given their bias in cache)
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) std::memcpy(Y + i * V, b, V * sizeof(float));
-  if (bf16) {
+  if (prepare) {
+    prepared::Weight weight(V, H, by, false);
+    weight.prepare({prepared::Source((*inputs)[1])}, {W});
+    weight.product(n, A, a16, Y, nullptr, true);
+  } else if (bf16) {
     blas::gemm_bf16(by, false, true, n, V, H, 1.f, a16, H, w16, H, 1.f, Y, V);
   } else {
     blas::sgemm(by, false, true, n, V, H, 1.f, A, H, W, H, 1.f, Y, V);

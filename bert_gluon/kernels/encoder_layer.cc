@@ -40,9 +40,6 @@ using namespace heads;
 
 namespace {
 constexpr int64_t kBlockRows = 128;  // rows per task: ~0.5 MB of intermediates
-// Rows a packed weight is packed for: any product's rows (MKL's packed
-// layout depends on N and K only; oneDNN's on neither M)
-constexpr int64_t kPackRows = 1024;
 
 // Input indices of the weights (X is input 0, valid_lens input 1)
 struct Slots {
@@ -79,83 +76,6 @@ inline float erf_rational(float x) {
   q = q * x2 - 1.42647390514189e-02f;
   return x * p / q;
 }
-
-// A Dense weight W (N, K), the rows of `parts` one after another (q | k | v
-// stacked, or one weight), prepared for products X (n, K) @ W^T: packed
-// (MKL) or reordered (oneDNN), in float32 or bf16, once per version of its
-// sources and kept (prepared.h). A float32 one for a single task's products
-// is used as it is (packing would cost what it saves), stacked once if need be.
-struct Packed {
-  int64_t N, K;
-  blas::Products by;
-  bool bf16, direct;
-  prepared::Buffer held;
-  const void* data = nullptr;
-  Packed(int64_t N_, int64_t K_, blas::Products by_, bool once)
-      : N(N_), K(K_), by(by_), bf16(blas::bf16_operands(by_)),
-        direct(once && by_ == blas::Products::blas) {}
-
-  void prepare(const std::vector<prepared::Source>& sources,
-               const std::vector<const float*>& parts) {
-    const int64_t part = N / parts.size() * K;  // floats per part
-    if (direct && parts.size() == 1) {  // W outlives the products
-      data = parts[0];
-      return;
-    }
-    auto stack = [&](float* W) {
-      for (size_t i = 0; i < parts.size(); ++i)
-        std::memcpy(W + i * part, parts[i], part * sizeof(float));
-    };
-    const uint64_t layout = direct ? 0 : 1 + static_cast<uint64_t>(by);
-    const uint64_t kind = (layout << 56) ^ (uint64_t(N) << 28) ^ uint64_t(K);
-    const size_t bytes = direct ? N * K * sizeof(float)
-                                : blas::packed_weight_bytes(by, kPackRows, N, K);
-    held = prepared::get(sources, kind, bytes, [&](char* out) {
-      if (direct) return stack(reinterpret_cast<float*>(out));
-      std::vector<float> stacked(parts.size() > 1 ? N * K : 0);
-      const float* W = parts[0];
-      if (parts.size() > 1) {
-        stack(stacked.data());
-        W = stacked.data();
-      }
-      if (!bf16) return blas::pack_weight(by, W, N, K, kPackRows, out);
-      std::vector<blas::bf16> w16(N * K);
-      to_bf16_parallel(W, N * K, w16.data());
-      blas::pack_weight_bf16(by, w16.data(), N, K, kPackRows, out);
-    });
-    data = held.get();
-  }
-
-  // C (n, N) = X (n, K) @ W^T (+ C when accumulate). With bf16 weights X16,
-  // X's bf16 copy, is used when given, else X is converted into `scratch`.
-  void product(int64_t n, const float* X, const blas::bf16* X16, float* C,
-               blas::bf16* scratch, bool accumulate = false) const {
-    const float beta = accumulate ? 1.f : 0.f;
-    if (direct) {  // a block of W's rows (C's columns) per thread: MKL keeps
-                   // products this small on one thread
-      const auto* W = static_cast<const float*>(data);
-      const int parts = omp_in_parallel() ? 1 : omp_get_max_threads();
-      const int64_t width = (N / parts + 15) / 16 * 16;
-#pragma omp parallel for num_threads(parts)
-      for (int part = 0; part < parts; ++part) {
-        const int64_t j0 = part * width, j1 = std::min(N, j0 + width);
-        if (j0 < j1)
-          blas::sgemm(by, false, true, n, j1 - j0, K, 1.f, X, K, W + j0 * K, K, beta, C + j0,
-                      N);
-      }
-      return;
-    }
-    if (!bf16) {
-      blas::gemm_packed(by, n, N, K, X, K, data, beta, C, N);
-      return;
-    }
-    if (!X16) {
-      blas::to_bf16(X, n * K, scratch);
-      X16 = scratch;
-    }
-    blas::gemm_packed_bf16(by, n, N, K, X16, K, data, beta, C, N);
-  }
-};
 
 bool gelu_of(const Attrs& attrs) {
   auto it = attrs.find("activation");
@@ -232,7 +152,8 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
   const bool bf16 = blas::bf16_operands(by);
   // The weights prepared once for every call while they are unchanged
   const bool once = tasks == 1;
-  Packed Wqkv(H3, H, by, once), Wo(H, H, by, once), W1(F, H, by, once), W2(H, F, by, once);
+  using prepared::Weight;
+  Weight Wqkv(H3, H, by, once), Wo(H, H, by, once), W1(F, H, by, once), W2(H, F, by, once);
   auto sources = [&](std::initializer_list<int> slots) {
     std::vector<prepared::Source> out;
     for (int slot : slots) out.emplace_back(in[slot]);
