@@ -44,11 +44,14 @@ size_t packed_weight_bytes(Products by, int64_t M, int64_t N, int64_t K);
 void pack_weight(Products by, const float* W, int64_t N, int64_t K, int64_t M, void* packed);
 void pack_weight_bf16(Products by, const bf16* W, int64_t N, int64_t K, int64_t M,
                       void* packed);
-// C (M, N; ldc) = X (M, K; ldx) @ W^T + beta * C
+// C (M, N; ldc) = X (M, K; ldx) @ W^T (+ bias (N,) on every row) + beta * C;
+// oneDNN adds the bias in the product, MKL to C before it
 void gemm_packed(Products by, int64_t M, int64_t N, int64_t K, const float* X, int64_t ldx,
-                 const void* packed, float beta, float* C, int64_t ldc);
+                 const void* packed, float beta, float* C, int64_t ldc,
+                 const float* bias = nullptr);
 void gemm_packed_bf16(Products by, int64_t M, int64_t N, int64_t K, const bf16* X,
-                      int64_t ldx, const void* packed, float beta, float* C, int64_t ldc);
+                      int64_t ldx, const void* packed, float beta, float* C, int64_t ldc,
+                      const float* bias = nullptr);
 
 // Which library runs: "mkl", "openblas" or "" (none loaded yet)
 const char* provider();

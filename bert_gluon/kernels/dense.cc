@@ -103,16 +103,18 @@ static MXReturnValue pd_forward(const std::unordered_map<std::string, std::strin
       to_bf16_parallel(W, V * H, w16);
     }
   }
+  if (prepare) {  // the bias added by the product: Y written once
+    prepared::Weight weight(V, H, by, false);
+    weight.prepare({prepared::Source((*inputs)[1])}, {W});
+    weight.product(n, A, a16, Y, nullptr, false, b);
+    return MX_SUCCESS;
+  }
   // Y = A W^T + b: each row starts as the bias (written in parallel: the
   // first touch of a large output), then one product on every thread adds to
   // it (measured faster than per-thread column blocks given their bias in cache)
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) std::memcpy(Y + i * V, b, V * sizeof(float));
-  if (prepare) {
-    prepared::Weight weight(V, H, by, false);
-    weight.prepare({prepared::Source((*inputs)[1])}, {W});
-    weight.product(n, A, a16, Y, nullptr, true);
-  } else if (bf16) {
+  if (bf16) {
     blas::gemm_bf16(by, false, true, n, V, H, 1.f, a16, H, w16, H, 1.f, Y, V);
   } else {
     blas::sgemm(by, false, true, n, V, H, 1.f, A, H, W, H, 1.f, Y, V);

@@ -177,7 +177,7 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
                   H * sizeof(float));
   }
   std::fill(zeros, zeros + H3, 0.f);
-  const float* b_qkv = at.b_q >= 0 ? bqkv : zeros;
+  const float* b_qkv = at.b_q >= 0 ? bqkv : nullptr;
   const float* b_o = at.b_o >= 0 ? p(at.b_o) : zeros;
   const float *b1 = p(at.b1), *b2 = p(at.b2);
   // a thread's scratch: intermediates (n rows), then K^T and probabilities
@@ -196,9 +196,7 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
     // a bf16 copy of a left operand (n, max(H, F)), after K^T (d, T) and P (T, T)
     auto* operand = reinterpret_cast<blas::bf16*>(Kt_of(slot) + s.d * T + T * T);
 
-#pragma omp parallel for if (wide)
-    for (int64_t r = 0; r < n; ++r) std::memcpy(qkv + r * H3, b_qkv, H3 * sizeof(float));
-    Wqkv.product(n, x, nullptr, qkv, operand, true);  // (n, 3H) = x W^T + b
+    Wqkv.product(n, x, nullptr, qkv, operand, false, b_qkv);  // (n, 3H) = x W^T + b
 #pragma omp parallel for collapse(2) schedule(dynamic, 1) if (wide)
     for (int64_t i = 0; i < n / T; ++i) {
       for (int64_t h = 0; h < s.N; ++h) {

@@ -11,6 +11,7 @@
 // would still rebuild the descriptor on each call). A packed weight is W in
 // the layout oneDNN's matmul picks for it, reordered once; that layout does
 // not depend on the number of rows M (measured), so one packing serves any M.
+#include <omp.h>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -70,7 +71,8 @@ size_t size_of(bool bf16) { return bf16 ? 2 : 4; }
 // given: B in that layout. Its implementation's name into `impl` if asked.
 dnnl_primitive_t make_matmul(dnnl_memory_desc_t a, const_dnnl_memory_desc_t b,
                              dnnl_memory_desc_t c, float alpha, float beta,
-                             dnnl_memory_desc_t* picked_weights, const char** impl) {
+                             dnnl_memory_desc_t* picked_weights, const char** impl,
+                             const_dnnl_memory_desc_t bias = nullptr) {
   dnnl_primitive_attr_t attr = nullptr;
   dnnl_post_ops_t post = nullptr;
   dnnl_primitive_attr_create(&attr);
@@ -80,7 +82,7 @@ dnnl_primitive_t make_matmul(dnnl_memory_desc_t a, const_dnnl_memory_desc_t b,
   dnnl_primitive_attr_set_post_ops(attr, post);
   dnnl_primitive_desc_t pd = nullptr;
   dnnl_primitive_t prim = nullptr;
-  if (dnnl_matmul_primitive_desc_create(&pd, engine(), a, b, nullptr, c, attr)
+  if (dnnl_matmul_primitive_desc_create(&pd, engine(), a, b, bias, c, attr)
       == dnnl_success) {
     const char* name = "";
     dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &name);
@@ -98,7 +100,7 @@ dnnl_primitive_t make_matmul(dnnl_memory_desc_t a, const_dnnl_memory_desc_t b,
 
 struct Matmul {
   dnnl_primitive_t prim = nullptr;
-  dnnl_memory_desc_t a = nullptr, b = nullptr, c = nullptr;
+  dnnl_memory_desc_t a = nullptr, b = nullptr, c = nullptr, bias = nullptr;
 };
 
 std::mutex lock_;
@@ -119,15 +121,19 @@ dnnl_memory_desc_t packed_layout(bool bf16, int64_t N, int64_t K) {
   return packed_[{bf16, N, K}] = probe ? picked : nullptr;
 }
 
-bool run(const Matmul& m, const void* A, const void* B, float* C) {
-  dnnl_memory_t a = nullptr, b = nullptr, c = nullptr;
+bool run(const Matmul& m, const void* A, const void* B, float* C,
+         const float* bias = nullptr) {
+  dnnl_memory_t a = nullptr, b = nullptr, c = nullptr, d = nullptr;
   dnnl_memory_create(&a, m.a, engine(), const_cast<void*>(A));
   dnnl_memory_create(&b, m.b, engine(), const_cast<void*>(B));
   dnnl_memory_create(&c, m.c, engine(), C);
-  dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}};
-  const bool ok = a && b && c && dnnl_primitive_execute(m.prim, stream(), 3, args) == dnnl_success
+  if (bias) dnnl_memory_create(&d, m.bias, engine(), const_cast<float*>(bias));
+  dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c},
+                             {DNNL_ARG_BIAS, d}};
+  const bool ok = a && b && c && (d || !bias)
+                  && dnnl_primitive_execute(m.prim, stream(), bias ? 4 : 3, args) == dnnl_success
                   && dnnl_stream_wait(stream()) == dnnl_success;
-  for (auto mem : {a, b, c}) if (mem) dnnl_memory_destroy(mem);
+  for (auto mem : {a, b, c, d}) if (mem) dnnl_memory_destroy(mem);
   return ok;
 }
 
@@ -135,17 +141,18 @@ bool run(const Matmul& m, const void* A, const void* B, float* C) {
 // A copy: another thread may clear the map meanwhile (what it drops is leaked,
 // never freed under a running product).
 Matmul matmul_for(const std::array<int64_t, 11>& key, dnnl_memory_desc_t a,
-                         dnnl_memory_desc_t b, dnnl_memory_desc_t c, float alpha, float beta) {
+                  dnnl_memory_desc_t b, dnnl_memory_desc_t c, float alpha, float beta,
+                  dnnl_memory_desc_t bias = nullptr) {
   std::lock_guard<std::mutex> hold(lock_);
   if (matmuls_.size() > 4096) matmuls_.clear();  // bounded: request lengths vary
   auto found = matmuls_.find(key);
   if (found != matmuls_.end()) {
-    for (auto md : {a, b, c}) dnnl_memory_desc_destroy(md);
+    for (auto md : {a, b, c, bias}) if (md) dnnl_memory_desc_destroy(md);
     return found->second;
   }
   Matmul m;
-  m.prim = make_matmul(a, b, c, alpha, beta, nullptr, nullptr);
-  m.a = a, m.b = b, m.c = c;
+  m.prim = make_matmul(a, b, c, alpha, beta, nullptr, nullptr, bias);
+  m.a = a, m.b = b, m.c = c, m.bias = bias;
   return matmuls_[key] = m;
 }
 
@@ -259,8 +266,16 @@ void pack_weight(bool bf16, const void* W, int64_t N, int64_t K, void* packed) {
 }
 
 void gemm_packed(bool bf16, int64_t M, int64_t N, int64_t K, const void* X, int64_t ldx,
-                 const void* packed, float beta, float* C, int64_t ldc) {
+                 const void* packed, float beta, float* C, int64_t ldc, const float* bias) {
   dnnl_memory_desc_t layout = packed_layout(bf16, N, K);
+  if (bias && (!layout || beta != 0.f)) {  // no fused bias: C = beta C + bias, then the product
+#pragma omp parallel for if (!omp_in_parallel())
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j)
+        C[i * ldc + j] = (beta == 0.f ? 0.f : beta * C[i * ldc + j]) + bias[j];
+    beta = 1.f;
+    bias = nullptr;
+  }
   if (!layout) {  // packed as W itself
     if (bf16)
       gemm(false, true, M, N, K, 1.f, static_cast<const blas::bf16*>(X), ldx,
@@ -272,11 +287,12 @@ void gemm_packed(bool bf16, int64_t M, int64_t N, int64_t K, const void* X, int6
   }
   dnnl_memory_desc_t b = nullptr;
   dnnl_memory_desc_clone(&b, layout);
-  const std::array<int64_t, 11> key = {2 + bf16, 0, 0, M, N, K, ldx, 0, ldc, bits(1.f),
-                                       bits(beta)};
+  const std::array<int64_t, 11> key = {2 + bf16, bias != nullptr, 0, M, N, K, ldx, ldc,
+                                       bits(1.f), bits(beta), 0};
   const Matmul m = matmul_for(key, matrix(M, K, ldx, false, type_of(bf16)), b,
-                              matrix(M, N, ldc, false, dnnl_f32), 1.f, beta);
-  if (!m.prim || !run(m, X, packed, C)) {
+                              matrix(M, N, ldc, false, dnnl_f32), 1.f, beta,
+                              bias ? matrix(1, N, N, false, dnnl_f32) : nullptr);
+  if (!m.prim || !run(m, X, packed, C, bias)) {
     std::fprintf(stderr, "bert_gluon: oneDNN's packed product %lldx%lldx%lld failed\n",
                  (long long)M, (long long)K, (long long)N);
     std::abort();  // the packed layout has no other reader
@@ -297,7 +313,7 @@ void gemm_bf16(bool, bool, int64_t, int64_t, int64_t, float, const blas::bf16*, 
 size_t packed_weight_bytes(bool, int64_t, int64_t) { std::abort(); }
 void pack_weight(bool, const void*, int64_t, int64_t, void*) { std::abort(); }
 void gemm_packed(bool, int64_t, int64_t, int64_t, const void*, int64_t, const void*, float,
-                 float*, int64_t) { std::abort(); }
+                 float*, int64_t, const float*) { std::abort(); }
 }  // namespace onednn
 
 #endif

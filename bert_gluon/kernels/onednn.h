@@ -23,8 +23,9 @@ void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, floa
 // picks (for any M)
 size_t packed_weight_bytes(bool bf16, int64_t N, int64_t K);
 void pack_weight(bool bf16, const void* W, int64_t N, int64_t K, void* packed);
-// C (M, N; ldc) = X (M, K; ldx) @ W^T + beta * C, W packed, X of W's type
+// C (M, N; ldc) = X (M, K; ldx) @ W^T (+ bias (N,), per row) + beta * C, W
+// packed, X of W's type
 void gemm_packed(bool bf16, int64_t M, int64_t N, int64_t K, const void* X, int64_t ldx,
-                 const void* packed, float beta, float* C, int64_t ldc);
+                 const void* packed, float beta, float* C, int64_t ldc, const float* bias);
 
 }  // namespace onednn

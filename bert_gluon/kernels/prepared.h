@@ -97,10 +97,12 @@ struct Weight {
     data = held.get();
   }
 
-  // C (n, N) = X (n, K) @ W^T (+ C when accumulate). With bf16 weights X16,
-  // X's bf16 copy, is used when given, else X is converted into `scratch`.
+  // C (n, N) = X (n, K) @ W^T (+ bias (N,) on every row) (+ C when
+  // accumulate). With bf16 weights X16, X's bf16 copy, is used when given,
+  // else X is converted into `scratch`.
   void product(int64_t n, const float* X, const blas::bf16* X16, float* C,
-               blas::bf16* scratch, bool accumulate = false) const {
+               blas::bf16* scratch, bool accumulate = false,
+               const float* bias = nullptr) const {
     const float beta = accumulate ? 1.f : 0.f;
     if (direct) {  // a block of W's rows (C's columns) per thread: MKL keeps
                    // products this small on one thread
@@ -110,21 +112,24 @@ struct Weight {
 #pragma omp parallel for num_threads(parts)
       for (int part = 0; part < parts; ++part) {
         const int64_t j0 = part * width, j1 = std::min(N, j0 + width);
-        if (j0 < j1)
-          blas::sgemm(by, false, true, n, j1 - j0, K, 1.f, X, K, W + j0 * K, K, beta, C + j0,
-                      N);
+        if (j0 >= j1) continue;
+        for (int64_t r = 0; bias && r < n; ++r)  // the bias as the product's start
+          for (int64_t j = j0; j < j1; ++j)
+            C[r * N + j] = (accumulate ? C[r * N + j] : 0.f) + bias[j];
+        blas::sgemm(by, false, true, n, j1 - j0, K, 1.f, X, K, W + j0 * K, K,
+                    bias ? 1.f : beta, C + j0, N);
       }
       return;
     }
     if (!bf16) {
-      blas::gemm_packed(by, n, N, K, X, K, data, beta, C, N);
+      blas::gemm_packed(by, n, N, K, X, K, data, beta, C, N, bias);
       return;
     }
     if (!X16) {
       blas::to_bf16(X, n * K, scratch);
       X16 = scratch;
     }
-    blas::gemm_packed_bf16(by, n, N, K, X16, K, data, beta, C, N);
+    blas::gemm_packed_bf16(by, n, N, K, X16, K, data, beta, C, N, bias);
   }
 };
 
