@@ -645,10 +645,41 @@ for batch_size in (1, 2):
     check_model('minilm-shaped', {precision!r}, batch_size)
 print('same')
 """
-    out = run_script(script, OMP_NUM_THREADS='4', **{
-        'BERT_GLUON_FLOAT32_PROVIDER' if precision == 'float32' else 'BERT_GLUON_BF16_PROVIDER':
-        provider})
+    out = run_script(script, OMP_NUM_THREADS='4', **{providers_variable(precision): provider})
     assert out.returncode == 0 and 'same' in out.stdout, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize('precision, provider', FLOAT32_PRODUCTS + BF16_PRODUCTS)
+def test_fused_blocks_at_bert_base_width_on_every_thread(precision, provider):
+    """BERT-base's widths (768 hidden, 3072 FFN, 12 heads), 128 tokens, more
+    sequences than threads: every thread runs the same products at once
+    (oneDNN's shared scratchpad crashed here), and the encoder answers as
+    MXNet's operators do."""
+    script = f"""
+import mxnet as mx, numpy as onp, bert_gluon as bg
+from conftest import assert_close
+config = bg.get_config('d2l.pretrain', vocab_size=100, num_hiddens=768, ffn_num_hiddens=3072,
+                       num_heads=12, num_layers=1, dropout=0.0)
+tokens = mx.np.array(onp.random.RandomState(0).randint(0, 100, (4, 128)), dtype='int32')
+segments, lens = mx.np.zeros((4, 128), dtype='int32'), mx.np.array([128, 100, 64, 1.0])
+answers = []
+for backend, dtype in (('mxnet', 'float32'), ('native', {precision!r})):
+    net = bg.HybridBERTModel(config.replace(dtype=dtype), backend=backend)
+    mx.random.seed(0)
+    net.initialize(mx.init.Normal(0.02))
+    net.hybridize(static_alloc=True, static_shape=True)
+    answers.append(net.encoder(tokens, segments, lens).asnumpy())
+assert_close(answers[1], answers[0], atol={tolerance(precision)!r}, rtol=0)
+print('same')
+"""
+    out = run_script(script, OMP_NUM_THREADS='2', timeout=300, **{
+        providers_variable(precision): provider})
+    assert out.returncode == 0 and 'same' in out.stdout, out.stderr[-2000:]
+
+
+def providers_variable(precision):
+    from bert_gluon.kernels import providers
+    return providers.FORCED_BY[precision]
 
 
 def test_openblas_fallback_computes_the_same(tmp_path):

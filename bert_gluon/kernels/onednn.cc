@@ -2,13 +2,16 @@
 // libgomp as MXNet), the Products::onednn and ::onednn_bf16 providers of
 // blas.h: float32 or bf16 operands, float32 results. Its matmul dispatches on
 // the ISA, not the vendor: AMX, AVX512_BF16, AVX-512 or AVX2, where MKL
-// takes a slow path on AMD (sgemm at ~40% of oneDNN's on Zen 4; its bf16
-// slower than its sgemm). Built only where its headers were found
+// takes a slower path on AMD (on Zen 4 its sgemm at 0.8-0.9x oneDNN's, its
+// bf16 slower than its sgemm; oneDNN's bf16 1.4-1.7x its float32). Built only where its headers were found
 // (-DBERT_GLUON_ONEDNN, kernels/__init__.py); else nothing here runs and the
 // Python side never names it.
 //
 // Primitives are made once per shape and kept (a map; oneDNN's own cache
-// would still rebuild the descriptor on each call). A packed weight is W in
+// would still rebuild the descriptor on each call). Their scratchpads are the
+// calling thread's own (scratchpad mode 'user'): the fused block runs one
+// primitive on several threads at once, which the library's shared
+// scratchpad does not allow (it crashed at BERT-base sizes). A packed weight is W in
 // the layout oneDNN's matmul picks for it, reordered once; that layout does
 // not depend on the number of rows M (measured), so one packing serves any M.
 #include <omp.h>
@@ -17,6 +20,7 @@
 #include <map>
 #include <mutex>
 #include <array>
+#include <vector>
 #include "blas.h"
 #include "onednn.h"
 
@@ -72,10 +76,12 @@ size_t size_of(bool bf16) { return bf16 ? 2 : 4; }
 dnnl_primitive_t make_matmul(dnnl_memory_desc_t a, const_dnnl_memory_desc_t b,
                              dnnl_memory_desc_t c, float alpha, float beta,
                              dnnl_memory_desc_t* picked_weights, const char** impl,
-                             const_dnnl_memory_desc_t bias = nullptr) {
+                             const_dnnl_memory_desc_t bias = nullptr,
+                             dnnl_memory_desc_t* scratchpad = nullptr) {
   dnnl_primitive_attr_t attr = nullptr;
   dnnl_post_ops_t post = nullptr;
   dnnl_primitive_attr_create(&attr);
+  dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
   dnnl_post_ops_create(&post);
   if (alpha != 1.f) dnnl_post_ops_append_eltwise(post, dnnl_eltwise_linear, alpha, 0.f);
   if (beta != 0.f) dnnl_post_ops_append_sum(post, beta, 0, dnnl_data_type_undef);
@@ -90,6 +96,9 @@ dnnl_primitive_t make_matmul(dnnl_memory_desc_t a, const_dnnl_memory_desc_t b,
     if (picked_weights)
       dnnl_memory_desc_clone(picked_weights, dnnl_primitive_desc_query_md(
                                                  pd, dnnl_query_weights_md, 0));
+    if (scratchpad)
+      dnnl_memory_desc_clone(scratchpad, dnnl_primitive_desc_query_md(
+                                             pd, dnnl_query_scratchpad_md, 0));
     if (dnnl_primitive_create(&prim, pd) != dnnl_success) prim = nullptr;
     dnnl_primitive_desc_destroy(pd);
   }
@@ -100,7 +109,7 @@ dnnl_primitive_t make_matmul(dnnl_memory_desc_t a, const_dnnl_memory_desc_t b,
 
 struct Matmul {
   dnnl_primitive_t prim = nullptr;
-  dnnl_memory_desc_t a = nullptr, b = nullptr, c = nullptr, bias = nullptr;
+  dnnl_memory_desc_t a = nullptr, b = nullptr, c = nullptr, bias = nullptr, scratchpad = nullptr;
 };
 
 std::mutex lock_;
@@ -121,19 +130,34 @@ dnnl_memory_desc_t packed_layout(bool bf16, int64_t N, int64_t K) {
   return packed_[{bf16, N, K}] = probe ? picked : nullptr;
 }
 
+// This thread's scratchpad of at least `bytes`
+void* scratch(size_t bytes) {
+  thread_local std::vector<char> mine;
+  if (mine.size() < bytes) mine.resize(bytes);
+  return mine.data();
+}
+
 bool run(const Matmul& m, const void* A, const void* B, float* C,
          const float* bias = nullptr) {
-  dnnl_memory_t a = nullptr, b = nullptr, c = nullptr, d = nullptr;
+  dnnl_memory_t a = nullptr, b = nullptr, c = nullptr, d = nullptr, s = nullptr;
   dnnl_memory_create(&a, m.a, engine(), const_cast<void*>(A));
   dnnl_memory_create(&b, m.b, engine(), const_cast<void*>(B));
   dnnl_memory_create(&c, m.c, engine(), C);
-  if (bias) dnnl_memory_create(&d, m.bias, engine(), const_cast<float*>(bias));
-  dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c},
-                             {DNNL_ARG_BIAS, d}};
-  const bool ok = a && b && c && (d || !bias)
-                  && dnnl_primitive_execute(m.prim, stream(), bias ? 4 : 3, args) == dnnl_success
+  dnnl_memory_create(&s, m.scratchpad, engine(),
+                     scratch(dnnl_memory_desc_get_size(m.scratchpad)));
+  int n = 0;
+  dnnl_exec_arg_t args[5];
+  for (auto arg : {dnnl_exec_arg_t{DNNL_ARG_SRC, a}, dnnl_exec_arg_t{DNNL_ARG_WEIGHTS, b},
+                   dnnl_exec_arg_t{DNNL_ARG_DST, c}, dnnl_exec_arg_t{DNNL_ARG_SCRATCHPAD, s}})
+    args[n++] = arg;
+  if (bias) {
+    dnnl_memory_create(&d, m.bias, engine(), const_cast<float*>(bias));
+    args[n++] = {DNNL_ARG_BIAS, d};
+  }
+  const bool ok = a && b && c && s && (d || !bias)
+                  && dnnl_primitive_execute(m.prim, stream(), n, args) == dnnl_success
                   && dnnl_stream_wait(stream()) == dnnl_success;
-  for (auto mem : {a, b, c, d}) if (mem) dnnl_memory_destroy(mem);
+  for (auto mem : {a, b, c, d, s}) if (mem) dnnl_memory_destroy(mem);
   return ok;
 }
 
@@ -151,7 +175,7 @@ Matmul matmul_for(const std::array<int64_t, 11>& key, dnnl_memory_desc_t a,
     return found->second;
   }
   Matmul m;
-  m.prim = make_matmul(a, b, c, alpha, beta, nullptr, nullptr, bias);
+  m.prim = make_matmul(a, b, c, alpha, beta, nullptr, nullptr, bias, &m.scratchpad);
   m.a = a, m.b = b, m.c = c, m.bias = bias;
   return matmuls_[key] = m;
 }

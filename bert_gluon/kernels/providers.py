@@ -9,8 +9,9 @@ bfloat16:  'onednn'   oneDNN's bf16 matmul (AMX or AVX512_BF16)
                       runs the float32 products, and says so once
 
 Libraries dispatch on what they know of a CPU, not on what it can do: MKL
-runs a slow path on AMD (on Zen 4 its sgemm reaches ~40% of oneDNN's and
-its bf16 is slower than its own sgemm, while oneDNN's bf16 doubles float32);
+runs a slower path on AMD (on Zen 4 its sgemm runs at 0.8-0.9x oneDNN's and
+its bf16 slower than its own sgemm, while oneDNN's bf16 runs 1.4-1.7x its
+float32);
 an Intel core without AMX runs bf16 dot products at half its float32 rate;
 a CPU with neither AVX512_BF16 nor AMX would emulate bf16. So each choice is
 timed on the Dense products of a BERT layer (SHAPES), once per CPU, library
