@@ -14,9 +14,12 @@ backward, float32 or bf16 operands.
 `blas.h`, `library.cc`: matrix products from Intel MKL (the `mkl` package:
 it dispatches on the CPU, AVX2 to AMX, and has bf16 products), found at load
 time, or else the OpenBLAS beside libmxnet.so (float32 only);
-`blas_provider()` says which. `onednn.cc`: bf16 products from oneDNN (the
-`onednn-cpu-gomp` package, built against `onednn-devel-cpu-gomp`'s headers
-where both are installed); `providers.py` picks MKL's, oneDNN's or none.
+`blas_provider()` says which. `onednn.cc`: float32 and bf16 products from
+oneDNN (the `onednn-cpu-gomp` package, built against
+`onednn-devel-cpu-gomp`'s headers where both are installed). `providers.py`
+measures which of them multiplies fastest here, in each precision; the ops
+take the answer as their `products` attribute. `prepared.h`: weights of
+inference graphs packed or reordered once, kept while unchanged.
 `attention.cc`: self-attention scores (masked softmax) and context straight
 from the (B, T, H) projections, per head (`heads.h`) through a
 register-blocked product (`small_gemm.h`): no head transposes, no BLAS call

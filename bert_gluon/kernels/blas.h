@@ -11,6 +11,7 @@
 // calling thread alone (on MXNet's libgomp); from outside, on
 // omp_get_max_threads() threads.
 #pragma once
+#include <omp.h>
 #include <cstddef>
 #include <cstdint>
 
@@ -52,6 +53,18 @@ void gemm_packed(Products by, int64_t M, int64_t N, int64_t K, const float* X, i
 void gemm_packed_bf16(Products by, int64_t M, int64_t N, int64_t K, const bf16* X,
                       int64_t ldx, const void* packed, float beta, float* C, int64_t ldc,
                       const float* bias = nullptr);
+
+// C (M, N; ldc) = beta C + bias (N,) on every row, on every thread outside a
+// parallel region: a product's starting value where the bias is not fused.
+// Returns the beta that adds the product to it (1).
+inline float start_with_bias(int64_t M, int64_t N, float beta, float* C, int64_t ldc,
+                             const float* bias) {
+#pragma omp parallel for if (!omp_in_parallel())
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j)
+      C[i * ldc + j] = (beta == 0.f ? 0.f : beta * C[i * ldc + j]) + bias[j];
+  return 1.f;
+}
 
 // Which library runs: "mkl", "openblas" or "" (none loaded yet)
 const char* provider();

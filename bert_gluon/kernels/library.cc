@@ -2,7 +2,6 @@
 // their own files) and the matrix-product provider of blas.h, chosen at
 // load time by the Python side through bert_gluon_load_blas.
 #include <dlfcn.h>
-#include <omp.h>
 #include <cstdio>
 #include <cstring>
 #include <vector>
@@ -154,23 +153,11 @@ void pack_weight_bf16(Products by, const bf16* W, int64_t N, int64_t K, int64_t 
   provider_.bf16_pack(kRowMajor, kBMatrix, kTrans, M, N, K, W, K, static_cast<bf16*>(packed));
 }
 
-namespace {
-// C = beta C + bias on every row: the bias as the product's starting value
-float with_bias(int64_t M, int64_t N, float beta, float* C, int64_t ldc, const float* bias) {
-  if (!bias) return beta;
-#pragma omp parallel for if (!omp_in_parallel())
-  for (int64_t i = 0; i < M; ++i)
-    for (int64_t j = 0; j < N; ++j)
-      C[i * ldc + j] = (beta == 0.f ? 0.f : beta * C[i * ldc + j]) + bias[j];
-  return 1.f;
-}
-}  // namespace
-
 void gemm_packed(Products by, int64_t M, int64_t N, int64_t K, const float* X, int64_t ldx,
                  const void* packed, float beta, float* C, int64_t ldc, const float* bias) {
   if (by == Products::onednn)
     return onednn::gemm_packed(false, M, N, K, X, ldx, packed, beta, C, ldc, bias);
-  beta = with_bias(M, N, beta, C, ldc, bias);
+  if (bias) beta = start_with_bias(M, N, beta, C, ldc, bias);
   if (provider_.sgemm_compute) {
     provider_.sgemm_compute(kRowMajor, kNoTrans, kPacked, M, N, K, X, ldx,
                             static_cast<const float*>(packed), K, beta, C, ldc);
@@ -185,7 +172,7 @@ void gemm_packed_bf16(Products by, int64_t M, int64_t N, int64_t K, const bf16* 
                       const float* bias) {
   if (by == Products::onednn_bf16)
     return onednn::gemm_packed(true, M, N, K, X, ldx, packed, beta, C, ldc, bias);
-  beta = with_bias(M, N, beta, C, ldc, bias);
+  if (bias) beta = start_with_bias(M, N, beta, C, ldc, bias);
   provider_.bf16_compute(kRowMajor, kNoTrans, kPacked, M, N, K, 1.f, X, ldx,
                          static_cast<const bf16*>(packed), K, beta, C, ldc);
 }

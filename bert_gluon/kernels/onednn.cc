@@ -14,7 +14,6 @@
 // scratchpad does not allow (it crashed at BERT-base sizes). A packed weight is W in
 // the layout oneDNN's matmul picks for it, reordered once; that layout does
 // not depend on the number of rows M (measured), so one packing serves any M.
-#include <omp.h>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -292,12 +291,8 @@ void pack_weight(bool bf16, const void* W, int64_t N, int64_t K, void* packed) {
 void gemm_packed(bool bf16, int64_t M, int64_t N, int64_t K, const void* X, int64_t ldx,
                  const void* packed, float beta, float* C, int64_t ldc, const float* bias) {
   dnnl_memory_desc_t layout = packed_layout(bf16, N, K);
-  if (bias && (!layout || beta != 0.f)) {  // no fused bias: C = beta C + bias, then the product
-#pragma omp parallel for if (!omp_in_parallel())
-    for (int64_t i = 0; i < M; ++i)
-      for (int64_t j = 0; j < N; ++j)
-        C[i * ldc + j] = (beta == 0.f ? 0.f : beta * C[i * ldc + j]) + bias[j];
-    beta = 1.f;
+  if (bias && (!layout || beta != 0.f)) {  // the bias not fused: C starts with it
+    beta = blas::start_with_bias(M, N, beta, C, ldc, bias);
     bias = nullptr;
   }
   if (!layout) {  // packed as W itself

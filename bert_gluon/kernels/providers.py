@@ -142,6 +142,9 @@ def _decide(precision):
     if cached:
         return cached
     measured = _measured(precision, incumbent, runnable)
+    skipped = [f'{name}: {reason}' for name, reason in reasons.items() if reason]
+    if skipped:
+        measured['why'] += '; not run: ' + '; '.join(skipped)
     _store(path, key, measured)
     return measured
 
