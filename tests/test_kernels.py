@@ -551,6 +551,17 @@ def test_providers_are_measured_once_per_machine_and_cached(precision, monkeypat
             'provider': name, 'why': f'forced by {providers.FORCED_BY[precision]}'}
 
 
+def test_measuring_draws_nothing_from_mxnets_generator():
+    """A seeded run draws the same numbers whether or not the providers were
+    measured in it first (the first run on a machine measures)."""
+    from bert_gluon.kernels import providers
+    mx.random.seed(5)
+    expected = mx.nd.random.uniform(shape=(8,)).asnumpy()
+    mx.random.seed(5)
+    providers.measure_speedups('float32', 'blas', 'blas')
+    onp.testing.assert_array_equal(mx.nd.random.uniform(shape=(8,)).asnumpy(), expected)
+
+
 ISA_CAP_SCRIPT = """
 import warnings
 import bert_gluon as bg
