@@ -693,6 +693,34 @@ def providers_variable(precision):
     return providers.FORCED_BY[precision]
 
 
+def test_kernels_build_and_answer_without_onednn():
+    """Without oneDNN (not installed, or BERT_GLUON_ONEDNN=0) the kernels
+    build without it, oneDNN is never chosen nor forceable, and the twin
+    still answers as MXNet's operators do."""
+    script = """
+import bert_gluon as bg
+from bert_gluon import kernels
+from bert_gluon.kernels import providers
+from test_kernels import check_model
+assert kernels.unavailable_reason() is None, kernels.unavailable_reason()
+print('float32', kernels.float32_unavailable_reason('onednn'))
+print('bfloat16', kernels.bf16_unavailable_reason('onednn'))
+print('chosen', providers.provider('float32'), providers.provider('bfloat16'))
+check_model('tiny', 'float32')
+print('same')
+"""
+    out = run_script(script, BERT_GLUON_ONEDNN='0', BERT_GLUON_FLOAT32_PROVIDER='auto',
+                     BERT_GLUON_BF16_PROVIDER='auto')
+    assert out.returncode == 0 and 'same' in out.stdout, out.stderr[-2000:]
+    assert 'float32 oneDNN is off (BERT_GLUON_ONEDNN=0)' in out.stdout, out.stdout
+    assert re.search(r'chosen blas (mkl|float32)\n', out.stdout), out.stdout
+    forced = run_script("from bert_gluon.kernels import providers\n"
+                        "providers.products('float32')",
+                        BERT_GLUON_ONEDNN='0', BERT_GLUON_FLOAT32_PROVIDER='onednn')
+    assert forced.returncode != 0
+    assert 'BERT_GLUON_FLOAT32_PROVIDER=onednn cannot run here: oneDNN is off' in forced.stderr
+
+
 def test_openblas_fallback_computes_the_same(tmp_path):
     """Without MKL the products come from the OpenBLAS MXNet ships."""
     net = bg.HybridBERTModel(TINY, backend='native')

@@ -100,7 +100,10 @@ def cpu_identity():
 def _onednn_flags():
     """g++ arguments that build onednn.cc against the installed oneDNN
     (headers of onednn-devel-cpu-gomp, libdnnl of onednn-cpu-gomp), or []:
-    built without it."""
+    built without it (not installed, or BERT_GLUON_ONEDNN=0)."""
+    if os.environ.get('BERT_GLUON_ONEDNN', '1') == '0':  # the fallback, on purpose
+        return []
+
     def located(package, name):
         try:
             files = importlib.metadata.files(package) or []
@@ -262,6 +265,8 @@ def _onednn_matmul(bf16):
 
 
 def _onednn_unavailable_reason(bf16):
+    if os.environ.get('BERT_GLUON_ONEDNN', '1') == '0':
+        return 'oneDNN is off (BERT_GLUON_ONEDNN=0)'
     if not _onednn_flags():
         return ('oneDNN is not installed: pip install onednn-cpu-gomp==2023.2.0 '
                 'onednn-devel-cpu-gomp==2023.2.0')
