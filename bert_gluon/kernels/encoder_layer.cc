@@ -9,10 +9,10 @@
 //   A = LayerNorm(X + C W_o^T (+ b_o))
 //   Y = LayerNorm(A + act(A W1^T + b1) W2^T + b2), act ReLU or erf-GELU
 //
-// The four Dense products go through blas.h (weights packed or reordered
-// once and kept while unchanged: prepared.h), by the provider its `products` attribute
-// names (blas.h), in float32 or on bf16 operands accumulated in float32; attention's per-head products stay
-// float32 (small_gemm.h, via heads.h).
+// The four Dense products go through blas.h by the provider the `products`
+// attribute names, in float32 or on bf16 operands accumulated in float32, on
+// weights packed or reordered once and kept while unchanged (prepared.h);
+// attention's per-head products stay float32 (small_gemm.h, via heads.h).
 //
 // Op bert_encoder_layer(X (B, T, H), valid_lens (B,), W_q, W_k, W_v, W_o (H, H),
 //                       [b_q, b_k, b_v, b_o (H,),] gamma1, beta1 (H,), W1 (F, H),

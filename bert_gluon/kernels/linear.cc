@@ -1,8 +1,9 @@
 // A Dense layer (flatten=False) for MXNet 1.9 on the CPU (extension
 // library), forward and backward through blas.h, by the provider its
-// `products` attribute names: float32, or bf16 operands accumulated in float32 (the float32 weight is the master
-// copy the optimizer updates; it is converted on each call). The bias is
-// the output's starting value, added by the forward product itself.
+// `products` attribute names: float32, or bf16 operands accumulated in
+// float32 (the float32 weight is the master copy the optimizer updates; it
+// is converted on each call). The bias is the output's starting value,
+// added by the forward product itself.
 //
 // Op bert_linear(X (..., K), W (N, K)[, b (N,)]; use_bias=1, products='')
 //      -> Y (..., N) = X W^T (+ b)

@@ -3,9 +3,10 @@
 // blas.h: float32 or bf16 operands, float32 results. Its matmul dispatches on
 // the ISA, not the vendor: AMX, AVX512_BF16, AVX-512 or AVX2, where MKL
 // takes a slower path on AMD (on Zen 4 its sgemm at 0.8-0.9x oneDNN's, its
-// bf16 slower than its sgemm; oneDNN's bf16 1.4-1.7x its float32). Built only where its headers were found
-// (-DBERT_GLUON_ONEDNN, kernels/__init__.py); else nothing here runs and the
-// Python side never names it.
+// bf16 slower than its sgemm; oneDNN's bf16 1.4-1.7x its float32). Built
+// only where its headers were found (-DBERT_GLUON_ONEDNN,
+// kernels/__init__.py); else nothing here runs and the Python side never
+// names it.
 //
 // Primitives are made once per shape and kept (a map; oneDNN's own cache
 // would still rebuild the descriptor on each call). Their scratchpads are the
@@ -208,7 +209,8 @@ void reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, floa
     for (int64_t j = 0; j < N; ++j) {
       float sum = 0.f;
       for (int64_t k = 0; k < K; ++k)
-        sum += f(trans_a ? A[k * lda + i] : A[i * lda + k]) * f(trans_b ? B[j * ldb + k] : B[k * ldb + j]);
+        sum += f(trans_a ? A[k * lda + i] : A[i * lda + k])
+               * f(trans_b ? B[j * ldb + k] : B[k * ldb + j]);
       C[i * ldc + j] = alpha * sum + (beta != 0.f ? beta * C[i * ldc + j] : 0.f);
     }
 }

@@ -9,7 +9,7 @@
 namespace prepared {
 namespace {
 
-constexpr size_t kBudgetBytes = size_t(4) << 30;  // about four BERT-large models in float32
+constexpr size_t kBudgetBytes = size_t(4) << 30;  // three BERT-large models' weights, float32
 
 struct Entry {
   std::vector<Source> sources;
