@@ -14,6 +14,7 @@ A worker is this protocol over stdin/stdout, one JSON line each way:
 """
 import json
 import os
+import select
 import statistics
 import subprocess
 import sys
@@ -103,6 +104,11 @@ def providers_line(env):
                              for p, line in zip(chosen, lines))
 
 
+# A worker silent this long has hung: a crash inside MXNet can leave it
+# waiting on its own threads (its signal handler exits, joining them)
+REPLY_SECONDS = 1800
+
+
 class Worker:
     """A contestant's process, started once, timed on request."""
     def __init__(self, name, argv, env):
@@ -118,6 +124,11 @@ class Worker:
         try:
             self.proc.stdin.write(json.dumps({'kind': kind, 'calls': calls}) + '\n')
             self.proc.stdin.flush()
+            ready, _, _ = select.select([self.proc.stdout], [], [], REPLY_SECONDS)
+            if not ready:
+                self.proc.kill()
+                self.failed = f'no reply in {REPLY_SECONDS} s to {kind}: killed'
+                return None
             line = self.proc.stdout.readline()
         except (BrokenPipeError, OSError):
             line = ''
