@@ -721,6 +721,27 @@ print('same')
     assert 'BERT_GLUON_FLOAT32_PROVIDER=onednn cannot run here: oneDNN is off' in forced.stderr
 
 
+def test_layer_step_timers_only_where_built_with_them():
+    """The fused block's step timers (bench/profile_request.py) are a build
+    of their own: absent from the default one, summing every step's time
+    where BERT_GLUON_LAYER_TIMERS=1 built them."""
+    assert kernels.layer_step_seconds() is None
+    script = """
+import mxnet as mx, bert_gluon as bg
+from bert_gluon import kernels
+from conftest import TINY, make_batch
+net = bg.HybridBERTModel(TINY, backend='native')
+net.initialize()
+net.hybridize(static_alloc=True, static_shape=True)
+before = kernels.layer_step_seconds()
+net.encoder(*make_batch()[:3]).wait_to_read()
+after = kernels.layer_step_seconds()
+print(sorted(after) == sorted(kernels.LAYER_STEPS), all(after[k] > before[k] for k in after))
+"""
+    out = run_script(script, BERT_GLUON_LAYER_TIMERS='1')
+    assert out.returncode == 0 and 'True True' in out.stdout, out.stderr[-2000:]
+
+
 def test_openblas_fallback_computes_the_same(tmp_path):
     """Without MKL the products come from the OpenBLAS MXNet ships."""
     net = bg.HybridBERTModel(TINY, backend='native')

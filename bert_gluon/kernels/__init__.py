@@ -58,7 +58,8 @@ from ..fileio import atomic_write, atomic_write_bytes
 __all__ = ['has_op', 'native_available', 'unavailable_reason', 'library_path',
            'blas_provider', 'FLOAT32_PROVIDERS', 'BF16_PROVIDERS', 'float32_unavailable_reason',
            'bf16_unavailable_reason', 'products_attribute',
-           'prepared_weight_counts', 'cpu_flags', 'cpu_identity', 'build_dir']
+           'prepared_weight_counts', 'LAYER_STEPS', 'layer_step_seconds', 'cpu_flags',
+           'cpu_identity', 'build_dir']
 
 _SOURCES = [Path(__file__).with_name(name)
             for name in ('library.cc', 'layer_norm.cc', 'cross_entropy.cc',
@@ -120,6 +121,13 @@ def _onednn_flags():
             f'-Wl,-rpath,{library.parent}']
 
 
+def _timer_flags():
+    """-DBERT_GLUON_LAYER_TIMERS where BERT_GLUON_LAYER_TIMERS=1: the fused
+    block times its steps (a build of its own; bench/profile_request.py)."""
+    return ['-DBERT_GLUON_LAYER_TIMERS'] if os.environ.get('BERT_GLUON_LAYER_TIMERS') == '1' \
+        else []
+
+
 def _compiler_identity():
     out = subprocess.run(['g++', '--version'], capture_output=True, text=True,
                          timeout=60, check=True)
@@ -143,7 +151,7 @@ def _build(target):
 
     def compile_to(path):
         subprocess.run(['g++', *_FLAGS, f'-Wl,--version-script={exports}', f'-I{include}',
-                        '-o', path, *map(str, _SOURCES), str(lib_api), *_onednn_flags(),
+                        '-o', path, *map(str, _SOURCES), str(lib_api), *_onednn_flags(), *_timer_flags(),
                         '-lmvec', '-ldl'],
                        check=True, capture_output=True, text=True, timeout=_BUILD_SECONDS)
     atomic_write(target, compile_to)  # other processes see it whole or not at all
@@ -179,7 +187,8 @@ def build_dir():
 def library_path():
     """Where this machine's build of the kernels lives (built or not)."""
     digest = hashlib.sha1(mx.__version__.encode())
-    for part in (_compiler_identity(), ' '.join(_FLAGS + _onednn_flags()), _EXPORTS,
+    for part in (_compiler_identity(), ' '.join(_FLAGS + _onednn_flags() + _timer_flags()),
+                 _EXPORTS,
                  cpu_identity()):
         digest.update(part.encode())
     for source in _SOURCES + _HEADERS:
@@ -323,6 +332,22 @@ def prepared_weight_counts():
     ctypes.CDLL(str(_state['path'])).bert_gluon_prepared_counts(ctypes.byref(made),
                                                                 ctypes.byref(reused))
     return made.value, reused.value
+
+
+LAYER_STEPS = ('prepare', 'qkv', 'attention', 'wo', 'addnorm1', 'w1', 'activation', 'w2',
+               'addnorm2')
+
+
+def layer_step_seconds():
+    """{step: seconds} the fused encoder blocks spent so far in this process,
+    summed over calls, where the kernels were built with
+    BERT_GLUON_LAYER_TIMERS=1; else None."""
+    if not native_available():
+        return None
+    seconds = (ctypes.c_double * len(LAYER_STEPS))()
+    if not ctypes.CDLL(str(_state['path'])).bert_gluon_layer_step_seconds(seconds):
+        return None
+    return dict(zip(LAYER_STEPS, seconds))
 
 
 def unavailable_reason():

@@ -82,7 +82,41 @@ bool gelu_of(const Attrs& attrs) {
   return it != attrs.end() && it->second == "gelu";
 }
 
+// The steps' seconds, summed over calls (thread-seconds where tasks run in
+// parallel), where built with -DBERT_GLUON_LAYER_TIMERS
+// (BERT_GLUON_LAYER_TIMERS=1, bench/profile_request.py); else the clock does
+// nothing.
+enum Step { kPrepare, kQKV, kAttention, kWo, kAddNorm1, kW1, kActivation, kW2, kAddNorm2,
+            kSteps };
+double step_seconds_[kSteps];
+
+struct StepClock {
+#ifdef BERT_GLUON_LAYER_TIMERS
+  double last = omp_get_wtime();
+  void lap(Step step) {
+    const double now = omp_get_wtime();
+#pragma omp atomic
+    step_seconds_[step] += now - last;
+    last = now;
+  }
+#else
+  void lap(Step) {}
+#endif
+};
+
 }  // namespace
+
+// Copies the steps' seconds into out (kSteps of them); 0 where not built with
+// timers, else the number of steps
+extern "C" int bert_gluon_layer_step_seconds(double* out) {
+#ifdef BERT_GLUON_LAYER_TIMERS
+  std::memcpy(out, step_seconds_, sizeof(step_seconds_));
+  return kSteps;
+#else
+  (void)out;
+  return 0;
+#endif
+}
 
 static MXReturnValue layer_parse(const Attrs& attrs, int* num_in, int* num_out) {
   *num_in = Slots(flag_of(attrs, "use_bias")).count();
@@ -124,6 +158,7 @@ static MXReturnValue layer_shape(const Attrs& attrs,
 
 static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
                                    std::vector<MXTensor>* outputs, const OpResource& res) {
+  StepClock preparing;
   auto& in = *inputs;
   const Slots at(flag_of(attrs, "use_bias"));
   const int64_t B = in[0].shape[0], T = in[0].shape[1], H = in[0].shape[2];
@@ -163,6 +198,7 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
   Wo.prepare(sources({at.W_o}), {p(at.W_o)});
   W1.prepare(sources({at.W1}), {p(at.W1)});
   W2.prepare(sources({at.W2}), {p(at.W2)});
+  preparing.lap(kPrepare);
   // float32 scratch: the stacked q | k | v bias and zero biases (3H each);
   // then per thread: float32 intermediates and a bf16 copy of a product's operand
   const int64_t each = rows * (H3 + 2 * H + F) + s.d * T + T * T
@@ -195,8 +231,10 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
     float* f = a + rows * H;       // (n, F)
     // a bf16 copy of a left operand (n, max(H, F)), after K^T (d, T) and P (T, T)
     auto* operand = reinterpret_cast<blas::bf16*>(Kt_of(slot) + s.d * T + T * T);
+    StepClock clock;
 
     Wqkv.product(n, x, nullptr, qkv, operand, false, b_qkv);  // (n, 3H) = x W^T + b
+    clock.lap(kQKV);
 #pragma omp parallel for collapse(2) schedule(dynamic, 1) if (wide)
     for (int64_t i = 0; i < n / T; ++i) {
       for (int64_t h = 0; h < s.N; ++h) {
@@ -208,7 +246,9 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
                          H);
       }
     }
+    clock.lap(kAttention);
     Wo.product(n, c, nullptr, a, operand);
+    clock.lap(kWo);
 #pragma omp parallel for if (wide)
     for (int64_t r = 0; r < n; ++r) {  // AddNorm 1, W_o's bias added here
       float* ar = a + r * H;
@@ -218,7 +258,9 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
       layer_norm_row(ar, p(at.gamma1), p(at.beta1), H, eps, ar);
       if (bf16) blas::to_bf16(ar, H, operand + r * H);  // W1's operand, while in cache
     }
+    clock.lap(kAddNorm1);
     W1.product(n, a, bf16 ? operand : nullptr, f, nullptr);
+    clock.lap(kW1);
 #pragma omp parallel for if (wide)
     for (int64_t r = 0; r < n; ++r) {  // W1's bias and the activation (and bf16 for W2)
       float* fr = f + r * F;
@@ -234,7 +276,9 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
       }
       if (bf16) blas::to_bf16(fr, F, operand + r * F);
     }
+    clock.lap(kActivation);
     W2.product(n, f, bf16 ? operand : nullptr, y, nullptr);
+    clock.lap(kW2);
 #pragma omp parallel for if (wide)
     for (int64_t r = 0; r < n; ++r) {  // AddNorm 2, W2's bias added here
       float* yr = y + r * H;
@@ -243,6 +287,7 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
       for (int64_t j = 0; j < H; ++j) yr[j] += ar[j] + b2[j];
       layer_norm_row(yr, p(at.gamma2), p(at.beta2), H, eps, yr);
     }
+    clock.lap(kAddNorm2);
   };
 
   if (wide) {
