@@ -8,6 +8,7 @@ import numpy as onp
 import pytest
 
 import bert_gluon as bg
+from bert_gluon import kernels
 
 # Real data: $BERT_GLUON_DATA, else the checkout's ../shared/data. Tests that
 # need it fail (never skip) without it, with find_dataset's message.
@@ -90,3 +91,45 @@ def tiny_pretrained(tmp_path_factory):
     pretrain(num_steps=4, batch_size=16, max_len=32, config=config, out_dir=folder,
              validate=False, progress=False)
     return folder
+
+
+def runnable(precision, provider):
+    """(precision, provider) as a parameter, skipped (saying why) where it
+    cannot run."""
+    reason = (kernels.float32_unavailable_reason(provider) if precision == 'float32'
+              else kernels.bf16_unavailable_reason(provider))
+    return pytest.param(precision, provider, id=f'{precision}-{provider}',
+                        marks=pytest.mark.skipif(
+                            reason is not None,
+                            reason=f'{precision} products by {provider} cannot run here: {reason}'))
+
+
+FLOAT32_PRODUCTS = [runnable('float32', p) for p in kernels.FLOAT32_PROVIDERS]
+BF16_PRODUCTS = [runnable('bfloat16', p) for p in kernels.BF16_PROVIDERS]
+NEEDS_A_BF16_PROVIDER = pytest.mark.skipif(
+    all(kernels.bf16_unavailable_reason(p) for p in kernels.BF16_PROVIDERS),
+    reason='no bf16 provider runs here (a CPU with AVX512_BF16 or AMX, and MKL or oneDNN)')
+# bf16 keeps 8 bits of mantissa: each operand is off by up to 2^-9 of itself,
+# so a sum of K products is off by ~2^-9 * sqrt(K) of its terms' scale (random
+# signs); 2% of the largest magnitude bounds that at these sizes (K <= 128).
+BF16_TOLERANCE = 2e-2
+
+
+def tolerance(precision):
+    return 1e-5 if precision == 'float32' else BF16_TOLERANCE
+
+
+@pytest.fixture
+def forced(monkeypatch):
+    """forced(precision, provider): BERT_GLUON_FLOAT32_PROVIDER or
+    BERT_GLUON_BF16_PROVIDER for one test; the choices made before and after
+    it are forgotten."""
+    from bert_gluon.kernels import providers
+    providers.forget()
+
+    def force(precision, value):
+        monkeypatch.setenv(providers.FORCED_BY[precision], value)
+        providers.forget()
+    yield force
+    monkeypatch.undo()
+    providers.forget()

@@ -11,7 +11,8 @@ from mxnet import autograd, np, npx
 import bert_gluon as bg
 from bert_gluon import kernels
 from bert_gluon.layers import LayerNorm
-from conftest import TINY, assert_close, make_batch, run_script
+from conftest import (BF16_PRODUCTS, FLOAT32_PRODUCTS, NEEDS_A_BF16_PROVIDER, TINY,
+                      assert_close, make_batch, run_script, runnable, tolerance)
 
 
 def test_native_kernels_are_built_and_loaded_here():
@@ -382,32 +383,6 @@ def _linear_case(use_bias, products, shape=(5, 7, 24), units=40):
     return results
 
 
-def runnable(precision, provider):
-    """(precision, provider) as a parameter, skipped (saying why) where it
-    cannot run."""
-    reason = (kernels.float32_unavailable_reason(provider) if precision == 'float32'
-              else kernels.bf16_unavailable_reason(provider))
-    return pytest.param(precision, provider, id=f'{precision}-{provider}',
-                        marks=pytest.mark.skipif(
-                            reason is not None,
-                            reason=f'{precision} products by {provider} cannot run here: {reason}'))
-
-
-FLOAT32_PRODUCTS = [runnable('float32', p) for p in kernels.FLOAT32_PROVIDERS]
-BF16_PRODUCTS = [runnable('bfloat16', p) for p in kernels.BF16_PROVIDERS]
-NEEDS_A_BF16_PROVIDER = pytest.mark.skipif(
-    all(kernels.bf16_unavailable_reason(p) for p in kernels.BF16_PROVIDERS),
-    reason='no bf16 provider runs here (a CPU with AVX512_BF16 or AMX, and MKL or oneDNN)')
-# bf16 keeps 8 bits of mantissa: each operand is off by up to 2^-9 of itself,
-# so a sum of K products is off by ~2^-9 * sqrt(K) of its terms' scale (random
-# signs); 2% of the largest magnitude bounds that at these sizes (K <= 128).
-BF16_TOLERANCE = 2e-2
-
-
-def tolerance(precision):
-    return 1e-5 if precision == 'float32' else BF16_TOLERANCE
-
-
 @pytest.mark.parametrize('precision, provider', FLOAT32_PRODUCTS + BF16_PRODUCTS)
 @pytest.mark.parametrize('use_bias', [True, False])
 def test_native_linear_equals_fully_connected(use_bias, precision, provider):
@@ -449,22 +424,6 @@ def test_vocabulary_projection_of_every_provider(precision, provider):
             results.append([rows.asnumpy(), x.grad.asnumpy(), w.grad.asnumpy()])
         for name, a, e in zip(('y', 'dx', 'dw'), *results):
             assert_close(a, e, atol=tolerance(precision), rtol=0, err_msg=f'{name} {packed}')
-
-
-@pytest.fixture
-def forced(monkeypatch):
-    """forced(precision, provider): BERT_GLUON_FLOAT32_PROVIDER or
-    BERT_GLUON_BF16_PROVIDER for one test; the choices made before and after
-    it are forgotten."""
-    from bert_gluon.kernels import providers
-    providers.forget()
-
-    def force(precision, value):
-        monkeypatch.setenv(providers.FORCED_BY[precision], value)
-        providers.forget()
-    yield force
-    monkeypatch.undo()
-    providers.forget()
 
 
 def test_bf16_falls_back_to_float32_where_the_cpu_lacks_it(monkeypatch, forced):

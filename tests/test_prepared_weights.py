@@ -9,36 +9,19 @@ from mxnet import autograd, gluon
 
 import bert_gluon as bg
 from bert_gluon import kernels
-from bert_gluon.kernels import providers
-from conftest import TINY, assert_close, make_batch
+from conftest import (BF16_PRODUCTS, FLOAT32_PRODUCTS, TINY, assert_close, make_batch,
+                      tolerance)
 
-pytestmark = pytest.mark.skipif(kernels.unavailable_reason() is not None,
-                                reason=f'native kernels: {kernels.unavailable_reason()}')
+# every test for each provider of each precision, forced
+pytestmark = [pytest.mark.skipif(kernels.unavailable_reason() is not None,
+                                 reason=f'native kernels: {kernels.unavailable_reason()}'),
+              pytest.mark.parametrize('precision, provider', FLOAT32_PRODUCTS + BF16_PRODUCTS)]
 CONFIG = TINY.replace(dropout=0.0)
-BF16_TOLERANCE = 2e-2  # as test_kernels: 8 bits of mantissa
 
 
-def _products():
-    for precision, names in (('float32', kernels.FLOAT32_PROVIDERS),
-                             ('bfloat16', kernels.BF16_PROVIDERS)):
-        for name in names:
-            reason = (kernels.float32_unavailable_reason(name) if precision == 'float32'
-                      else kernels.bf16_unavailable_reason(name))
-            yield pytest.param((precision, name), id=f'{precision}-{name}',
-                               marks=pytest.mark.skipif(
-                                   reason is not None,
-                                   reason=f'{precision} by {name} cannot run here: {reason}'))
-
-
-@pytest.fixture(params=list(_products()))
-def precision(request, monkeypatch):
-    """'float32' or 'bfloat16', its provider forced for the test."""
-    precision, name = request.param
-    monkeypatch.setenv(providers.FORCED_BY[precision], name)
-    providers.forget()
-    yield precision
-    monkeypatch.undo()
-    providers.forget()
+@pytest.fixture(autouse=True)
+def force_provider(precision, provider, forced):
+    forced(precision, provider)
 
 
 def served(precision, seed=1, ctx=mx.cpu()):
@@ -71,7 +54,7 @@ def expected(net, batch, tmp_path):
 def check_fresh(net, batch, before, tmp_path, precision):
     """`net` answers for its parameters now, not for those it had before."""
     now, truth = answer(net, batch), expected(net, batch, tmp_path)
-    atol = 1e-5 if precision == 'float32' else BF16_TOLERANCE
+    atol = tolerance(precision)
     for a, e in zip(now, truth):
         assert_close(a, e, atol=atol, rtol=0)
     # the change is far beyond the tolerance: a stale weight would be caught
@@ -83,10 +66,10 @@ def counts():
     return made, reused
 
 
-def test_a_stream_of_requests_prepares_nothing(precision):
+def test_a_stream_of_requests_prepares_nothing(precision, provider):
     net, batch = served(precision), batch_on()
     answer(net, batch)
-    assert net.products == kernels.products_attribute(precision, providers.provider(precision))
+    assert net.products == kernels.products_attribute(precision, provider)
     made, reused = counts()
     for _ in range(3):
         answer(net, batch)

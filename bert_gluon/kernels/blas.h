@@ -66,8 +66,6 @@ inline float start_with_bias(int64_t M, int64_t N, float beta, float* C, int64_t
   return 1.f;
 }
 
-// Which library runs: "mkl", "openblas" or "" (none loaded yet)
-const char* provider();
 
 // float32 -> bf16, rounded to nearest even (NaN stays NaN)
 inline bf16 to_bf16(float x) {

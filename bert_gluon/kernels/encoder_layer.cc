@@ -199,20 +199,20 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
   W1.prepare(sources({at.W1}), {p(at.W1)});
   W2.prepare(sources({at.W2}), {p(at.W2)});
   preparing.lap(kPrepare);
-  // float32 scratch: the stacked q | k | v bias and zero biases (3H each);
+  // float32 scratch: the stacked q | k | v bias (3H) and a zero bias (H);
   // then per thread: float32 intermediates and a bf16 copy of a product's operand
   const int64_t each = rows * (H3 + 2 * H + F) + s.d * T + T * T
                        + (bf16 ? rows * std::max(H, F) / 2 + 1 : 0);
   // one temp-space allocation per call: MXNet hands out the same buffer
-  float* bqkv = static_cast<float*>(res.alloc_cpu((2 * H3 + threads * each) * sizeof(float)));
-  float* zeros = bqkv + H3;        // (3H,)
-  float* per_thread = zeros + H3;
+  float* bqkv = static_cast<float*>(res.alloc_cpu((H3 + H + threads * each) * sizeof(float)));
+  float* zeros = bqkv + H3;        // (H,): the W_o bias of a block without biases
+  float* per_thread = zeros + H;
   if (at.b_q >= 0) {
     for (int w = 0; w < 3; ++w)
       std::memcpy(bqkv + w * H, p(w == 0 ? at.b_q : w == 1 ? at.b_k : at.b_v),
                   H * sizeof(float));
   }
-  std::fill(zeros, zeros + H3, 0.f);
+  std::fill(zeros, zeros + H, 0.f);
   const float* b_qkv = at.b_q >= 0 ? bqkv : nullptr;
   const float* b_o = at.b_o >= 0 ? p(at.b_o) : zeros;
   const float *b1 = p(at.b1), *b2 = p(at.b2);

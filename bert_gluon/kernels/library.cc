@@ -106,8 +106,6 @@ extern "C" const char* bert_gluon_blas_provider() { return provider_.name; }
 
 namespace blas {
 
-const char* provider() { return provider_.name; }
-
 void sgemm(Products by, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
            float alpha, const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
            float* C, int64_t ldc) {

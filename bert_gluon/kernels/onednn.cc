@@ -219,8 +219,6 @@ void reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, floa
 
 namespace onednn {
 
-bool built() { return true; }
-
 const char* implementation(bool bf16, int64_t M, int64_t N, int64_t K) {
   if (!engine()) return "";
   dnnl_memory_desc_t a = matrix(M, K, K, false, type_of(bf16));
@@ -325,7 +323,6 @@ void gemm_packed(bool bf16, int64_t M, int64_t N, int64_t K, const void* X, int6
 #else  // built without oneDNN's headers
 
 namespace onednn {
-bool built() { return false; }
 const char* implementation(bool, int64_t, int64_t, int64_t) { return ""; }
 void sgemm(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*,
            int64_t, float, float*, int64_t) { std::abort(); }

@@ -7,8 +7,6 @@
 
 namespace onednn {
 
-// True when built with oneDNN's headers (and linked to libdnnl)
-bool built();
 // oneDNN's matmul implementation for M x K x N here (bf16 or float32
 // operands), "" where none
 const char* implementation(bool bf16, int64_t M, int64_t N, int64_t K);
