@@ -114,7 +114,7 @@ def test_onnx_is_a_standard_bert_that_engines_run_to_the_twins_numbers(tmp_path,
 
 def test_onnx_in_openvino_bf16_is_within_the_bf16_tolerance(tmp_path):
     import openvino as ov
-    from test_kernels import BF16_TOLERANCE
+    from conftest import BF16_TOLERANCE
     net = _minilm()
     path = export_onnx(net, str(tmp_path / 'minilm.onnx'))
     compiled = ov.Core().compile_model(path, 'CPU', {'INFERENCE_PRECISION_HINT': 'bf16'})

@@ -300,9 +300,9 @@ def test_every_engine_answers_the_same_requests_with_the_same_numbers(
     """A classifier folder and an encoder folder, three kinds of request:
     the answers of onnxruntime and OpenVINO equal MXNet's (float32 to 1e-5,
     bf16 within the bf16 tolerance)."""
-    from test_kernels import BF16_TOLERANCE
+    from conftest import tolerance
     from bert_gluon.backend import resolve_backend
-    atol = 1e-5 if precision == 'float32' else BF16_TOLERANCE
+    atol = tolerance(precision)
     if (engine, precision) == ('mxnet', 'bfloat16') and resolve_backend(None, [mx.cpu()]) != 'native':
         # MXNet's operators (BERT_GLUON_NATIVE=0, a GPU) have no bf16 products: refused
         with pytest.raises(ValueError, match="dtype='bfloat16' cannot run here"):
