@@ -26,7 +26,6 @@ from mxnet import autograd, np, npx
 import bert_gluon  # noqa: F401  (numpy mode)
 from bert_gluon import kernels
 from bert_gluon.layers import EncoderBlock, _merge_heads, _split_heads
-from bert_gluon.backend import InferenceGraph
 import harness
 
 
@@ -147,7 +146,9 @@ def main():
     block.initialize(mx.init.Normal(0.1))
     block.backend = 'native'  # resolved now that the parameters exist
     block.hybridize(static_alloc=True, static_shape=True)
-    fused = InferenceGraph(block)
+    fused = EncoderBlock(128, 256, 2, 0.0, prefix=block.prefix,
+                         params=block.collect_params())  # block's parameters, fused
+    fused.set_execution('native', purpose='inference')
     fused.hybridize(static_alloc=True, static_shape=True)
 
     def per_step_block():

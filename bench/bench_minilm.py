@@ -66,9 +66,9 @@ def _twin(name, tokens, segments, lens):
     dtype = 'float32' if name in ('twin', 'twin-blas') else 'bfloat16'
     net, _, _ = from_pretrained('all-MiniLM-L6-v2', dtype=dtype)
     net.check_inputs = False
-    net.encoder.hybridize(static_alloc=True, static_shape=True)
+    encoder = net.for_inference(static_shape=True).encoder
     args = [mx.np.array(a) for a in (tokens, segments, lens)]
-    return lambda: net.encoder(*args), mx.nd.waitall
+    return lambda: encoder(*args), mx.nd.waitall
 
 
 def _hugging_face(name, tokens, segments, threads):

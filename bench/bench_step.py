@@ -223,9 +223,10 @@ def mxnet_workloads(runner, batch_size):
     net(tokens, segments, lens, positions)
     trainer = gluon.Trainer(net.collect_params(), 'adam', {'learning_rate': 0.01})
     sync = mx.nd.waitall
+    predict = net.for_inference(static_shape=True) if hasattr(net, 'for_inference') else net
     return {'train': (train_step, sync),
-            'infer': (lambda: net(tokens, segments, lens, positions), sync),
-            'encode': (lambda: net.encoder(tokens, segments, lens), sync)}
+            'infer': (lambda: predict(tokens, segments, lens, positions), sync),
+            'encode': (lambda: predict.encoder(tokens, segments, lens), sync)}
 
 
 def run_worker(runner, batch_size):

@@ -10,9 +10,10 @@ A classifier folder (what `finetune` leaves, what the endpoint serves):
 from pathlib import Path
 
 import mxnet as mx
+from mxnet import gluon
 from mxnet.gluon import nn
 
-from .backend import BackendMixin, run_graph
+from .execution import Planned
 from .config import BERTConfig
 from .fileio import atomic_save_parameters, atomic_write_json, read_json
 from .inputs import checked_scope, is_symbolic, prepare_encoder_inputs
@@ -28,7 +29,7 @@ CLASSIFIER_FILES = ('classifier.json', 'config.json', 'vocab.txt', 'vocab.json',
                     'classifier.params')
 
 
-class BERTClassifier(BackendMixin, nn.HybridBlock):
+class BERTClassifier(Planned, nn.HybridBlock):
     """The book's classifier: the pretrained encoder, its '<cls>' hidden layer
     (the NSP head's first Dense, BERT's pooler), and a new output layer.
 
@@ -36,7 +37,8 @@ class BERTClassifier(BackendMixin, nn.HybridBlock):
     book's single tuple argument `forward((tokens, segments, valid_lens))`
     works too. The MLM head and the NSP output layer are left out, so their
     parameters are not trained (the book's `ignore_stale_grad` remark).
-    Its backend follows its encoder's request.
+    It runs its model's plan (one Execution); `for_inference()` is the
+    classifier predictions run (fused encoder blocks, no dropout).
     """
     def __init__(self, bert, num_outputs=3, labels=None, task=None, max_len=None, **kwargs):
         super().__init__(**kwargs)
@@ -50,11 +52,22 @@ class BERTClassifier(BackendMixin, nn.HybridBlock):
         # what serving needs to answer in words: label names, task, input length
         self.labels = tuple(labels) if labels is not None else tuple(map(str, range(num_outputs)))
         self.task, self.max_len = task, max_len or bert.config.max_len
+        self._bert_prefix = bert.prefix  # its siblings rebuild the model around the encoder
         with self.name_scope():
             self.encoder = bert.encoder
             self.hidden = bert.nsp.mlp[0]
             self.output = nn.Dense(num_outputs, in_units=bert.config.num_hiddens)
-        self._init_backend(source=self.encoder)
+        bert.execution.others.append(self)  # runs the model's plan, graphs dropped with its
+        self._adopt(bert.execution)
+
+    def _sibling_of(self, prefix, params):
+        # a model over the classifier's encoder and pooler (its MLM head and
+        # NSP output are left uninitialized: a classifier never runs them)
+        shared = gluon.ParameterDict(self._bert_prefix)  # its children's names follow its prefix
+        shared.update(params)
+        bert = HybridBERTModel(self.config, prefix=self._bert_prefix, params=shared)
+        return BERTClassifier(bert, len(self.labels), self.labels, self.task, self.max_len,
+                              prefix=prefix, params=params)
 
     def forward(self, tokens, segments=None, valid_lens=None):
         if segments is None and isinstance(tokens, (list, tuple)):
@@ -64,7 +77,7 @@ class BERTClassifier(BackendMixin, nn.HybridBlock):
         tokens, segments, valid_lens = prepare_encoder_inputs(
             self.config, self.encoder.check_inputs, tokens, segments, valid_lens)
         with checked_scope():
-            return run_graph(self, tokens, segments, valid_lens)
+            return super().forward(tokens, segments, valid_lens)
 
     def hybrid_forward(self, F, tokens, segments, valid_lens):
         encoded_X = self.encoder(tokens, segments, valid_lens)

@@ -157,13 +157,26 @@ def _launch(args):
     return 0
 
 
+def _tune(args):
+    """Who multiplies fastest here, in each precision, measured now."""
+    from . import kernels
+    from .kernels import providers
+    reason = kernels.unavailable_reason()
+    if reason:
+        raise ValueError(f'the native kernels cannot run here: {reason}')
+    for precision, chosen in providers.tune().items():
+        print(f"{precision}: {chosen['provider']} ({chosen['why']})")
+    print(f'cached in {kernels.build_dir() / "providers.json"}; models made from now on '
+          'use these (net.plan says which ran)')
+
+
 def _defaults(function):
     """The API's defaults, read by the command's flags: defined once."""
     return {name: p.default for name, p in inspect.signature(function).parameters.items()}
 
 
 def build_parser():
-    from .backend import BACKENDS
+    from .execution import BACKENDS
     from .config import DTYPES, list_configs
     from .data.pairs import TASKS
     from .distributed import KVSTORES
@@ -177,6 +190,10 @@ def build_parser():
     demo = sub.add_parser('demo', help="run the book's BERT cells and print "
                                        'their shapes')
     demo.set_defaults(func=_demo)
+    tune = sub.add_parser('tune', help='measure which library multiplies fastest on this '
+                                       'CPU, float32 and bf16 (done once, at first use, '
+                                       'otherwise)')
+    tune.set_defaults(func=_tune)
 
     pre = sub.add_parser('pretrain', help='pretrain on WikiText-2 (the book\'s '
                                           'defaults: 50 steps, batch 512, max_len 64)')

@@ -15,6 +15,7 @@ from .data.pairs import TASKS, read_pairs
 from .distributed import connect
 from .fileio import atomic_write_json
 from .pretrained import from_pretrained
+from .represent import predicting
 from .training import (BatchStream, TrainLoop, check_run_arguments, parse_contexts,
                        save_loss_plot)
 
@@ -51,12 +52,13 @@ def evaluate_classifier(net, arrays, ctx=None, batch_size=256):
     """Accuracy, and precision/recall/F1 of class 1 (GLUE's MRPC F1)."""
     ctx = ctx or mx.cpu()
     tokens, segments, valid_lens, labels = arrays
+    model = predicting(net)
     predictions = []
     for start in range(0, len(labels), batch_size):
         batch = trim_padding([a[start:start + batch_size]
                               for a in (tokens, segments, valid_lens)])
         batch = [mx.np.array(a, ctx=ctx) for a in batch]
-        predictions.append(net(*batch).argmax(axis=1).asnumpy())
+        predictions.append(model(*batch).argmax(axis=1).asnumpy())
     predicted = onp.concatenate(predictions).astype(int)
     labels = onp.asarray(labels).astype(int)
     tp = int(((predicted == 1) & (labels == 1)).sum())

@@ -11,12 +11,11 @@ Shape checks are free; value checks copy the (small, integer) inputs to the
 host once. Training loops that build batches themselves check them on the
 host and switch the model's checks off (`net.check_inputs = False`).
 """
+import contextlib
 import contextvars
 
 import numpy as onp
 import mxnet as mx
-
-from .backend import scoped
 
 __all__ = ['check_encoder_inputs', 'check_pred_positions', 'check_encoded',
            'check_pretraining_targets', 'is_symbolic', 'checked_scope',
@@ -34,9 +33,14 @@ def is_symbolic(x):
 _inputs_checked = contextvars.ContextVar('bert_gluon_inputs_checked', default=False)
 
 
+@contextlib.contextmanager
 def checked_scope():
     """Blocks called inside take their inputs as checked."""
-    return scoped(_inputs_checked, True)
+    token = _inputs_checked.set(True)
+    try:
+        yield
+    finally:
+        _inputs_checked.reset(token)
 
 
 def inputs_checked():

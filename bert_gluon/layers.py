@@ -11,14 +11,14 @@ import math
 import mxnet as mx
 from mxnet.gluon import nn
 
-from .backend import BackendMixin, dropout_active, graph_kind
+from .execution import Planned
 
 __all__ = ['Dense', 'Dropout', 'LayerNorm', 'MultiHeadSelfAttention', 'AddNorm',
            'PositionWiseFFN', 'EncoderBlock', 'sinusoidal_positions',
            'param_value', 'gather_rows', 'cls_rows', 'cross_entropy']
 
 
-class Dense(BackendMixin, nn.Dense):
+class Dense(Planned, nn.Dense):
     """`nn.Dense` that also knows 'gelu' (the exact, erf form real BERT uses).
 
     Same parameters as `nn.Dense`, so it can stand where the book has one.
@@ -36,15 +36,16 @@ class Dense(BackendMixin, nn.Dense):
         self._vocabulary = vocabulary and self.bias is not None
 
     def hybrid_forward(self, F, x, weight, bias=None):
-        if self.native and self._flatten is False:
+        plan = self._running()
+        if plan.native and self._flatten is False:
             inputs = [x.as_nd_ndarray(), weight.as_nd_ndarray()]
             if bias is not None:
                 inputs.append(bias.as_nd_ndarray())
             if self._vocabulary:
-                out = F.bert_dense(*inputs, products=self.products)
+                out = F.bert_dense(*inputs, products=plan.products)
             else:
                 out = F.bert_linear(*inputs, use_bias=bias is not None,
-                                    products=self.products)
+                                    products=plan.products)
             out = out.as_np_ndarray()
             if self.act is not None:
                 out = self.act(out)
@@ -53,26 +54,21 @@ class Dense(BackendMixin, nn.Dense):
         return F.npx.leaky_relu(out, act_type='gelu') if self._gelu else out
 
 
-def _dropout_off(F):
-    # in a graph traced for inference, or an eager call without dropout
-    # (a traced graph decides when it runs: MXNet's Dropout op asks then)
-    return graph_kind() == 'infer' or (F is mx.nd and not dropout_active())
-
-
-class Dropout(BackendMixin, nn.Dropout):
-    """`nn.Dropout`; traced into a 'train' graph on the native backend it runs
-    the native kernel (a hashed-counter mask, faster than MXNet's on the CPU:
-    bench/bench_kernels.py); in an 'infer' graph it is gone."""
+class Dropout(Planned, nn.Dropout):
+    """`nn.Dropout`; in a tree whose purpose is 'training', on the native
+    backend, it runs the native kernel (a hashed-counter mask, faster than
+    MXNet's on the CPU: bench/bench_kernels.py); in an 'inference' tree it
+    is gone."""
     def hybrid_forward(self, F, x):
-        if graph_kind() == 'infer':
+        if self.purpose == 'inference':
             return x
-        if (self._rate > 0 and not self._axes and graph_kind() == 'train'
+        if (self._rate > 0 and not self._axes and self.purpose == 'training'
                 and self.native):
             return F.bert_dropout(x.as_nd_ndarray(), p=self._rate)[0].as_np_ndarray()
         return super().hybrid_forward(F, x)
 
 
-class LayerNorm(BackendMixin, nn.LayerNorm):
+class LayerNorm(Planned, nn.LayerNorm):
     """`nn.LayerNorm` over the last axis (same parameters); the native kernel
     on the native backend.
 
@@ -108,7 +104,7 @@ def _merge_heads(F, X, num_heads):
     return F.npx.reshape(X, (-2, -2, -1))
 
 
-class MultiHeadSelfAttention(BackendMixin, nn.HybridBlock):
+class MultiHeadSelfAttention(Planned, nn.HybridBlock):
     """d2l.MultiHeadAttention with queries = keys = values (all BERT needs)."""
     def __init__(self, num_hiddens, num_heads, dropout, use_bias=False,
                  **kwargs):
@@ -127,7 +123,7 @@ class MultiHeadSelfAttention(BackendMixin, nn.HybridBlock):
         if self.native:  # heads read in place: no split/merge transposes
             q, k, v = (W(X).as_nd_ndarray() for W in (self.W_q, self.W_k, self.W_v))
             lens = valid_lens.as_nd_ndarray()
-            if self.dropout._rate == 0 or _dropout_off(F):
+            if self.dropout._rate == 0 or self.dropout_off(F):
                 # one op: the (T, T) probabilities never leave the kernel
                 output = F.bert_attention(q, k, v, lens, num_heads=N, scale=self._scale)
             else:
@@ -157,7 +153,7 @@ class MultiHeadSelfAttention(BackendMixin, nn.HybridBlock):
         return self.W_o(_merge_heads(F, output, N))  # (B, T, H)
 
 
-class AddNorm(BackendMixin, nn.HybridBlock):
+class AddNorm(Planned, nn.HybridBlock):
     """Residual connection followed by layer normalization (d2l.AddNorm)."""
     def __init__(self, dropout, epsilon=1e-5, in_channels=0, **kwargs):
         super().__init__(**kwargs)
@@ -169,7 +165,7 @@ class AddNorm(BackendMixin, nn.HybridBlock):
         return self.ln(self.dropout(Y), X)  # LayerNorm(dropout(Y) + X)
 
 
-class PositionWiseFFN(BackendMixin, nn.HybridBlock):
+class PositionWiseFFN(Planned, nn.HybridBlock):
     """Position-wise feed-forward network (d2l.PositionWiseFFN)."""
     def __init__(self, ffn_num_hiddens, ffn_num_outputs, activation='relu',
                  use_bias=True, **kwargs):
@@ -185,7 +181,7 @@ class PositionWiseFFN(BackendMixin, nn.HybridBlock):
         return self.dense2(self.dense1(X))
 
 
-class EncoderBlock(BackendMixin, nn.HybridBlock):
+class EncoderBlock(Planned, nn.HybridBlock):
     """Transformer encoder block (d2l.EncoderBlock), post-LayerNorm."""
     def __init__(self, num_hiddens, ffn_num_hiddens, num_heads, dropout,
                  use_bias=False, activation='relu', layer_norm_eps=1e-5,
@@ -201,14 +197,14 @@ class EncoderBlock(BackendMixin, nn.HybridBlock):
             self.addnorm2 = AddNorm(dropout, layer_norm_eps, num_hiddens)
 
     def hybrid_forward(self, F, X, valid_lens):
-        if graph_kind() == 'infer' and self.native:
+        if self.purpose == 'inference' and self.native:
             return self._fused(F, X, valid_lens)
         Y = self.addnorm1(X, self.attention(X, valid_lens))
         return self.addnorm2(Y, self.ffn(Y))
 
     def _fused(self, F, X, valid_lens):
-        """The whole block as one native op (no dropout, no backward): for
-        graphs traced with tracing('infer'), whose parameters are symbols."""
+        """The whole block as one native op (no dropout, no backward): what
+        an inference tree (`for_inference()`) runs."""
         att, ffn = self.attention, self.ffn
         params = [att.W_q.weight, att.W_k.weight, att.W_v.weight, att.W_o.weight]
         if self._use_bias:
@@ -220,7 +216,7 @@ class EncoderBlock(BackendMixin, nn.HybridBlock):
             X.as_nd_ndarray(), valid_lens.as_nd_ndarray(), *(param_value(F, p, X) for p in params),
             num_heads=att.num_heads, scale=att._scale, eps=self._eps,
             activation=ffn.activation, use_bias=self._use_bias,
-            products=self.products).as_np_ndarray()
+            products=self._running().products).as_np_ndarray()
 
 
 def sinusoidal_positions(F, X, num_hiddens):

@@ -8,9 +8,10 @@ one-device loss, with shards weighted unevenly. Here every shard returns sums
 and the caller divides by the global counts, so the sum over shards is the
 book's one-device loss exactly.
 """
+from mxnet import autograd
 from mxnet.gluon import nn
 
-from .backend import BackendMixin, dropout_active, tracing
+from .execution import Planned
 from .inputs import (checked_scope, is_symbolic, prepare_encoder_inputs,
                      prepare_pred_positions, prepare_pretraining_targets)
 from .layers import cross_entropy
@@ -18,7 +19,7 @@ from .layers import cross_entropy
 __all__ = ['PretrainingLoss', 'PretrainingObjective']
 
 
-class PretrainingLoss(BackendMixin, nn.HybridBlock):
+class PretrainingLoss(Planned, nn.HybridBlock):
     """Sums of the book's two losses over one shard.
 
     forward(mlm_Y_hat (B, P, V), nsp_Y_hat (B, 2), mlm_Y (B, P),
@@ -31,7 +32,7 @@ class PretrainingLoss(BackendMixin, nn.HybridBlock):
     """
     def __init__(self, backend=None, **kwargs):
         super().__init__(**kwargs)
-        self._init_backend(backend)
+        self.set_execution(backend)
 
     def hybrid_forward(self, F, mlm_Y_hat, nsp_Y_hat, mlm_Y, mlm_weights,
                        nsp_y):
@@ -44,23 +45,29 @@ class PretrainingLoss(BackendMixin, nn.HybridBlock):
         return F.np.sum(mlm_l), F.np.sum(cross_entropy(F, nsp_Y_hat, nsp_y))
 
 
-class PretrainingObjective(BackendMixin, nn.HybridBlock):
+class PretrainingObjective(Planned, nn.HybridBlock):
     """A `HybridBERTModel` and the book's pretraining loss as one graph: what a
     training step runs (the loss inside the hybridized graph).
 
     forward(tokens, segments, valid_lens, pred_positions, mlm_weights, mlm_Y,
             nsp_y) -> (mlm_l_sum (), nsp_l_sum ()), the sums PretrainingLoss
-    returns for net(tokens, segments, valid_lens, pred_positions). The
-    parameters are `net`'s own, so saving `net` saves the trained model.
-    Its graph is for training steps: dropout is always on in it (natively on
-    the native backend); called outside autograd's train mode it runs `net`
-    and PretrainingLoss instead, dropout off. Its backend is `net`'s request.
+    returns for net(tokens, segments, valid_lens, pred_positions). Its
+    model is `net.sibling('training')`: `net`'s own parameters, so saving
+    `net` saves the trained model. Its graph is for training steps: dropout
+    is always on in it (natively on the native backend); called outside
+    autograd's train mode it runs `net` and PretrainingLoss instead, dropout
+    off. Its plan follows `net`'s request.
     """
     def __init__(self, net, **kwargs):
         super().__init__(prefix=net.prefix + 'objective_', **kwargs)
-        self.net = net
+        self.model = net.sibling('training')
         self._predict_loss = PretrainingLoss()
-        self._init_backend(source=net)
+        self.set_execution(purpose='training', follows=net.execution)
+
+    @property
+    def net(self):
+        """The model this objective trains (whose request its plan follows)."""
+        return self.execution.follows.root
 
     def forward(self, tokens, segments, valid_lens, pred_positions, mlm_weights,
                 mlm_Y, nsp_y):
@@ -73,9 +80,8 @@ class PretrainingObjective(BackendMixin, nn.HybridBlock):
         pred_positions = prepare_pred_positions(pred_positions, tokens, check)
         mlm_weights, mlm_Y, nsp_y = prepare_pretraining_targets(
             config, check, pred_positions, mlm_weights, mlm_Y, nsp_y)
-        self._sync_backend()
         with checked_scope():
-            if not dropout_active():
+            if not autograd.is_training():
                 _, mlm_Y_hat, nsp_Y_hat = self.net(tokens, segments, valid_lens,
                                                    pred_positions)
                 return self._predict_loss(mlm_Y_hat, nsp_Y_hat, mlm_Y, mlm_weights,
@@ -85,9 +91,8 @@ class PretrainingObjective(BackendMixin, nn.HybridBlock):
 
     def hybrid_forward(self, F, tokens, segments, valid_lens, pred_positions,
                        mlm_weights, mlm_Y, nsp_y):
-        net = self.net
-        with tracing('train'):
-            encoded_X = net.encoder(tokens, segments, valid_lens)
-            mlm_l = net.mlm.weighted_loss(F, encoded_X, pred_positions, mlm_Y, mlm_weights)
-            nsp_l = cross_entropy(F, net.nsp(encoded_X), nsp_y)
+        model = self.model
+        encoded_X = model.encoder(tokens, segments, valid_lens)
+        mlm_l = model.mlm.weighted_loss(F, encoded_X, pred_positions, mlm_Y, mlm_weights)
+        nsp_l = cross_entropy(F, model.nsp(encoded_X), nsp_y)
         return F.np.sum(mlm_l), F.np.sum(nsp_l)

@@ -9,7 +9,7 @@ LayerNorm) under the names d2l's pretrained checkpoints use.
 import mxnet as mx
 from mxnet.gluon import nn
 
-from .backend import BackendMixin, run_graph
+from .execution import Planned
 from .config import BERTConfig
 from .inputs import (check_encoded, check_pred_positions, checked_scope, inputs_checked,
                      is_symbolic, prepare_encoder_inputs, prepare_pred_positions)
@@ -20,13 +20,14 @@ __all__ = ['HybridBERTEncoder', 'HybridMaskLM', 'HybridNextSentencePred',
            'HybridBERTModel']
 
 
-class HybridBERTEncoder(BackendMixin, nn.HybridBlock):
+class HybridBERTEncoder(Planned, nn.HybridBlock):
     """BERT encoder (book.BERTEncoder's parameters, plus real-BERT options).
 
-    backend: 'auto' (None), 'native' or 'mxnet' (bert_gluon/backend.py).
+    backend: 'auto' (None), 'native' or 'mxnet' (bert_gluon/execution.py).
     forward(tokens, segments, valid_lens=None):
       tokens, segments: (B, T) ids; valid_lens: None or (B,).
       Returns encoded_X: (B, T, H).
+    `for_inference()`: the same encoder for predictions (fused, no dropout).
     """
     check_inputs = True  # set False when batches are checked upstream
 
@@ -51,7 +52,12 @@ class HybridBERTEncoder(BackendMixin, nn.HybridBlock):
                     H, config.ffn_num_hiddens, config.num_heads,
                     config.dropout, config.use_bias, config.activation,
                     config.layer_norm_eps))
-        self._init_backend(backend, precision=config.dtype)
+        self.set_execution(backend, precision=config.dtype)
+
+    def _sibling_of(self, prefix, params):
+        sibling = HybridBERTEncoder(self.config, prefix=prefix, params=params)
+        sibling.check_inputs = self.check_inputs
+        return sibling
 
     def forward(self, tokens, segments, valid_lens=None):
         if is_symbolic(tokens):
@@ -59,7 +65,7 @@ class HybridBERTEncoder(BackendMixin, nn.HybridBlock):
         tokens, segments, valid_lens = prepare_encoder_inputs(
             self.config, self.check_inputs, tokens, segments, valid_lens)
         with checked_scope():
-            return run_graph(self, tokens, segments, valid_lens)
+            return super().forward(tokens, segments, valid_lens)
 
     def _embed(self, F, tokens, segments, pos_embedding):
         # Shape of X: (batch size, max sequence length, num_hiddens)
@@ -92,7 +98,7 @@ class HybridBERTEncoder(BackendMixin, nn.HybridBlock):
         each (B, T, H), as Hugging Face's `output_hidden_states`."""
         tokens, segments, valid_lens = prepare_encoder_inputs(
             self.config, self.check_inputs, tokens, segments, valid_lens)
-        self._sync_backend()
+        self.execution.sync()
         pos = (self.pos_embedding.data(tokens.ctx)
                if self.config.position_embedding == 'learned' else None)
         states = [self._embed(mx.nd, tokens,
@@ -102,7 +108,7 @@ class HybridBERTEncoder(BackendMixin, nn.HybridBlock):
         return states
 
 
-class HybridMaskLM(BackendMixin, nn.HybridBlock):
+class HybridMaskLM(Planned, nn.HybridBlock):
     """The masked language model head (book.MaskLM's parameters).
 
     forward(X, pred_positions): X (B, T, H), pred_positions (B, P)
@@ -148,18 +154,19 @@ class HybridMaskLM(BackendMixin, nn.HybridBlock):
         vocabulary (same numbers: the book multiplies the others by 0)."""
         hidden = self.decoder_inputs(F, X, pred_positions)  # (B, P, H)
         decoder = self.mlp[len(self.mlp) - 1]
-        if not self.native:
+        plan = self._running()
+        if not plan.native:
             return cross_entropy(F, decoder(hidden), mlm_Y) * mlm_weights
         weights = mlm_weights.as_nd_ndarray()
         logits = F.bert_dense(  # (B, P, V), weighted rows packed on top
             hidden.as_nd_ndarray(), param_value(F, decoder.weight, hidden),
             param_value(F, decoder.bias, hidden), weights, packed=True,
-            products=self.products)
+            products=plan.products)
         return F.bert_softmax_ce(logits, mlm_Y.as_nd_ndarray(), weights,
                                  packed=True)[0].as_np_ndarray()
 
 
-class HybridNextSentencePred(BackendMixin, nn.HybridBlock):
+class HybridNextSentencePred(Planned, nn.HybridBlock):
     """The next sentence prediction head (book.NextSentencePred's parameters).
 
     Its hidden layer is BERT's pooler. forward(X): X (B, T, H) -> (B, 2).
@@ -183,15 +190,17 @@ class HybridNextSentencePred(BackendMixin, nn.HybridBlock):
         return self.mlp(cls_rows(F, X))
 
 
-class HybridBERTModel(BackendMixin, nn.HybridBlock):
+class HybridBERTModel(Planned, nn.HybridBlock):
     """The BERT model: encoder, MLM head, NSP head (book.BERTModel's tree).
 
-    backend: 'auto' (None), 'native' or 'mxnet' (bert_gluon/backend.py);
-    `net.backend` is the one that runs.
+    backend: 'auto' (None), 'native' or 'mxnet'; `net.plan` says how it
+    runs (bert_gluon/execution.py).
     forward(tokens, segments, valid_lens=None, pred_positions=None)
       -> (encoded_X (B, T, H), mlm_Y_hat (B, P, V) or None, nsp_Y_hat (B, 2)).
     With pred_positions the whole model runs as one graph when hybridized;
     without, the encoder and NSP graphs run.
+    `for_inference()`: the same model for predictions (fused encoder
+    blocks, no dropout, never recorded), sharing these parameters.
     """
     def __init__(self, config, backend=None, **kwargs):
         super().__init__(**kwargs)
@@ -203,7 +212,12 @@ class HybridBERTModel(BackendMixin, nn.HybridBlock):
             self.encoder = HybridBERTEncoder(config)
             self.nsp = HybridNextSentencePred(config)
             self.mlm = HybridMaskLM(config)
-        self._init_backend(backend, precision=config.dtype)
+        self.set_execution(backend, precision=config.dtype)
+
+    def _sibling_of(self, prefix, params):
+        sibling = HybridBERTModel(self.config, prefix=prefix, params=params)
+        sibling.check_inputs = self.check_inputs
+        return sibling
 
     @classmethod
     def from_config(cls, config, backend=None, **changes):
@@ -231,7 +245,7 @@ class HybridBERTModel(BackendMixin, nn.HybridBlock):
             if pred_positions is None:
                 encoded_X = self.encoder(tokens, segments, valid_lens)
                 return encoded_X, None, self.nsp(encoded_X)
-            return run_graph(self, tokens, segments, valid_lens, pred_positions)
+            return super().forward(tokens, segments, valid_lens, pred_positions)
 
     def hybrid_forward(self, F, tokens, segments, valid_lens, pred_positions):
         encoded_X = self.encoder(tokens, segments, valid_lens)

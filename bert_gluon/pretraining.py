@@ -19,6 +19,7 @@ from .fileio import atomic_write_json
 from .loss import PretrainingLoss, PretrainingObjective
 from .model import HybridBERTModel
 from .pretrained import PRETRAINED_FILES, save_pretrained
+from .represent import predicting
 from .training import (BatchStream, TrainLoop, check_run_arguments, parse_contexts,
                        save_loss_plot)
 
@@ -69,12 +70,13 @@ def evaluate_pretraining(net, dataset, ctx=None, batch_size=512):
     """Held-out MLM loss and accuracy (over real slots) and NSP accuracy."""
     ctx = ctx or mx.cpu()
     loss = PretrainingLoss(backend=net.backend_request)
+    model = predicting(net)
     arrays = dataset.arrays()
     sums = []  # per batch, on the device: one host sync at the end
     for start in range(0, len(dataset), batch_size):
         batch = [mx.np.array(a[start:start + batch_size], ctx=ctx) for a in arrays]
         tokens, segments, valid_lens, positions, weights, mlm_Y, nsp_y = batch
-        _, mlm_Y_hat, nsp_Y_hat = net(tokens, segments, valid_lens, positions)
+        _, mlm_Y_hat, nsp_Y_hat = model(tokens, segments, valid_lens, positions)
         mlm_l, _ = loss(mlm_Y_hat, nsp_Y_hat, mlm_Y, weights, nsp_y)
         hits = (mlm_Y_hat.argmax(axis=-1) == mlm_Y.astype('int64')) * weights
         nsp_hits = (nsp_Y_hat.argmax(axis=-1) == nsp_y.astype('int64')).sum()
@@ -103,7 +105,7 @@ def pretrain(num_steps=50, batch_size=512, max_len=64, lr=0.01,
     overwrite: replace a previous run's outputs in out_dir (without it, a
       fresh run refuses a used folder).
     dynamic_masking: draw fresh MLM masks every epoch (the book masks once).
-    backend: 'auto' (None), 'native' or 'mxnet' (bert_gluon/backend.py).
+    backend: 'auto' (None), 'native' or 'mxnet' (bert_gluon/execution.py).
     dtype: the products' precision, 'float32' or 'bfloat16' (default: the
       config's); parameters and optimizer states stay float32.
     kvstore: 'device' / 'local' (this process's contexts), 'dist_sync' or
@@ -161,7 +163,7 @@ def pretrain(num_steps=50, batch_size=512, max_len=64, lr=0.01,
                    'final_nsp_loss': history['nsp'][-1],
                    'pairs_per_sec': pairs_per_sec, 'batch_size': batch_size,
                    'max_len': max_len, 'lr': lr, 'seed': seed,
-                   'dynamic_masking': dynamic_masking, 'backend': net.backend,
+                   'dynamic_masking': dynamic_masking, 'plan': net.plan.to_dict(),
                    'contexts': [str(c) for c in ctx_list], 'kvstore': kvstore,
                    'workers': cluster.num_workers}
         if not folder.writer:  # the chief evaluates and writes the outputs

@@ -4,7 +4,7 @@ import mxnet as mx
 import numpy as onp
 
 __all__ = ['get_bert_encoding', 'encode_batch', 'mean_pool', 'as_pairs', 'read_texts',
-           'POOLINGS']
+           'predicting', 'POOLINGS']
 
 # Sentence embeddings: 'mean' over valid tokens (sentence-transformers' own,
 # the default everywhere) or the encoded '<cls>' token
@@ -64,6 +64,12 @@ def _ctx_of(net):
     return next(iter(net.collect_params().values())).list_ctx()[0]
 
 
+def predicting(net):
+    """The block that predicts for `net`: a twin model's `for_inference()`
+    sibling (fused, no dropout), or `net` itself (the book's blocks)."""
+    return net.for_inference() if hasattr(net, 'for_inference') else net
+
+
 def get_bert_encoding(net, tokens_a, tokens_b=None, vocab=None):
     """The book's function: token lists in, encoded_X (1, T, H) out, with
     T = len(tokens_a) + 2 (+ len(tokens_b) + 1). The book reads `vocab` and
@@ -82,7 +88,7 @@ def get_bert_encoding(net, tokens_a, tokens_b=None, vocab=None):
     token_ids = mx.np.expand_dims(mx.np.array(vocab[tokens], ctx=ctx, dtype='int32'), axis=0)
     segments = mx.np.expand_dims(mx.np.array(segments, ctx=ctx, dtype='int32'), axis=0)
     valid_len = mx.np.array([len(tokens)], ctx=ctx, dtype='float32')
-    encoded_X, _, _ = net(token_ids, segments, valid_len)
+    encoded_X, _, _ = predicting(net)(token_ids, segments, valid_len)
     return encoded_X
 
 
@@ -110,12 +116,13 @@ def encode_batch(net, texts, tokenizer, max_len=128, batch_size=64,
     pairs = as_pairs(texts)
     arrays = tokenizer.encode_pairs(pairs, max_len)
     ctx = _ctx_of(net)
+    model = predicting(net)
     out = []
     for start in range(0, len(pairs), batch_size):
         tokens, segments, lens = (mx.np.array(a[start:start + batch_size], ctx=ctx)
                                   for a in arrays)
-        encoded_X = net.encoder(tokens, segments, lens) if hasattr(net, 'encoder') \
-            else net(tokens, segments, lens)
+        encoded_X = model.encoder(tokens, segments, lens) if hasattr(model, 'encoder') \
+            else model(tokens, segments, lens)
         if pooling == 'cls':
             out.append(encoded_X[:, 0, :].asnumpy())
         elif pooling == 'mean':

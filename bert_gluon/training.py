@@ -10,6 +10,7 @@ that never stopped.
 """
 import math
 import time
+import warnings
 
 import numpy as onp
 import mxnet as mx
@@ -144,9 +145,26 @@ class TrainLoop:
         self.resumed_from = None
 
     def state(self):
+        plan = getattr(self.net, 'plan', None)
         return {'stream': self.stream.state(), 'history': self.history,
                 'train_seconds': self.train_seconds, 'examples': self.examples,
-                'run': self.run_args, 'extra': self.extra}
+                'run': self.run_args, 'extra': self.extra,
+                'plan': plan.to_dict() if plan else None}
+
+    def _check_same_plan(self, saved):
+        """A resume is exact only where the products run as they did: say
+        so when the checkpoint's plan (implementation, precision, provider)
+        is not this process's."""
+        plan = getattr(self.net, 'plan', None)
+        if not saved or plan is None:
+            return
+        fields = ('implementation', 'precision', 'provider')
+        then, now = ([str(p.get(f)) for f in fields] for p in (saved, plan.to_dict()))
+        if then != now:
+            warnings.warn(f'resuming a run whose products ran as {"/".join(then)} on '
+                          f'{"/".join(now)}: the steps from here are not bit-for-bit '
+                          'those of an uninterrupted run (BERT_GLUON_FLOAT32_PROVIDER / '
+                          'BERT_GLUON_BF16_PROVIDER choose the provider)')
 
     def save(self):
         """Checkpoint (the chief; other workers hold the same state)."""
@@ -175,6 +193,7 @@ class TrainLoop:
         self.examples = int(state['examples'])
         self.extra = state.get('extra', {})
         self.resumed_from = state['dir']
+        self._check_same_plan(state.get('plan'))
         return True
 
     def _one_step(self, batch):

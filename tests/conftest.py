@@ -59,6 +59,13 @@ def run_script(script, unset=(), timeout=600, **env):
                           text=True, timeout=timeout)
 
 
+def graph_ops(block):
+    """The operators of `block`'s traced graph (it has run hybridized)."""
+    import json
+    _, out = block._cached_graph
+    return {node['op'] for node in json.loads(out.tojson())['nodes']}
+
+
 def params_of(net):
     return {name: p.data().asnumpy()
             for name, p in net._collect_params_with_prefix().items()}

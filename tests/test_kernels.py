@@ -161,7 +161,6 @@ def check_fused_encoder_block(activation, use_bias, batch_size):
     with no valid key; GELU, biases and eps 1e-12 as real BERT."""
     from d2l import mxnet as d2l
     from bert_gluon.layers import EncoderBlock
-    from bert_gluon.backend import InferenceGraph
     assert kernels.has_op('bert_encoder_layer')
     H, F, T = 40, 56, 37
     book = activation == 'relu' and not use_bias
@@ -178,7 +177,9 @@ def check_fused_encoder_block(activation, use_bias, batch_size):
         theirs(X, valid_lens)
         _copy_params(blk, theirs)
         references.append(theirs(X, valid_lens))
-    graph = InferenceGraph(blk)
+    graph = EncoderBlock(H, F, 2, 0.5, use_bias, activation, layer_norm_eps=blk._eps,
+                         prefix=blk.prefix, params=blk.collect_params())  # blk's parameters
+    graph.set_execution('native', purpose='inference')
     graph.hybridize(static_alloc=True, static_shape=True)
     fused = graph(X, valid_lens).asnumpy()
     for reference in references:
@@ -291,17 +292,18 @@ def test_pretraining_objective_with_no_weighted_slot():
 
 
 def test_native_dropout_rate_scale_backward_and_seeding():
-    from bert_gluon.backend import tracing
     from bert_gluon.layers import Dropout
     drop = Dropout(0.3)
-    drop.backend = 'native'
+    drop.set_execution('native', purpose='training')
+    general = Dropout(0.3)
+    general.backend = 'native'
     x = np.ones((1000, 100))
     x.attach_grad()
 
     def run(seed=None):
         if seed is not None:
             mx.random.seed(seed)
-        with tracing('train'), autograd.record():
+        with autograd.record():
             y = drop(x)
         y.backward()
         return y.asnumpy(), x.grad.asnumpy()
@@ -314,8 +316,8 @@ def test_native_dropout_rate_scale_backward_and_seeding():
     assert (run()[0] != y).any()  # the next call draws a new mask
     # Rows and columns are not correlated: each row keeps about 70 of 100
     assert abs(kept.mean(axis=1) - 0.7).max() < 0.2
-    # Outside a 'train' graph it is MXNet's own, mode-aware Dropout
-    onp.testing.assert_array_equal(drop(x).asnumpy(), x.asnumpy())
+    # Outside a training tree it is MXNet's own, mode-aware Dropout
+    onp.testing.assert_array_equal(general(x).asnumpy(), x.asnumpy())
 
 
 def test_objective_dropout_is_on_in_training_and_off_outside():
@@ -441,7 +443,7 @@ def test_bf16_falls_back_to_float32_where_the_cpu_lacks_it(monkeypatch, forced):
             mx.random.seed(1)
             net.initialize()
             outputs.append(net(*batch))
-            assert net.backend == 'native' and not net.bf16
+            assert net.backend == 'native' and net.plan.precision == 'float32'
     assert len([w for w in said if 'bfloat16' in str(w.message)]) == 1  # once
     for a, b in zip(outputs[0], outputs[2]):
         onp.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
@@ -461,15 +463,31 @@ def test_bf16_falls_back_to_float32_where_the_cpu_lacks_it(monkeypatch, forced):
         net(*batch)
     with pytest.raises(ValueError, match="dtype='bfloat16' cannot run here: it runs on the "
                                          "'native' backend"):
-        bg.backend.resolve_backend('mxnet', [mx.cpu()], precision='bfloat16')
+        bg.execution.resolve_implementation('mxnet', [mx.cpu()], precision='bfloat16')
 
 
 def test_an_unknown_products_attribute_is_refused():
     x, w = mx.nd.ones((2, 4)), mx.nd.ones((3, 4))
-    with pytest.raises(mx.base.MXNetError, match="bert_linear: products must be '', "
-                                                 "'onednn', 'mkl-bf16' or 'onednn-bf16', "
-                                                 "got 'bf16'"):
+    known = ', '.join(f"'{name}'" for name in kernels.PRODUCTS)  # the C++ table's, in order
+    with pytest.raises(mx.base.MXNetError, match=re.escape(
+            f"bert_linear: products must be one of {known}, got 'bf16'")):
         mx.nd.bert_linear(x, w, use_bias=False, products='bf16').wait_to_read()
+
+
+def test_the_products_table_is_one(monkeypatch):
+    """kernels.PRODUCTS is the vocabulary: the providers' choices and their
+    variables derive from it, and the library's own table (common.h) is
+    checked against it when it loads: a disagreement is reported, not run."""
+    import ctypes
+    from bert_gluon.kernels import providers
+    assert providers.CHOICES['float32'] == kernels.FLOAT32_PROVIDERS
+    assert set(providers.CHOICES['bfloat16']) == set(kernels.BF16_PROVIDERS) | {'float32'}
+    for attribute, (precision, provider) in kernels.PRODUCTS.items():
+        assert kernels.products_attribute(precision, provider) == attribute
+    library = ctypes.CDLL(str(kernels.library_path()))
+    assert kernels._products_mismatch(library) is None
+    monkeypatch.setitem(kernels.PRODUCTS, 'amx-int8', ('int8', 'onednn'))
+    assert "'amx-int8': 'int8'" in kernels._products_mismatch(library)
 
 
 @pytest.mark.parametrize('precision', ['float32', 'bfloat16'])
@@ -521,6 +539,62 @@ def test_measuring_draws_nothing_from_mxnets_generator():
     onp.testing.assert_array_equal(mx.nd.random.uniform(shape=(8,)).asnumpy(), expected)
 
 
+@pytest.mark.parametrize('content', ['[1, 2]', 'null', 'truncated {',
+                                     'nonsense provider'])
+@pytest.mark.skipif(kernels.float32_unavailable_reason('onednn') is not None,
+                    reason="no float32 challenger (oneDNN) to measure here")
+def test_a_broken_providers_file_is_named_and_measured_again(content, monkeypatch, forced,
+                                                             tmp_path, capfd):
+    """providers.json of another shape, or with an entry that names no
+    provider, never breaks a model: it is named in a warning (a missing
+    file is not), measured again (saying so on stderr) and rewritten whole."""
+    import json
+    from bert_gluon.kernels import providers
+    monkeypatch.setattr(providers, 'build_dir', lambda: tmp_path)
+    forced('float32', 'auto')
+    monkeypatch.setattr(providers, 'measure_speedups', lambda p, name, base: [2.0] * 3)
+    path = tmp_path / 'providers.json'
+    key = f"float32 against blas\n{providers._key()}"
+    path.write_text(json.dumps({key: {'provider': 'nonsense', 'why': 'x'}})
+                    if content == 'nonsense provider' else content)
+    with pytest.warns(UserWarning, match=re.escape(str(path))):
+        net = bg.HybridBERTModel(TINY, backend='native')
+        net.initialize()
+        net(*make_batch())
+    assert net.plan.provider == 'onednn' and 'measured here' in net.plan.why
+    assert 'timing who multiplies float32 fastest' in capfd.readouterr().err
+    assert json.loads(path.read_text())[key]['provider'] == 'onednn'
+    providers.forget()
+    assert providers.provider('float32') == 'onednn'  # read back, nothing said
+
+
+def test_tune_measures_again_and_says_what_it_chose(monkeypatch, tmp_path, forced):
+    from bert_gluon import cli
+    from bert_gluon.kernels import providers
+    monkeypatch.setattr(providers, 'build_dir', lambda: tmp_path)
+    forced('float32', 'auto')
+    forced('bfloat16', 'auto')
+    calls = []
+    monkeypatch.setattr(providers, 'measure_speedups',
+                        lambda p, name, base: calls.append((p, name)) or [0.5] * 3)
+    for _ in range(2):  # each time measured anew, not read from the file
+        out = subprocess_free_main(cli, ['tune'])
+        assert re.search(r'^float32: blas \(', out, re.M), out
+        assert re.search(r'^bfloat16: float32 \(', out, re.M), out
+    runnable = [p for p in kernels.FLOAT32_PROVIDERS[1:]
+                if not kernels.float32_unavailable_reason(p)]
+    assert [c for c in calls if c[0] == 'float32'] == [('float32', p) for p in runnable] * 2
+
+
+def subprocess_free_main(cli, argv):
+    import contextlib
+    import io
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        cli.main(argv)
+    return out.getvalue()
+
+
 ISA_CAP_SCRIPT = """
 import warnings
 import bert_gluon as bg
@@ -534,7 +608,7 @@ with warnings.catch_warnings(record=True) as said:
     warnings.simplefilter('always')
     net = bg.HybridBERTModel(bg.get_config('book.demo', dtype='bfloat16'), backend='native')
     net.initialize()
-    print('bf16', net.backend, repr(net.bf16), len(said))
+    print('bf16', net.backend, repr(net.plan.products), len(said))
 """
 
 
@@ -581,14 +655,15 @@ def check_model(config, precision, batch_size=4):
         net.initialize(mx.init.Normal(0.1))
         net.hybridize(static_alloc=True, static_shape=True)
         batch = make_batch(base, batch_size=batch_size, seq_len=16, seed=3)
-        inference = net(*batch)  # unrecorded: the fused blocks on the native backend
+        inference = net.for_inference(static_shape=True)(*batch)  # fused blocks on 'native'
         with autograd.record():
             recorded = net(*batch)
             loss = (recorded[1] ** 2).mean() + recorded[2].sum()
         loss.backward()
         grads = {k: p.grad().asnumpy() for k, p in net._collect_params_with_prefix().items()}
         outputs[backend] = (inference, recorded, grads)
-        assert bool(net.bf16) == (backend == 'native' and precision == 'bfloat16')
+        assert (net.plan.precision == 'bfloat16') == (backend == 'native'
+                                                      and precision == 'bfloat16')
     (inf_e, rec_e, g_e), (inf_a, rec_a, g_a) = outputs['mxnet'], outputs['native']
     atol = tolerance(precision)
     for a, e in zip(inf_a + rec_a, inf_e + rec_e):
@@ -674,7 +749,7 @@ print('same')
     assert 'float32 oneDNN is off (BERT_GLUON_ONEDNN=0)' in out.stdout, out.stdout
     assert re.search(r'chosen blas (mkl|float32)\n', out.stdout), out.stdout
     forced = run_script("from bert_gluon.kernels import providers\n"
-                        "providers.products('float32')",
+                        "providers.plan_products('float32')",
                         BERT_GLUON_ONEDNN='0', BERT_GLUON_FLOAT32_PROVIDER='onednn')
     assert forced.returncode != 0
     assert 'BERT_GLUON_FLOAT32_PROVIDER=onednn cannot run here: oneDNN is off' in forced.stderr
@@ -691,9 +766,8 @@ from bert_gluon import kernels
 from conftest import TINY, make_batch
 net = bg.HybridBERTModel(TINY, backend='native')
 net.initialize()
-net.hybridize(static_alloc=True, static_shape=True)
 before = kernels.layer_step_seconds()
-net.encoder(*make_batch()[:3]).wait_to_read()
+net.for_inference().encoder(*make_batch()[:3]).wait_to_read()
 after = kernels.layer_step_seconds()
 print(sorted(after) == sorted(kernels.LAYER_STEPS), all(after[k] > before[k] for k in after))
 """
@@ -725,3 +799,48 @@ print('same')
 """
     out = run_script(script, BERT_GLUON_BLAS='openblas')
     assert out.returncode == 0 and 'same' in out.stdout, out.stderr[-2000:]
+
+
+MEMORY_SCRIPT = """
+import resource, sys, time
+import mxnet as mx, numpy as onp
+import bert_gluon as bg
+from bert_gluon import kernels
+config = bg.get_config('all-MiniLM-L6-v2', vocab_size=64, num_hiddens=32, ffn_num_hiddens=64,
+                       num_heads=2, num_layers=2, max_len=512, dtype={precision!r})
+net = bg.HybridBERTModel(config, backend='native')
+net.initialize(mx.init.Normal(0.1))
+model = net.for_inference()  # static_shape=False: one graph for every length
+rng = onp.random.RandomState(0)
+
+def rss_mb():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * 4096 / 2 ** 20
+
+def request(length):
+    tokens = mx.np.array(rng.randint(0, 64, (1, length)), dtype='int32')
+    model.encoder(tokens, mx.np.zeros_like(tokens)).wait_to_read()
+
+for length in range(1, 513):  # warm-up: every length once
+    request(length)
+warm, most = rss_mb(), 0
+for i in range({requests}):
+    request(int(rng.randint(1, 513)))
+    most = max(most, kernels.onednn_primitives())
+print('rss', warm, rss_mb(), 'primitives', most)
+"""
+
+
+@pytest.mark.skipif(kernels.float32_unavailable_reason('onednn') is not None,
+                    reason=f"oneDNN's products: {kernels.float32_unavailable_reason('onednn')}")
+def test_requests_of_every_length_keep_memory_flat():
+    """10,000 single requests of random lengths 1-512 after a warm-up over
+    every length: the oneDNN primitives stay bounded (the least recently
+    used freed) and the process's resident memory does not grow."""
+    out = run_script(MEMORY_SCRIPT.format(precision='float32', requests=10000),
+                     BERT_GLUON_FLOAT32_PROVIDER='onednn', timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    warm, after, most = map(float, re.search(r'rss ([0-9.]+) ([0-9.]+) primitives (\d+)',
+                                             out.stdout).groups())
+    assert 0 < most <= 512, out.stdout
+    assert after - warm < 0.05 * warm + 20, out.stdout  # MB: flat, not growing per request

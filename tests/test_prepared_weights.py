@@ -38,7 +38,7 @@ def batch_on(ctx=mx.cpu()):
 
 
 def answer(net, batch):
-    return [o.asnumpy() for o in net(*batch)]
+    return [o.asnumpy() for o in net.for_inference(static_shape=True)(*batch)]
 
 
 def expected(net, batch, tmp_path):
@@ -69,7 +69,7 @@ def counts():
 def test_a_stream_of_requests_prepares_nothing(precision, provider):
     net, batch = served(precision), batch_on()
     answer(net, batch)
-    assert net.products == kernels.products_attribute(precision, provider)
+    assert net.plan.products == kernels.products_attribute(precision, provider)
     made, reused = counts()
     for _ in range(3):
         answer(net, batch)
@@ -132,3 +132,4 @@ def test_cast(precision, tmp_path):
         param.set_data(-param.data())
     net.cast('float32')
     check_fresh(net, batch, before, tmp_path, precision)
+

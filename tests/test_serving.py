@@ -44,7 +44,9 @@ def _same_answers(ours, theirs, atol):
     for a, b in zip(ours, theirs):
         assert set(a) == set(b)
         for key in a:
-            if key in ('labels', 'label_names'):
+            if key == 'model':  # who answered: differs between engines
+                assert set(a[key]) == {'engine', 'precision', 'plan'}
+            elif key in ('labels', 'label_names'):
                 assert a[key] == b[key]
             else:
                 assert_close(onp.array(a[key]), onp.array(b[key]), atol=atol, rtol=0,
@@ -301,9 +303,10 @@ def test_every_engine_answers_the_same_requests_with_the_same_numbers(
     the answers of onnxruntime and OpenVINO equal MXNet's (float32 to 1e-5,
     bf16 within the bf16 tolerance)."""
     from conftest import tolerance
-    from bert_gluon.backend import resolve_backend
+    from bert_gluon.execution import resolve_implementation
     atol = tolerance(precision)
-    if (engine, precision) == ('mxnet', 'bfloat16') and resolve_backend(None, [mx.cpu()]) != 'native':
+    if (engine, precision) == ('mxnet', 'bfloat16') and \
+            resolve_implementation(None, [mx.cpu()]) != 'native':
         # MXNet's operators (BERT_GLUON_NATIVE=0, a GPU) have no bf16 products: refused
         with pytest.raises(ValueError, match="dtype='bfloat16' cannot run here"):
             _answers(tiny_pretrained, engine, precision)

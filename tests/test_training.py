@@ -235,3 +235,36 @@ def test_a_diverging_run_stops_with_an_error(tmp_path):
     assert not (tmp_path / 'pretrained.params').exists()
     with pytest.raises(ValueError, match='lr must be a finite number'):
         _tiny_pretrain(tmp_path / 'b', lr=float('inf'))
+
+
+def test_the_plan_that_ran_is_recorded_and_a_different_one_said_on_resume(tmp_path, monkeypatch):
+    """metrics.json and every checkpoint's state record the execution plan
+    the training graph ran (implementation, precision, provider); resuming
+    where the products would run otherwise says so."""
+    from bert_gluon import pretraining
+    objectives = []
+    original = pretraining.PretrainingObjective
+
+    def recording(net):
+        objectives.append(original(net))
+        return objectives[-1]
+    monkeypatch.setattr(pretraining, 'PretrainingObjective', recording)
+    result = _tiny_pretrain(tmp_path, num_steps=2)
+    ran = objectives[-1].plan  # the training graph's own plan
+    assert ran.purpose == 'training'
+    fields = ('implementation', 'precision', 'provider')
+    recorded = [result['metrics']['plan']]
+    recorded += [json.loads(p.read_text())['plan']
+                 for p in (tmp_path / 'checkpoints').glob('step-*/state.json')]
+    assert len(recorded) >= 2
+    for plan in recorded:
+        assert [plan[f] for f in fields] == [getattr(ran, f) for f in fields], plan
+    verified = Checkpointer._verified_state
+
+    def made_elsewhere(folder):  # as if another library had multiplied
+        state = verified(folder)
+        return dict(state, plan=dict(state['plan'], provider='another-library'))
+    monkeypatch.setattr(Checkpointer, '_verified_state', staticmethod(made_elsewhere))
+    with pytest.warns(UserWarning, match=r'resuming a run whose products ran as '
+                                         r'.*another-library'):
+        _tiny_pretrain(tmp_path, num_steps=3, resume=True)

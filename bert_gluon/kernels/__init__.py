@@ -34,7 +34,7 @@ between CPU kinds builds one library per kind. A file lock serializes
 builds between processes, a timeout bounds them, and each library is
 checked against the SHA-1 recorded beside it before it is loaded (a
 truncated file would otherwise take the process down). Which ops run is the
-model's backend (bert_gluon/backend.py); where the kernels cannot be built,
+model's plan (bert_gluon/execution.py); where the kernels cannot be built,
 `unavailable_reason()` says why and 'auto' models run MXNet's operators.
 """
 import ctypes
@@ -56,9 +56,9 @@ from ..data.files import sha1_of
 from ..fileio import atomic_write, atomic_write_bytes
 
 __all__ = ['has_op', 'native_available', 'unavailable_reason', 'library_path',
-           'blas_provider', 'FLOAT32_PROVIDERS', 'BF16_PROVIDERS', 'float32_unavailable_reason',
+           'blas_provider', 'PRODUCTS', 'FLOAT32_PROVIDERS', 'BF16_PROVIDERS', 'float32_unavailable_reason',
            'bf16_unavailable_reason', 'products_attribute',
-           'prepared_weight_counts', 'LAYER_STEPS', 'layer_step_seconds', 'cpu_flags',
+           'prepared_weight_counts', 'onednn_primitives', 'LAYER_STEPS', 'layer_step_seconds', 'cpu_flags',
            'cpu_identity', 'build_dir']
 
 _SOURCES = [Path(__file__).with_name(name)
@@ -232,6 +232,9 @@ def _mkl_library():
 def _load_blas(target):
     """Give the loaded library its matrix products; None or why not."""
     library = ctypes.CDLL(str(target))  # the handle MXNet already loaded
+    mismatch = _products_mismatch(library)
+    if mismatch:
+        return mismatch
     library.bert_gluon_load_blas.restype = ctypes.c_int
     library.bert_gluon_blas_provider.restype = ctypes.c_char_p
     error = ctypes.create_string_buffer(512)
@@ -261,8 +264,16 @@ def cpu_flags():
     return set()
 
 
-FLOAT32_PROVIDERS = ('blas', 'onednn')  # blas: MKL, or else OpenBLAS
-BF16_PROVIDERS = ('onednn', 'mkl')
+# Who multiplies, in what: the native ops' `products` attribute -> (precision,
+# provider). The one table: the providers' choices, their environment
+# variables (providers.py) and the docs derive from it; kernels/common.h's
+# kProducts is checked against it when the library loads.
+PRODUCTS = {'': ('float32', 'blas'),  # MKL's sgemm, or else OpenBLAS's
+            'onednn': ('float32', 'onednn'),
+            'onednn-bf16': ('bfloat16', 'onednn'),
+            'mkl-bf16': ('bfloat16', 'mkl')}
+FLOAT32_PROVIDERS = tuple(p for precision, p in PRODUCTS.values() if precision == 'float32')
+BF16_PROVIDERS = tuple(p for precision, p in PRODUCTS.values() if precision == 'bfloat16')
 
 
 def _onednn_matmul(bf16):
@@ -315,12 +326,24 @@ def bf16_unavailable_reason(provider):
 
 def products_attribute(precision, provider):
     """The native ops' `products` attribute for products of `precision`
-    ('float32' or 'bfloat16') by `provider` (kernels/blas.h)."""
-    if precision == 'float32' and provider in FLOAT32_PROVIDERS:
-        return '' if provider == 'blas' else provider
-    if precision == 'bfloat16' and provider in BF16_PROVIDERS:
-        return f'{provider}-bf16'
+    ('float32' or 'bfloat16') by `provider` (PRODUCTS)."""
+    for attribute, known in PRODUCTS.items():
+        if known == (precision, provider):
+            return attribute
     raise ValueError(f'no {precision} products by {provider!r}')
+
+
+def _products_mismatch(library):
+    """None when the library's table of `products` attributes (common.h)
+    is PRODUCTS, else what differs."""
+    library.bert_gluon_products.restype = ctypes.c_char_p
+    library.bert_gluon_products.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
+    theirs, bf16 = {}, ctypes.c_int()
+    while (name := library.bert_gluon_products(len(theirs), ctypes.byref(bf16))) is not None:
+        theirs[name.decode()] = 'bfloat16' if bf16.value else 'float32'
+    ours = {attribute: precision for attribute, (precision, _) in PRODUCTS.items()}
+    return None if theirs == ours else (f'the kernels know the products {theirs}, '
+                                        f'kernels.PRODUCTS {ours}')
 
 
 def prepared_weight_counts():
@@ -332,6 +355,16 @@ def prepared_weight_counts():
     ctypes.CDLL(str(_state['path'])).bert_gluon_prepared_counts(ctypes.byref(made),
                                                                 ctypes.byref(reused))
     return made.value, reused.value
+
+
+def onednn_primitives():
+    """How many oneDNN matmul primitives the kernels keep now (a bounded,
+    least-recently-used cache); 0 without oneDNN or the kernels."""
+    if not native_available():
+        return 0
+    count = ctypes.CDLL(str(_state['path'])).bert_gluon_onednn_primitives
+    count.restype = ctypes.c_uint64
+    return count()
 
 
 LAYER_STEPS = ('prepare', 'qkv', 'attention', 'wo', 'addnorm1', 'w1', 'activation', 'w2',

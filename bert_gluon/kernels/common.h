@@ -73,14 +73,24 @@ inline bool flag_of(const std::unordered_map<std::string, std::string>& attrs,
   return it != attrs.end() && (it->second == "1" || it->second == "True");
 }
 
-// An op's `products` attribute: who multiplies, in what (blas.h): "" (the
-// loaded BLAS, float32), "onednn", "mkl-bf16" or "onednn-bf16"
+// The `products` attributes: who multiplies, in what (blas.h). The Python
+// side's kernels.PRODUCTS is the same table, checked against this one
+// (bert_gluon_products) when the library loads.
+struct ProductsName {
+  const char* name;
+  blas::Products by;
+};
+constexpr ProductsName kProducts[] = {{"", blas::Products::blas},
+                                      {"onednn", blas::Products::onednn},
+                                      {"onednn-bf16", blas::Products::onednn_bf16},
+                                      {"mkl-bf16", blas::Products::mkl_bf16}};
+
+// An op's `products` attribute as a provider (checked at parse time)
 inline blas::Products products_of(const std::unordered_map<std::string, std::string>& attrs) {
   auto it = attrs.find("products");
   const std::string name = it == attrs.end() ? "" : it->second;
-  if (name == "onednn") return blas::Products::onednn;
-  if (name == "mkl-bf16") return blas::Products::mkl_bf16;
-  if (name == "onednn-bf16") return blas::Products::onednn_bf16;
+  for (const auto& known : kProducts)
+    if (name == known.name) return known.by;
   return blas::Products::blas;
 }
 
@@ -88,11 +98,14 @@ inline blas::Products products_of(const std::unordered_map<std::string, std::str
 inline bool products_known(const std::unordered_map<std::string, std::string>& attrs,
                            const char* op) {
   auto it = attrs.find("products");
-  if (it == attrs.end() || it->second.empty() || it->second == "onednn"
-      || it->second == "mkl-bf16" || it->second == "onednn-bf16")
-    return true;
-  MX_ERROR_MSG << op << ": products must be '', 'onednn', 'mkl-bf16' or 'onednn-bf16', got '"
-               << it->second << "'";
+  if (it == attrs.end()) return true;
+  std::string names;
+  for (const auto& known : kProducts) {
+    if (it->second == known.name) return true;
+    names += std::string(names.empty() ? "'" : ", '") + known.name + "'";
+  }
+  MX_ERROR_MSG << op << ": products must be one of " << names << ", got '" << it->second
+               << "'";
   return false;
 }
 

@@ -7,6 +7,7 @@
 #include <vector>
 #include "mxnet/lib_api.h"
 #include "blas.h"
+#include "common.h"
 #include "onednn.h"
 
 using namespace mxnet::ext;
@@ -103,6 +104,15 @@ extern "C" int bert_gluon_load_blas(const char* mkl, const char* openblas, char*
 }
 
 extern "C" const char* bert_gluon_blas_provider() { return provider_.name; }
+
+// The i-th `products` attribute (common.h) and whether its operands are
+// bf16 (*bf16), or nullptr past the last: what the Python side checks its
+// own table against
+extern "C" const char* bert_gluon_products(int i, int* bf16) {
+  if (i < 0 || i >= static_cast<int>(sizeof(kProducts) / sizeof(kProducts[0]))) return nullptr;
+  *bf16 = blas::bf16_operands(kProducts[i].by);
+  return kProducts[i].name;
+}
 
 namespace blas {
 

@@ -8,8 +8,9 @@
 // kernels/__init__.py); else nothing here runs and the Python side never
 // names it.
 //
-// Primitives are made once per shape and kept (a map; oneDNN's own cache
-// would still rebuild the descriptor on each call). Their scratchpads are the
+// Primitives are made once per shape and kept, the kMaxMatmuls most recently
+// used (oneDNN's own cache would still rebuild the descriptor on each call);
+// an evicted one is freed when the last product running it returns. Their scratchpads are the
 // calling thread's own (scratchpad mode 'user'): the fused block runs one
 // primitive on several threads at once, which the library's shared
 // scratchpad does not allow (it crashed at BERT-base sizes). A packed weight is W in
@@ -17,9 +18,11 @@
 // not depend on the number of rows M (measured), so one packing serves any M.
 #include <cstdio>
 #include <cstring>
-#include <map>
-#include <mutex>
 #include <array>
+#include <list>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <vector>
 #include "blas.h"
 #include "onednn.h"
@@ -110,10 +113,22 @@ dnnl_primitive_t make_matmul(dnnl_memory_desc_t a, const_dnnl_memory_desc_t b,
 struct Matmul {
   dnnl_primitive_t prim = nullptr;
   dnnl_memory_desc_t a = nullptr, b = nullptr, c = nullptr, bias = nullptr, scratchpad = nullptr;
+  Matmul() = default;
+  Matmul(const Matmul&) = delete;
+  Matmul& operator=(const Matmul&) = delete;
+  ~Matmul() {
+    if (prim) dnnl_primitive_destroy(prim);
+    for (auto md : {a, b, c, bias, scratchpad}) if (md) dnnl_memory_desc_destroy(md);
+  }
 };
 
+// A server sees every request length: some thousand shapes of products, each
+// primitive a few kB to a few hundred kB (its JIT code)
+constexpr size_t kMaxMatmuls = 512;
+typedef std::array<int64_t, 11> MatmulKey;
 std::mutex lock_;
-std::map<std::array<int64_t, 11>, Matmul> matmuls_;
+std::list<std::pair<MatmulKey, std::shared_ptr<const Matmul>>> recent_;  // newest first
+std::map<MatmulKey, decltype(recent_)::iterator> matmuls_;
 // packed layout of W (N, K), by (bf16, N, K); nullptr: no oneDNN product for it
 std::map<std::array<int64_t, 3>, dnnl_memory_desc_t> packed_;
 
@@ -161,23 +176,30 @@ bool run(const Matmul& m, const void* A, const void* B, float* C,
   return ok;
 }
 
-// The primitive of a key, made on first use; nullptr prim when it cannot be.
-// A copy: another thread may clear the map meanwhile (what it drops is leaked,
-// never freed under a running product).
-Matmul matmul_for(const std::array<int64_t, 11>& key, dnnl_memory_desc_t a,
-                  dnnl_memory_desc_t b, dnnl_memory_desc_t c, float alpha, float beta,
-                  dnnl_memory_desc_t bias = nullptr) {
+// The primitive of a key (taking the descriptors), made on first use; a null
+// prim when it cannot be. Shared: evicting it while another thread runs it
+// frees it when that thread is done.
+std::shared_ptr<const Matmul> matmul_for(const MatmulKey& key, dnnl_memory_desc_t a,
+                                         dnnl_memory_desc_t b, dnnl_memory_desc_t c,
+                                         float alpha, float beta,
+                                         dnnl_memory_desc_t bias = nullptr) {
   std::lock_guard<std::mutex> hold(lock_);
-  if (matmuls_.size() > 4096) matmuls_.clear();  // bounded: request lengths vary
   auto found = matmuls_.find(key);
   if (found != matmuls_.end()) {
     for (auto md : {a, b, c, bias}) if (md) dnnl_memory_desc_destroy(md);
-    return found->second;
+    recent_.splice(recent_.begin(), recent_, found->second);
+    return found->second->second;
   }
-  Matmul m;
-  m.prim = make_matmul(a, b, c, alpha, beta, nullptr, nullptr, bias, &m.scratchpad);
-  m.a = a, m.b = b, m.c = c, m.bias = bias;
-  return matmuls_[key] = m;
+  auto m = std::make_shared<Matmul>();
+  m->prim = make_matmul(a, b, c, alpha, beta, nullptr, nullptr, bias, &m->scratchpad);
+  m->a = a, m->b = b, m->c = c, m->bias = bias;
+  recent_.emplace_front(key, m);
+  matmuls_[key] = recent_.begin();
+  while (recent_.size() > kMaxMatmuls) {
+    matmuls_.erase(recent_.back().first);
+    recent_.pop_back();
+  }
+  return m;
 }
 
 int32_t bits(float x) {
@@ -219,6 +241,11 @@ void reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, floa
 
 namespace onednn {
 
+size_t cached_primitives() {
+  std::lock_guard<std::mutex> hold(lock_);
+  return recent_.size();
+}
+
 const char* implementation(bool bf16, int64_t M, int64_t N, int64_t K) {
   if (!engine()) return "";
   dnnl_memory_desc_t a = matrix(M, K, K, false, type_of(bf16));
@@ -238,10 +265,10 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
   const bool bf16 = sizeof(T) == 2;
   const std::array<int64_t, 11> key = {bf16, trans_a, trans_b, M, N, K, lda, ldb, ldc,
                                        bits(alpha), bits(beta)};
-  const Matmul m = matmul_for(key, matrix(M, K, lda, trans_a, type_of(bf16)),
-                              matrix(K, N, ldb, trans_b, type_of(bf16)),
-                              matrix(M, N, ldc, false, dnnl_f32), alpha, beta);
-  if (!m.prim || !run(m, A, B, C))
+  const auto m = matmul_for(key, matrix(M, K, lda, trans_a, type_of(bf16)),
+                            matrix(K, N, ldb, trans_b, type_of(bf16)),
+                            matrix(M, N, ldc, false, dnnl_f32), alpha, beta);
+  if (!m->prim || !run(*m, A, B, C))
     reference(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
@@ -308,10 +335,10 @@ void gemm_packed(bool bf16, int64_t M, int64_t N, int64_t K, const void* X, int6
   dnnl_memory_desc_clone(&b, layout);
   const std::array<int64_t, 11> key = {2 + bf16, bias != nullptr, 0, M, N, K, ldx, ldc,
                                        bits(1.f), bits(beta), 0};
-  const Matmul m = matmul_for(key, matrix(M, K, ldx, false, type_of(bf16)), b,
-                              matrix(M, N, ldc, false, dnnl_f32), 1.f, beta,
-                              bias ? matrix(1, N, N, false, dnnl_f32) : nullptr);
-  if (!m.prim || !run(m, X, packed, C, bias)) {
+  const auto m = matmul_for(key, matrix(M, K, ldx, false, type_of(bf16)), b,
+                            matrix(M, N, ldc, false, dnnl_f32), 1.f, beta,
+                            bias ? matrix(1, N, N, false, dnnl_f32) : nullptr);
+  if (!m->prim || !run(*m, X, packed, C, bias)) {
     std::fprintf(stderr, "bert_gluon: oneDNN's packed product %lldx%lldx%lld failed\n",
                  (long long)M, (long long)K, (long long)N);
     std::abort();  // the packed layout has no other reader
@@ -323,6 +350,7 @@ void gemm_packed(bool bf16, int64_t M, int64_t N, int64_t K, const void* X, int6
 #else  // built without oneDNN's headers
 
 namespace onednn {
+size_t cached_primitives() { return 0; }
 const char* implementation(bool, int64_t, int64_t, int64_t) { return ""; }
 void sgemm(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*,
            int64_t, float, float*, int64_t) { std::abort(); }
@@ -341,3 +369,6 @@ void gemm_packed(bool, int64_t, int64_t, int64_t, const void*, int64_t, const vo
 extern "C" const char* bert_gluon_onednn_matmul(int bf16, int64_t M, int64_t N, int64_t K) {
   return onednn::implementation(bf16, M, N, K);
 }
+
+// How many oneDNN matmul primitives are kept now (at most kMaxMatmuls)
+extern "C" uint64_t bert_gluon_onednn_primitives() { return onednn::cached_primitives(); }

@@ -10,6 +10,8 @@ namespace onednn {
 // oneDNN's matmul implementation for M x K x N here (bf16 or float32
 // operands), "" where none
 const char* implementation(bool bf16, int64_t M, int64_t N, int64_t K);
+// Matmul primitives kept now (bounded: the least recently used are freed)
+size_t cached_primitives();
 // As blas::sgemm and blas::gemm_bf16
 void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
            const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,

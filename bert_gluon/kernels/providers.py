@@ -22,21 +22,28 @@ float32 by MARGIN. BERT_GLUON_FLOAT32_PROVIDER=blas|onednn and
 BERT_GLUON_BF16_PROVIDER=onednn|mkl|float32 force them (tests, benches);
 'auto' (the default) measures.
 """
+import contextlib
+import fcntl
 import json
 import os
 import statistics
+import sys
 import threading
 import time
 import warnings
 
+from ..fileio import atomic_write_json
+
 from . import (BF16_PROVIDERS, FLOAT32_PROVIDERS, bf16_unavailable_reason, build_dir,
                cpu_identity, float32_unavailable_reason, products_attribute)
 
-__all__ = ['CHOICES', 'FORCED_BY', 'choice', 'provider', 'products', 'measure_speedups',
-           'forget']
+__all__ = ['CHOICES', 'FORCED_BY', 'choice', 'provider', 'plan_products', 'measure_speedups',
+           'tune', 'forget']
 
+# from kernels.PRODUCTS; bf16 may fall back to the float32 products
 CHOICES = {'float32': FLOAT32_PROVIDERS, 'bfloat16': BF16_PROVIDERS + ('float32',)}
-FORCED_BY = {'float32': 'BERT_GLUON_FLOAT32_PROVIDER', 'bfloat16': 'BERT_GLUON_BF16_PROVIDER'}
+FORCED_BY = {precision: f'BERT_GLUON_{"BF16" if precision == "bfloat16" else "FLOAT32"}_PROVIDER'
+             for precision in CHOICES}
 # (M, K, N) of X (M, K) @ W (N, K)^T: a 32-token request's Q/K/V (MiniLM),
 # MiniLM's FFN at 128 tokens, d2l's pretraining FFN at batch 128 x 64 tokens
 SHAPES = ((32, 384, 384), (128, 384, 1536), (8192, 128, 256))
@@ -139,32 +146,85 @@ def _decide(precision):
                 'why': '; '.join(f'{name}: {reason}' for name, reason in reasons.items())}
     path = build_dir() / 'providers.json'
     key = f'{precision} against {incumbent}\n{_key()}'
-    try:
-        cached = json.loads(path.read_text()).get(key)
-    except (OSError, ValueError, AttributeError):
-        cached = None
-    if cached:
-        return cached
-    measured = _measured(precision, incumbent, runnable)
-    skipped = [f'{name}: {reason}' for name, reason in reasons.items() if reason]
-    if skipped:
-        measured['why'] += '; not run: ' + '; '.join(skipped)
-    _store(path, key, measured)
+    with _file_lock(path):  # one process measures; the others read its answer
+        cached = _read(path).get(key)
+        if cached is not None and not _valid(cached, precision):
+            warnings.warn(f'{path}: the entry for this machine is not a provider choice '
+                          f'({cached!r:.200}); measuring again', stacklevel=2)
+            cached = None
+        if cached:
+            return cached
+        print(f'bert_gluon: timing who multiplies {precision} fastest on this CPU '
+              f"({', '.join(runnable)} against {incumbent}, a few seconds, once; cached in "
+              f'{path}; `bert-gluon tune` measures again)', file=sys.stderr, flush=True)
+        measured = _measured(precision, incumbent, runnable)
+        skipped = [f'{name}: {reason}' for name, reason in reasons.items() if reason]
+        if skipped:
+            measured['why'] += '; not run: ' + '; '.join(skipped)
+        known = _read(path)
+        known[key] = measured
+        try:
+            atomic_write_json(path, known)
+        except OSError:  # a read-only cache: measured again next time, nothing lost
+            pass
     return measured
 
 
-def _store(path, key, measured):
-    from ..fileio import atomic_write_json
-    try:
-        known = json.loads(path.read_text())
-    except (OSError, ValueError):
-        known = {}
-    known[key] = measured
+@contextlib.contextmanager
+def _file_lock(path):
+    """`path`'s lock file held (where the folder is writable)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, known)
-    except OSError:  # a read-only cache: measured again next time, nothing lost
-        pass
+        lock = open(path.with_suffix('.lock'), 'a')
+    except OSError:  # a read-only cache: nothing written, nothing to guard
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _read(path):
+    """providers.json as a dict: missing, unreadable or of another shape is
+    {} (the latter said, naming the file), and measured again."""
+    try:
+        known = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        warnings.warn(f'{path} is unreadable ({exc}); measuring again', stacklevel=3)
+        return {}
+    if not isinstance(known, dict):
+        warnings.warn(f'{path} holds {type(known).__name__}, not the providers measured per '
+                      'machine; measuring again', stacklevel=3)
+        return {}
+    return known
+
+
+def _valid(entry, precision):
+    return (isinstance(entry, dict) and entry.get('provider') in CHOICES[precision]
+            and isinstance(entry.get('why'), str))
+
+
+def tune():
+    """Measure both precisions' providers anew for this machine (dropping
+    what providers.json and this process hold for it); the choices."""
+    path = build_dir() / 'providers.json'
+    with _file_lock(path):
+        known = _read(path)
+        mine = [k for k in known if k.endswith('\n' + _key())]
+        for k in mine:
+            del known[k]
+        if mine:
+            try:
+                atomic_write_json(path, known)
+            except OSError:
+                pass
+    forget()
+    return {precision: choice(precision) for precision in CHOICES}
 
 
 def choice(precision):
@@ -187,19 +247,21 @@ def provider(precision):
     return choice(precision)['provider']
 
 
-def products(precision):
-    """The native ops' `products` attribute for a model of `precision`;
-    dtype='bfloat16' where no bf16 provider pays runs float32 and says so,
-    once per process."""
-    name = provider(precision)
-    if precision == 'bfloat16' and name == 'float32':
+def plan_products(precision):
+    """(precision, provider, why): what a native model asking for products
+    in `precision` runs. dtype='bfloat16' where no bf16 provider pays runs
+    float32 and says so, once per process."""
+    chosen = choice(precision)
+    if precision == 'bfloat16' and chosen['provider'] == 'float32':
         if not _warned:
             _warned.append(True)
             warnings.warn("dtype='bfloat16' runs its products in float32 on this CPU: "
-                          f"{choice(precision)['why']}; BERT_GLUON_BF16_PROVIDER=onednn or "
-                          'mkl forces bf16', stacklevel=3)
-        precision, name = 'float32', provider('float32')
-    return products_attribute(precision, name)
+                          f"{chosen['why']}; BERT_GLUON_BF16_PROVIDER=onednn or "
+                          'mkl forces bf16', stacklevel=4)
+        fallback = choice('float32')
+        return 'float32', fallback['provider'], (f"bf16 does not pay here ({chosen['why']}); "
+                                                 f"float32: {fallback['why']}")
+    return precision, chosen['provider'], chosen['why']
 
 
 def forget():

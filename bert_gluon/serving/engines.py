@@ -55,13 +55,21 @@ def check_engine(engine, precision):
 class ServedModel(gluon.Block):
     """A loaded model and what serving needs beside it: `kind`
     ('classifier' or 'encoder'), `tokenizer`, `max_len`, `labels`
-    (classifiers), `engine` and `precision`. A Gluon Block, as SageMaker's
-    MXNet container requires of what model_fn returns; `run` answers."""
-    def __init__(self, run, kind, tokenizer, max_len, labels, engine, precision):
+    (classifiers), `engine` and `precision`, and `plan` (the twin's
+    ExecutionPlan as a dict on the mxnet engine, else None). A Gluon Block,
+    as SageMaker's MXNet container requires of what model_fn returns; `run`
+    answers."""
+    def __init__(self, run, kind, tokenizer, max_len, labels, engine, precision, plan=None):
         super().__init__()
         self.run, self.kind, self.tokenizer = run, kind, tokenizer
         self.max_len, self.labels = max_len, labels
-        self.engine, self.precision = engine, precision
+        self.engine, self.precision, self.plan = engine, precision, plan
+
+    @property
+    def info(self):
+        """What answers: the engine, the precision asked for and, on the
+        mxnet engine, the plan that runs (implementation, precision, provider)."""
+        return {'engine': self.engine, 'precision': self.precision, 'plan': self.plan}
 
 
 def _folder_of(source):
@@ -152,6 +160,7 @@ def _openvino_run(path, precision):
 def _mxnet_run(net, kind):
     import mxnet as mx
     ctx = next(iter(net.collect_params().values())).list_ctx()[0]
+    net = net.for_inference()
 
     def run(*arrays):
         tokens, segments, valid_lens = (mx.np.array(a, ctx=ctx) for a in arrays)
@@ -180,11 +189,12 @@ def load_model(source, engine='mxnet', precision='float32'):
     else:
         net, tokenizer, config = from_pretrained(str(source), **dtype)
         kind, labels, max_len = 'encoder', None, config.max_len
+    plan = None
     if engine == 'mxnet':
-        net.hybridize(static_alloc=True, static_shape=False)
         run = _mxnet_run(net, kind)
+        plan = net.for_inference().plan.to_dict()
     else:
         path = _cached_onnx(*_folder_of(source), net)
         run = _onnxruntime_run(path) if engine == 'onnxruntime' else _openvino_run(path,
                                                                                     precision)
-    return ServedModel(run, kind, tokenizer, max_len, labels, engine, precision)
+    return ServedModel(run, kind, tokenizer, max_len, labels, engine, precision, plan)

@@ -8,6 +8,8 @@ these) holds one of:
     {"labels": [...], "probabilities": [[...], ...]} (label names from the task);
   - a `pretrain` output or a Hugging Face BERT folder: an encoder, answering
     {"embeddings": [[...], ...]} (mean pooling, as sentence-transformers).
+Every answer also carries "model": the engine, the precision and, on the
+mxnet engine, the execution plan that ran (implementation, provider).
 
 Requests, application/json:
   {"inputs": "one sentence"}  or  {"inputs": ["s1", "s2", ...]}
@@ -129,12 +131,13 @@ def predict_fn(data, model):
     if model.kind == 'encoder':
         embeddings = (outputs['sentence_embedding'] if data['pooling'] == 'mean'
                       else outputs['last_hidden_state'][:, 0, :])
-        return {'embeddings': embeddings.tolist()}
+        return {'embeddings': embeddings.tolist(), 'model': model.info}
     logits = outputs['logits'].astype('float64')
     probs = onp.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
     return {'labels': [model.labels[i] for i in onp.argmax(probs, axis=1)],
-            'probabilities': probs.round(6).tolist(), 'label_names': list(model.labels)}
+            'probabilities': probs.round(6).tolist(), 'label_names': list(model.labels),
+            'model': model.info}
 
 
 def output_fn(prediction, accept=JSON):
