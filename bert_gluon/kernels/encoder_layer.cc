@@ -21,7 +21,9 @@
 //   -> Y (B, T, H)
 // No backward (MXNet's graph building asks for one to be registered; it
 // fails if run): graphs that may be differentiated use the per-step ops.
+#include <immintrin.h>
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -156,6 +158,166 @@ static MXReturnValue layer_shape(const Attrs& attrs,
   return MX_SUCCESS;
 }
 
+namespace {
+
+// The threads of one parallel region waiting for each other by spinning:
+// OpenMP's own barrier (and every new region) puts them to sleep soon when
+// MXNet keeps other OpenMP teams (throttled spinning), and waking them costs
+// tens of microseconds, more than a step of a request's layer takes.
+class SpinBarrier {
+ public:
+  void reset(int threads) { threads_ = threads; }
+  void wait() {
+    const int generation = generation_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) == threads_ - 1) {
+      arrived_.store(0, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_release);
+      return;
+    }
+    while (generation_.load(std::memory_order_acquire) == generation) _mm_pause();
+  }
+
+ private:
+  int threads_ = 1;
+  std::atomic<int> arrived_{0}, generation_{0};
+};
+
+// One task (a request: every sequence's rows together) in one parallel
+// region: each product's columns shared out over the threads (each thread
+// multiplies its own block of W's rows, on that thread alone), attention by
+// head, the AddNorms by row, the activation on each thread's own columns of
+// W1's output; the steps separated by spinning barriers.
+void one_task_in_one_region(const Attrs& attrs, std::vector<MXTensor>& in, const Slots& at,
+                            const Dims& s, float* Y, const OpResource& res) {
+  StepClock preparing;
+  const int64_t B = s.B, T = s.T, H = s.H, F = in[at.W1].shape[0], H3 = 3 * H, n = B * T;
+  const float scale = float_of(attrs, "scale", 1.f), eps = float_of(attrs, "eps", 1e-5f);
+  const bool gelu = gelu_of(attrs);
+  const blas::Products by = products_of(attrs);
+  const bool bf16 = blas::bf16_operands(by);
+  auto p = [&](int slot) { return in[slot].data<float>(); };
+  auto sources = [&](std::initializer_list<int> slots) {
+    std::vector<prepared::Source> out;
+    for (int slot : slots) out.emplace_back(in[slot]);
+    return out;
+  };
+  prepared::Columns Wqkv(H3, H, by), Wo(H, H, by), W1(F, H, by), W2(H, F, by);
+  Wqkv.prepare(sources({at.W_q, at.W_k, at.W_v}), {p(at.W_q), p(at.W_k), p(at.W_v)});
+  Wo.prepare(sources({at.W_o}), {p(at.W_o)});
+  W1.prepare(sources({at.W1}), {p(at.W1)});
+  W2.prepare(sources({at.W2}), {p(at.W2)});
+  const int threads = omp_get_max_threads();
+  // float32: q | k | v bias (3H), qkv (n, 3H), c, a (n, H), f (n, F); per
+  // thread K^T (d, T) and P (T, T); then a bf16 operand (n, max(H, F))
+  const int64_t shared = H3 + n * (H3 + 2 * H + F), each = s.d * T + T * T;
+  const int64_t operand_floats = bf16 ? (n * std::max(H, F) + 1) / 2 : 0;
+  float* bqkv = static_cast<float*>(
+      res.alloc_cpu((shared + threads * each + operand_floats) * sizeof(float)));
+  float *qkv = bqkv + H3, *c = qkv + n * H3, *a = c + n * H, *f = a + n * H;
+  float* per_thread = f + n * F;
+  auto* operand = reinterpret_cast<blas::bf16*>(per_thread + threads * each);
+  const float* b_qkv = nullptr;
+  if (at.b_q >= 0) {
+    for (int w = 0; w < 3; ++w)
+      std::memcpy(bqkv + w * H, p(w == 0 ? at.b_q : w == 1 ? at.b_k : at.b_v),
+                  H * sizeof(float));
+    b_qkv = bqkv;
+  }
+  const float* b_o = at.b_o >= 0 ? p(at.b_o) : nullptr;
+  const float *b1 = p(at.b1), *b2 = p(at.b2);
+  const float* X = in[0].data<float>();
+  const MXTensor& lens = in[1];
+  Dims qkv_dims = s;
+  qkv_dims.ld = H3;  // q, k and v of a row side by side
+  preparing.lap(kPrepare);
+  SpinBarrier barrier;
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = omp_get_thread_num(), team = omp_get_num_threads();
+#pragma omp single
+    barrier.reset(team);  // (OpenMP's barrier ends the single: all see it)
+    StepClock clock;  // thread 0's view of the steps
+    auto lap = [&](Step step) { if (t == 0) clock.lap(step); };
+    int64_t j0, j1;
+    auto rows = [&](auto&& row) {  // every row once, shared out by thread
+      for (int64_t r = t; r < n; r += team) row(r);
+    };
+    if (bf16) {
+      rows([&](int64_t r) { blas::to_bf16(X + r * H, H, operand + r * H); });
+      barrier.wait();
+    }
+    Wqkv.share(t, team, &j0, &j1);
+    Wqkv.product(n, X, operand, qkv, H3, j0, j1, b_qkv);
+    barrier.wait();
+    lap(kQKV);
+    float* Kt = per_thread + t * each;
+    for (int64_t job = t; job < B * s.N; job += team) {  // (sequence, head)
+      const int64_t i = job / s.N, h = job % s.N;
+      const float* q = qkv + i * T * H3 + h * s.d;
+      const int64_t live = head_probs(q, q + H, kept_keys(lens, i, T), qkv_dims, scale, Kt,
+                                      Kt + s.d * T);
+      small_gemm::gemm(T, s.d, live, 1.f, Kt + s.d * T, T, 1, q + 2 * H, H3,
+                       c + i * T * H + h * s.d, H);
+    }
+    barrier.wait();
+    if (bf16) {
+      rows([&](int64_t r) { blas::to_bf16(c + r * H, H, operand + r * H); });
+      barrier.wait();
+    }
+    lap(kAttention);
+    Wo.share(t, team, &j0, &j1);
+    Wo.product(n, c, operand, a, H, j0, j1, b_o);
+    barrier.wait();
+    lap(kWo);
+    rows([&](int64_t r) {  // AddNorm 1
+      float* ar = a + r * H;
+      const float* xr = X + r * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) ar[j] += xr[j];
+      layer_norm_row(ar, p(at.gamma1), p(at.beta1), H, eps, ar);
+      if (bf16) blas::to_bf16(ar, H, operand + r * H);
+    });
+    barrier.wait();
+    lap(kAddNorm1);
+    W1.share(t, team, &j0, &j1);
+    W1.product(n, a, operand, f, F, j0, j1, nullptr);
+    lap(kW1);
+    for (int64_t r = 0; r < n; ++r) {  // W1's bias and the activation, on these columns
+      float* fr = f + r * F;
+      if (gelu) {
+#pragma omp simd
+        for (int64_t j = j0; j < j1; ++j) {
+          const float v = fr[j] + b1[j];
+          fr[j] = 0.5f * v * (1.f + erf_rational(v * 0.70710678f));
+        }
+      } else {
+#pragma omp simd
+        for (int64_t j = j0; j < j1; ++j) fr[j] = std::max(fr[j] + b1[j], 0.f);
+      }
+    }
+    barrier.wait();
+    if (bf16) {  // W2's operand: f's rows whole
+      rows([&](int64_t r) { blas::to_bf16(f + r * F, F, operand + r * F); });
+      barrier.wait();
+    }
+    lap(kActivation);
+    W2.share(t, team, &j0, &j1);
+    W2.product(n, f, operand, Y, H, j0, j1, b2);
+    barrier.wait();
+    lap(kW2);
+    rows([&](int64_t r) {  // AddNorm 2
+      float* yr = Y + r * H;
+      const float* ar = a + r * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) yr[j] += ar[j];
+      layer_norm_row(yr, p(at.gamma2), p(at.beta2), H, eps, yr);
+    });
+    lap(kAddNorm2);
+  }
+}
+
+}  // namespace
+
 static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
                                    std::vector<MXTensor>* outputs, const OpResource& res) {
   StepClock preparing;
@@ -183,6 +345,10 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
   if (wide) seqs = std::max<int64_t>(1, std::min<int64_t>(B, kBlockRows / T));
   const int64_t rows = seqs * T;
   const int64_t tasks = (B + seqs - 1) / seqs;
+  if (tasks == 1) {  // a request: no team's wake-up between its steps
+    one_task_in_one_region(attrs, in, at, s, Y, res);
+    return MX_SUCCESS;
+  }
   const blas::Products by = products_of(attrs);
   const bool bf16 = blas::bf16_operands(by);
   // The weights prepared once for every call while they are unchanged

@@ -133,4 +133,60 @@ struct Weight {
   }
 };
 
+// A Dense weight W (N, K) kept plain (the rows of `parts` stacked; in bf16
+// where its products are), prepared once per version of its sources, for
+// products a block of W's rows (C's columns) at a time: each thread of a
+// parallel region computes its own columns, on that thread alone.
+struct Columns {
+  int64_t N, K;
+  blas::Products by;
+  bool bf16;
+  Buffer held;
+  const void* data = nullptr;
+  Columns(int64_t N_, int64_t K_, blas::Products by_)
+      : N(N_), K(K_), by(by_), bf16(blas::bf16_operands(by_)) {}
+
+  void prepare(const std::vector<Source>& sources, const std::vector<const float*>& parts) {
+    if (!bf16 && parts.size() == 1) {  // W itself: it outlives the products
+      data = parts[0];
+      return;
+    }
+    const int64_t part = N / parts.size() * K;  // floats per part
+    const uint64_t kind = ((0x40ull + bf16) << 56) ^ (uint64_t(N) << 28) ^ uint64_t(K);
+    held = get(sources, kind, N * K * (bf16 ? sizeof(blas::bf16) : sizeof(float)),
+               [&](char* out) {
+                 std::vector<float> stacked(bf16 ? N * K : 0);
+                 float* W = bf16 ? stacked.data() : reinterpret_cast<float*>(out);
+                 for (size_t i = 0; i < parts.size(); ++i)
+                   std::memcpy(W + i * part, parts[i], part * sizeof(float));
+                 if (bf16) to_bf16_parallel(W, N * K, reinterpret_cast<blas::bf16*>(out));
+               });
+    data = held.get();
+  }
+
+  // Thread `t` of `threads`' share of C's columns: [first, last), in steps
+  // of 16 (whole vectors)
+  void share(int t, int threads, int64_t* first, int64_t* last) const {
+    const int64_t width = (N + 16 * threads - 1) / (16 * threads) * 16;
+    *first = std::min(N, t * width);
+    *last = std::min(N, *first + width);
+  }
+
+  // C[:, j0:j1] (row stride ldc) = X (n, K) @ W[j0:j1]^T (+ bias[j0:j1]), on
+  // the calling thread; X16 is X in bf16 where the products are
+  void product(int64_t n, const float* X, const blas::bf16* X16, float* C, int64_t ldc,
+               int64_t j0, int64_t j1, const float* bias) const {
+    if (j0 >= j1) return;
+    const float beta = bias ? 1.f : 0.f;
+    for (int64_t r = 0; bias && r < n; ++r)  // the bias as the product's start
+      std::memcpy(C + r * ldc + j0, bias + j0, (j1 - j0) * sizeof(float));
+    if (bf16)
+      blas::gemm_bf16(by, false, true, n, j1 - j0, K, 1.f, X16, K,
+                      static_cast<const blas::bf16*>(data) + j0 * K, K, beta, C + j0, ldc);
+    else
+      blas::sgemm(by, false, true, n, j1 - j0, K, 1.f, X, K,
+                  static_cast<const float*>(data) + j0 * K, K, beta, C + j0, ldc);
+  }
+};
+
 }  // namespace prepared
