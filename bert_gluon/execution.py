@@ -10,6 +10,9 @@ dtype and this CPU:
                   what export writes)
   precision       what the products run in: 'float32' or 'bfloat16'
   provider        who multiplies (kernels/providers.py), '' on 'mxnet'
+  request_provider  who multiplies a single request's few rows (each
+                  product shared out by columns, one thread each), where
+                  the libraries rank otherwise
   purpose         'general': dropout follows autograd's train mode, as any
                   Gluon block; 'inference': no dropout, never recorded, each
                   encoder block one fused native op (`net.for_inference()`);
@@ -59,6 +62,7 @@ class ExecutionPlan:
     contexts: tuple
     dtype: str
     why: str = ''
+    request_provider: str = ''
 
     @property
     def native(self):
@@ -72,6 +76,14 @@ class ExecutionPlan:
             return ''
         return kernels.products_attribute(self.precision, self.provider)
 
+    @property
+    def request_products(self):
+        """The `products` attribute of a single request's products."""
+        if not self.native:
+            return ''
+        return kernels.products_attribute(self.precision,
+                                          self.request_provider or self.provider)
+
     def to_dict(self):
         """JSON-ready: what metrics.json, checkpoints and endpoints record."""
         out = dataclasses.asdict(self)
@@ -81,6 +93,8 @@ class ExecutionPlan:
     def describe(self):
         """One line: 'native, float32 by onednn (inference) on cpu(0)'."""
         by = f' by {self.provider}' if self.native else ''
+        if self.native and self.request_provider not in ('', self.provider):
+            by += f' ({self.request_provider} for single requests)'
         return (f'{self.implementation}, {self.precision}{by} ({self.purpose}) on '
                 f'{", ".join(self.contexts)}')
 
@@ -135,11 +149,12 @@ def make_plan(request, contexts, dtype='float32', precision='float32', purpose='
         raise ValueError(f'purpose must be one of {PURPOSES}, got {purpose!r}')
     dtype = onp.dtype(dtype).name
     implementation = resolve_implementation(request, contexts, dtype, precision)
-    provider, why, runs = '', "MXNet's operators", precision
+    provider, why, runs, for_requests = '', "MXNet's operators", precision, ''
     if implementation == 'native':
         runs, provider, why = providers.plan_products(precision)
+        for_requests = providers.request_choice(runs)['provider']
     return ExecutionPlan(implementation, runs, provider, purpose, check_backend(request),
-                         tuple(str(c) for c in contexts), dtype, why)
+                         tuple(str(c) for c in contexts), dtype, why, for_requests)
 
 
 def _blocks(block):

@@ -216,7 +216,8 @@ class EncoderBlock(Planned, nn.HybridBlock):
             X.as_nd_ndarray(), valid_lens.as_nd_ndarray(), *(param_value(F, p, X) for p in params),
             num_heads=att.num_heads, scale=att._scale, eps=self._eps,
             activation=ffn.activation, use_bias=self._use_bias,
-            products=self._running().products).as_np_ndarray()
+            products=self._running().products,
+            request_products=self._running().request_products).as_np_ndarray()
 
 
 def sinusoidal_positions(F, X, num_hiddens):

@@ -85,27 +85,30 @@ constexpr ProductsName kProducts[] = {{"", blas::Products::blas},
                                       {"onednn-bf16", blas::Products::onednn_bf16},
                                       {"mkl-bf16", blas::Products::mkl_bf16}};
 
-// An op's `products` attribute as a provider (checked at parse time)
-inline blas::Products products_of(const std::unordered_map<std::string, std::string>& attrs) {
-  auto it = attrs.find("products");
+// An op's `products` attribute (or another of its kind) as a provider
+// (checked at parse time); an absent `request_products` is `products`
+inline blas::Products products_of(const std::unordered_map<std::string, std::string>& attrs,
+                                  const char* attribute = "products") {
+  auto it = attrs.find(attribute);
+  if (it == attrs.end() && std::string(attribute) != "products") it = attrs.find("products");
   const std::string name = it == attrs.end() ? "" : it->second;
   for (const auto& known : kProducts)
     if (name == known.name) return known.by;
   return blas::Products::blas;
 }
 
-// Parse-time check of the `products` attribute of op `op`
+// Parse-time check of the `products` attribute (or another of its kind) of op `op`
 inline bool products_known(const std::unordered_map<std::string, std::string>& attrs,
-                           const char* op) {
-  auto it = attrs.find("products");
+                           const char* op, const char* attribute = "products") {
+  auto it = attrs.find(attribute);
   if (it == attrs.end()) return true;
   std::string names;
   for (const auto& known : kProducts) {
     if (it->second == known.name) return true;
     names += std::string(names.empty() ? "'" : ", '") + known.name + "'";
   }
-  MX_ERROR_MSG << op << ": products must be one of " << names << ", got '" << it->second
-               << "'";
+  MX_ERROR_MSG << op << ": " << attribute << " must be one of " << names << ", got '"
+               << it->second << "'";
   return false;
 }
 

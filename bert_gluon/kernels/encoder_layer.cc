@@ -17,8 +17,12 @@
 // Op bert_encoder_layer(X (B, T, H), valid_lens (B,), W_q, W_k, W_v, W_o (H, H),
 //                       [b_q, b_k, b_v, b_o (H,),] gamma1, beta1 (H,), W1 (F, H),
 //                       b1 (F,), W2 (H, F), b2 (H,), gamma2, beta2 (H,);
-//                       num_heads, scale, eps, activation, use_bias, products)
+//                       num_heads, scale, eps, activation, use_bias, products,
+//                       [request_products])
 //   -> Y (B, T, H)
+// One task's rows (a request) run in one parallel region, its products by
+// `request_products` (default: `products`): each thread multiplies its own
+// columns on its own, where the libraries rank otherwise than on a batch.
 // No backward (MXNet's graph building asks for one to be registered; it
 // fails if run): graphs that may be differentiated use the per-step ops.
 #include <immintrin.h>
@@ -123,7 +127,9 @@ extern "C" int bert_gluon_layer_step_seconds(double* out) {
 static MXReturnValue layer_parse(const Attrs& attrs, int* num_in, int* num_out) {
   *num_in = Slots(flag_of(attrs, "use_bias")).count();
   *num_out = 1;
-  return products_known(attrs, "bert_encoder_layer") ? MX_SUCCESS : MX_FAIL;
+  return products_known(attrs, "bert_encoder_layer")
+                 && products_known(attrs, "bert_encoder_layer", "request_products")
+             ? MX_SUCCESS : MX_FAIL;
 }
 
 static MXReturnValue layer_type(const Attrs& attrs, std::vector<int>* in_types,
@@ -193,7 +199,7 @@ void one_task_in_one_region(const Attrs& attrs, std::vector<MXTensor>& in, const
   const int64_t B = s.B, T = s.T, H = s.H, F = in[at.W1].shape[0], H3 = 3 * H, n = B * T;
   const float scale = float_of(attrs, "scale", 1.f), eps = float_of(attrs, "eps", 1e-5f);
   const bool gelu = gelu_of(attrs);
-  const blas::Products by = products_of(attrs);
+  const blas::Products by = products_of(attrs, "request_products");
   const bool bf16 = blas::bf16_operands(by);
   auto p = [&](int slot) { return in[slot].data<float>(); };
   auto sources = [&](std::initializer_list<int> slots) {
@@ -202,10 +208,9 @@ void one_task_in_one_region(const Attrs& attrs, std::vector<MXTensor>& in, const
     return out;
   };
   prepared::Columns Wqkv(H3, H, by), Wo(H, H, by), W1(F, H, by), W2(H, F, by);
-  Wqkv.prepare(sources({at.W_q, at.W_k, at.W_v}), {p(at.W_q), p(at.W_k), p(at.W_v)});
-  Wo.prepare(sources({at.W_o}), {p(at.W_o)});
-  W1.prepare(sources({at.W1}), {p(at.W1)});
-  W2.prepare(sources({at.W2}), {p(at.W2)});
+  const auto qkv_sources = sources({at.W_q, at.W_k, at.W_v}), o_sources = sources({at.W_o});
+  const auto w1_sources = sources({at.W1}), w2_sources = sources({at.W2});
+  const std::vector<const float*> qkv_parts{p(at.W_q), p(at.W_k), p(at.W_v)};
   const int threads = omp_get_max_threads();
   // float32: q | k | v bias (3H), qkv (n, 3H), c, a (n, H), f (n, F); per
   // thread K^T (d, T) and P (T, T); then a bf16 operand (n, max(H, F))
@@ -247,7 +252,7 @@ void one_task_in_one_region(const Attrs& attrs, std::vector<MXTensor>& in, const
       barrier.wait();
     }
     Wqkv.share(t, team, &j0, &j1);
-    Wqkv.product(n, X, operand, qkv, H3, j0, j1, b_qkv);
+    Wqkv.product(qkv_sources, qkv_parts, n, X, operand, qkv, H3, j0, j1, b_qkv);
     barrier.wait();
     lap(kQKV);
     float* Kt = per_thread + t * each;
@@ -266,7 +271,7 @@ void one_task_in_one_region(const Attrs& attrs, std::vector<MXTensor>& in, const
     }
     lap(kAttention);
     Wo.share(t, team, &j0, &j1);
-    Wo.product(n, c, operand, a, H, j0, j1, b_o);
+    Wo.product(o_sources, {p(at.W_o)}, n, c, operand, a, H, j0, j1, b_o);
     barrier.wait();
     lap(kWo);
     rows([&](int64_t r) {  // AddNorm 1
@@ -280,7 +285,7 @@ void one_task_in_one_region(const Attrs& attrs, std::vector<MXTensor>& in, const
     barrier.wait();
     lap(kAddNorm1);
     W1.share(t, team, &j0, &j1);
-    W1.product(n, a, operand, f, F, j0, j1, nullptr);
+    W1.product(w1_sources, {p(at.W1)}, n, a, operand, f, F, j0, j1, nullptr);
     lap(kW1);
     for (int64_t r = 0; r < n; ++r) {  // W1's bias and the activation, on these columns
       float* fr = f + r * F;
@@ -302,7 +307,7 @@ void one_task_in_one_region(const Attrs& attrs, std::vector<MXTensor>& in, const
     }
     lap(kActivation);
     W2.share(t, team, &j0, &j1);
-    W2.product(n, f, operand, Y, H, j0, j1, b2);
+    W2.product(w2_sources, {p(at.W2)}, n, f, operand, Y, H, j0, j1, b2);
     barrier.wait();
     lap(kW2);
     rows([&](int64_t r) {  // AddNorm 2

@@ -133,36 +133,17 @@ struct Weight {
   }
 };
 
-// A Dense weight W (N, K) kept plain (the rows of `parts` stacked; in bf16
-// where its products are), prepared once per version of its sources, for
-// products a block of W's rows (C's columns) at a time: each thread of a
-// parallel region computes its own columns, on that thread alone.
+// A Dense weight W (N, K) (the rows of `parts` stacked) for products a
+// block of W's rows (C's columns) at a time: each thread of a parallel region
+// multiplies its own share, on that thread alone, by that share packed or
+// reordered (in bf16 where the products are) once per version of the
+// sources, as `Weight` does for whole weights.
 struct Columns {
   int64_t N, K;
   blas::Products by;
   bool bf16;
-  Buffer held;
-  const void* data = nullptr;
   Columns(int64_t N_, int64_t K_, blas::Products by_)
       : N(N_), K(K_), by(by_), bf16(blas::bf16_operands(by_)) {}
-
-  void prepare(const std::vector<Source>& sources, const std::vector<const float*>& parts) {
-    if (!bf16 && parts.size() == 1) {  // W itself: it outlives the products
-      data = parts[0];
-      return;
-    }
-    const int64_t part = N / parts.size() * K;  // floats per part
-    const uint64_t kind = ((0x40ull + bf16) << 56) ^ (uint64_t(N) << 28) ^ uint64_t(K);
-    held = get(sources, kind, N * K * (bf16 ? sizeof(blas::bf16) : sizeof(float)),
-               [&](char* out) {
-                 std::vector<float> stacked(bf16 ? N * K : 0);
-                 float* W = bf16 ? stacked.data() : reinterpret_cast<float*>(out);
-                 for (size_t i = 0; i < parts.size(); ++i)
-                   std::memcpy(W + i * part, parts[i], part * sizeof(float));
-                 if (bf16) to_bf16_parallel(W, N * K, reinterpret_cast<blas::bf16*>(out));
-               });
-    data = held.get();
-  }
 
   // Thread `t` of `threads`' share of C's columns: [first, last), in steps
   // of 16 (whole vectors)
@@ -172,20 +153,68 @@ struct Columns {
     *last = std::min(N, *first + width);
   }
 
-  // C[:, j0:j1] (row stride ldc) = X (n, K) @ W[j0:j1]^T (+ bias[j0:j1]), on
-  // the calling thread; X16 is X in bf16 where the products are
-  void product(int64_t n, const float* X, const blas::bf16* X16, float* C, int64_t ldc,
+  // C[:, j0:j1] (row stride ldc) = X (n, K) @ W[j0:j1]^T (+ bias[j0:j1]),
+  // on the calling thread; X16 is X in bf16 where the products are
+  void product(const std::vector<Source>& sources, const std::vector<const float*>& parts,
+               int64_t n, const float* X, const blas::bf16* X16, float* C, int64_t ldc,
                int64_t j0, int64_t j1, const float* bias) const {
     if (j0 >= j1) return;
+    if (by == blas::Products::onednn || by == blas::Products::onednn_bf16)
+      return plain(sources, parts, n, X, X16, C, ldc, j0, j1, bias);
+    const int64_t width = j1 - j0, part = N / parts.size();  // rows per part
+    const uint64_t layout = 1 + static_cast<uint64_t>(by);
+    const uint64_t kind = (layout << 56) ^ (uint64_t(j0) << 42) ^ (uint64_t(width) << 28)
+                          ^ uint64_t(K) ^ (1ull << 55);  // a share, not a whole weight
+    Buffer held = get(sources, kind, blas::packed_weight_bytes(by, kPackRows, width, K),
+                      [&](char* out) {
+      std::vector<float> rows(width * K);  // W's rows j0 .. j1 - 1
+      for (int64_t j = j0; j < j1; ++j)
+        std::memcpy(rows.data() + (j - j0) * K, parts[j / part] + (j % part) * K,
+                    K * sizeof(float));
+      if (!bf16) return blas::pack_weight(by, rows.data(), width, K, kPackRows, out);
+      std::vector<blas::bf16> w16(width * K);
+      blas::to_bf16(rows.data(), width * K, w16.data());
+      blas::pack_weight_bf16(by, w16.data(), width, K, kPackRows, out);
+    });
+    if (bf16)
+      blas::gemm_packed_bf16(by, n, width, K, X16, K, held.get(), 0.f, C + j0, ldc,
+                             bias ? bias + j0 : nullptr);
+    else
+      blas::gemm_packed(by, n, width, K, X, K, held.get(), 0.f, C + j0, ldc,
+                        bias ? bias + j0 : nullptr);
+  }
+
+ private:
+  // oneDNN's: W plain (stacked; bf16 where the products are), its rows
+  // j0 .. j1 multiplied in place (a share of a reordered weight, multiplied
+  // at these few rows, fell to oneDNN's reference matmul)
+  void plain(const std::vector<Source>& sources, const std::vector<const float*>& parts,
+             int64_t n, const float* X, const blas::bf16* X16, float* C, int64_t ldc,
+             int64_t j0, int64_t j1, const float* bias) const {
+    const float* W = parts[0];
+    Buffer held;
+    if (bf16 || parts.size() > 1) {
+      const int64_t part = N / parts.size() * K;  // floats per part
+      const uint64_t kind = ((0x40ull + bf16) << 56) ^ (uint64_t(N) << 28) ^ uint64_t(K);
+      held = get(sources, kind, N * K * (bf16 ? sizeof(blas::bf16) : sizeof(float)),
+                 [&](char* out) {
+                   std::vector<float> stacked(bf16 ? N * K : 0);
+                   float* S = bf16 ? stacked.data() : reinterpret_cast<float*>(out);
+                   for (size_t i = 0; i < parts.size(); ++i)
+                     std::memcpy(S + i * part, parts[i], part * sizeof(float));
+                   if (bf16) blas::to_bf16(S, N * K, reinterpret_cast<blas::bf16*>(out));
+                 });
+      W = reinterpret_cast<const float*>(held.get());
+    }
     const float beta = bias ? 1.f : 0.f;
     for (int64_t r = 0; bias && r < n; ++r)  // the bias as the product's start
       std::memcpy(C + r * ldc + j0, bias + j0, (j1 - j0) * sizeof(float));
     if (bf16)
       blas::gemm_bf16(by, false, true, n, j1 - j0, K, 1.f, X16, K,
-                      static_cast<const blas::bf16*>(data) + j0 * K, K, beta, C + j0, ldc);
+                      reinterpret_cast<const blas::bf16*>(W) + j0 * K, K, beta, C + j0, ldc);
     else
-      blas::sgemm(by, false, true, n, j1 - j0, K, 1.f, X, K,
-                  static_cast<const float*>(data) + j0 * K, K, beta, C + j0, ldc);
+      blas::sgemm(by, false, true, n, j1 - j0, K, 1.f, X, K, W + j0 * K, K, beta, C + j0,
+                  ldc);
   }
 };
 

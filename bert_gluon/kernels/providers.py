@@ -37,8 +37,8 @@ from ..fileio import atomic_write_json
 from . import (BF16_PROVIDERS, FLOAT32_PROVIDERS, bf16_unavailable_reason, build_dir,
                cpu_identity, float32_unavailable_reason, products_attribute)
 
-__all__ = ['CHOICES', 'FORCED_BY', 'choice', 'provider', 'plan_products', 'measure_speedups',
-           'tune', 'forget']
+__all__ = ['CHOICES', 'FORCED_BY', 'REQUEST', 'choice', 'request_choice', 'provider',
+           'plan_products', 'measure_speedups', 'measure_request_seconds', 'tune', 'forget']
 
 # from kernels.PRODUCTS; bf16 may fall back to the float32 products
 CHOICES = {'float32': FLOAT32_PROVIDERS, 'bfloat16': BF16_PROVIDERS + ('float32',)}
@@ -48,6 +48,8 @@ FORCED_BY = {precision: f'BERT_GLUON_{"BF16" if precision == "bfloat16" else "FL
 # MiniLM's FFN at 128 tokens, d2l's pretraining FFN at batch 128 x 64 tokens
 SHAPES = ((32, 384, 384), (128, 384, 1536), (8192, 128, 256))
 MARGIN = 1.05  # a challenger must be this much faster: ties keep the incumbent
+# A request's layer, timed per provider: MiniLM's (tokens, hidden, FFN, heads)
+REQUEST = (32, 384, 1536, 12)
 _ENVIRONMENT = ('MKL_ENABLE_INSTRUCTIONS', 'ONEDNN_MAX_CPU_ISA', 'OMP_NUM_THREADS')
 _lock = threading.RLock()  # a bf16 choice makes the float32 one first
 _chosen = {}
@@ -126,17 +128,25 @@ def _measured(precision, incumbent, challengers):
             'why': 'measured here: ' + ('; '.join(said) or 'nothing else runs')}
 
 
-def _decide(precision):
+def _forced(precision):
+    """The provider BERT_GLUON_*_PROVIDER forces for `precision`, or None."""
     variable = FORCED_BY[precision]
     forced = os.environ.get(variable, 'auto')
     if forced not in CHOICES[precision] + ('auto',):
         raise ValueError(f'{variable} must be one of {CHOICES[precision] + ("auto",)}, '
                          f'got {forced!r}')
-    if forced != 'auto':
-        reason = _unavailable_reason(precision, forced)
-        if reason:
-            raise ValueError(f'{variable}={forced} cannot run here: {reason}')
-        return {'provider': forced, 'why': f'forced by {variable}'}
+    if forced == 'auto':
+        return None
+    reason = _unavailable_reason(precision, forced)
+    if reason:
+        raise ValueError(f'{variable}={forced} cannot run here: {reason}')
+    return {'provider': forced, 'why': f'forced by {variable}'}
+
+
+def _decide(precision):
+    forced = _forced(precision)
+    if forced:
+        return forced
     names = FLOAT32_PROVIDERS[1:] if precision == 'float32' else BF16_PROVIDERS
     reasons = {name: _unavailable_reason(precision, name) for name in names}
     runnable = [name for name in names if reasons[name] is None]
@@ -144,9 +154,23 @@ def _decide(precision):
     if not runnable:
         return {'provider': incumbent if precision == 'float32' else 'float32',
                 'why': '; '.join(f'{name}: {reason}' for name, reason in reasons.items())}
+
+    def measure():
+        measured = _measured(precision, incumbent, runnable)
+        skipped = [f'{name}: {reason}' for name, reason in reasons.items() if reason]
+        if skipped:
+            measured['why'] += '; not run: ' + '; '.join(skipped)
+        return measured
+    return _cached_or_measured(f'{precision} against {incumbent}', precision, measure,
+                               f"{', '.join(runnable)} against {incumbent}")
+
+
+def _cached_or_measured(entry, precision, measure, what):
+    """providers.json's answer for `entry` on this machine, or `measure()`'s,
+    written there (one process measures, the others read its answer)."""
     path = build_dir() / 'providers.json'
-    key = f'{precision} against {incumbent}\n{_key()}'
-    with _file_lock(path):  # one process measures; the others read its answer
+    key = f'{entry}\n{_key()}'
+    with _file_lock(path):
         cached = _read(path).get(key)
         if cached is not None and not _valid(cached, precision):
             warnings.warn(f'{path}: the entry for this machine is not a provider choice '
@@ -154,13 +178,10 @@ def _decide(precision):
             cached = None
         if cached:
             return cached
-        print(f'bert_gluon: timing who multiplies {precision} fastest on this CPU '
-              f"({', '.join(runnable)} against {incumbent}, a few seconds, once; cached in "
-              f'{path}; `bert-gluon tune` measures again)', file=sys.stderr, flush=True)
-        measured = _measured(precision, incumbent, runnable)
-        skipped = [f'{name}: {reason}' for name, reason in reasons.items() if reason]
-        if skipped:
-            measured['why'] += '; not run: ' + '; '.join(skipped)
+        print(f'bert_gluon: timing who multiplies {entry.split()[0]} fastest on this CPU '
+              f'({what}; a few seconds, once; cached in {path}; `bert-gluon tune` '
+              'measures again)', file=sys.stderr, flush=True)
+        measured = measure()
         known = _read(path)
         known[key] = measured
         try:
@@ -168,6 +189,64 @@ def _decide(precision):
         except OSError:  # a read-only cache: measured again next time, nothing lost
             pass
     return measured
+
+
+def measure_request_seconds(precision, name):
+    """Seconds of one fused encoder layer at REQUEST's sizes, one sequence,
+    its products in `precision` by `name`: what a single request runs (each
+    product's columns shared out over the threads, on each thread alone)."""
+    import mxnet as mx
+    import numpy as onp
+    T, H, F, heads = REQUEST
+    rng = onp.random.RandomState(0)  # numpy's: MXNet's seeded draws stay as they were
+
+    def array(*shape):
+        return mx.nd.array(rng.uniform(-0.1, 0.1, shape), dtype='float32')
+    with warnings.catch_warnings():  # mx.nd.array asks SciPy, which warns of itself
+        warnings.simplefilter('ignore', DeprecationWarning)
+        inputs = [array(1, T, H), mx.nd.array([T], dtype='float32'),
+                  *(array(H, H) for _ in range(4)), mx.nd.ones(H), mx.nd.zeros(H),
+                  array(F, H), array(F), array(H, F), array(H), mx.nd.ones(H), mx.nd.zeros(H)]
+    attribute = products_attribute(precision, name)
+
+    def layer():
+        mx.nd.bert_encoder_layer(*inputs, num_heads=heads, scale=(H // heads) ** -0.5,
+                                 eps=1e-12, activation='gelu', use_bias=False,
+                                 products=attribute).wait_to_read()
+    return _seconds(layer, 200)
+
+
+def request_choice(precision):
+    """{'provider': ..., 'why': ...}: who multiplies a single request's
+    products in `precision` here. Its products are small (REQUEST: a few
+    dozen rows) and each runs on one thread, where the libraries rank
+    otherwise than on a batch's; the same variables force it."""
+    if precision not in ('float32', 'bfloat16'):
+        raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
+    key = ('requests', precision, os.environ.get(FORCED_BY[precision], 'auto'), _key())
+    with _lock:
+        if key not in _chosen:
+            _chosen[key] = _decide_request(precision)
+        return _chosen[key]
+
+
+def _decide_request(precision):
+    forced = _forced(precision)
+    if forced:
+        return forced
+    names = FLOAT32_PROVIDERS if precision == 'float32' else BF16_PROVIDERS
+    runnable = [name for name in names if _unavailable_reason(precision, name) is None]
+    if len(runnable) < 2:
+        return {'provider': runnable[0] if runnable else provider(precision),
+                'why': 'the only provider that runs here'}
+
+    def measure():
+        seconds = {name: measure_request_seconds(precision, name) for name in runnable}
+        best = min(seconds, key=seconds.get)
+        return {'provider': best, 'why': 'measured here, one layer of a request: ' + ', '.join(
+            f'{name} {1e3 * t:.3f} ms' for name, t in seconds.items())}
+    return _cached_or_measured(f'{precision} requests', precision, measure,
+                               f"{', '.join(runnable)} on one request's layer")
 
 
 @contextlib.contextmanager
@@ -224,7 +303,11 @@ def tune():
             except OSError:
                 pass
     forget()
-    return {precision: choice(precision) for precision in CHOICES}
+    chosen = {precision: choice(precision) for precision in CHOICES}
+    for precision in CHOICES:
+        if chosen[precision]['provider'] != 'float32':  # bf16 where it pays
+            chosen[f'{precision} requests'] = request_choice(precision)
+    return chosen
 
 
 def choice(precision):
