@@ -205,6 +205,12 @@ class EncoderBlock(Planned, nn.HybridBlock):
     def _fused(self, F, X, valid_lens):
         """The whole block as one native op (no dropout, no backward): what
         an inference tree (`for_inference()`) runs."""
+        return F.bert_encoder_layer(
+            X.as_nd_ndarray(), valid_lens.as_nd_ndarray(), *self.fused_weights(F, X),
+            **self.fused_attributes()).as_np_ndarray()
+
+    def fused_weights(self, F, like):
+        """The block's parameters in the order the fused ops take them."""
         att, ffn = self.attention, self.ffn
         params = [att.W_q.weight, att.W_k.weight, att.W_v.weight, att.W_o.weight]
         if self._use_bias:
@@ -212,12 +218,14 @@ class EncoderBlock(Planned, nn.HybridBlock):
         params += [self.addnorm1.ln.gamma, self.addnorm1.ln.beta,
                    ffn.dense1.weight, ffn.dense1.bias, ffn.dense2.weight, ffn.dense2.bias,
                    self.addnorm2.ln.gamma, self.addnorm2.ln.beta]
-        return F.bert_encoder_layer(
-            X.as_nd_ndarray(), valid_lens.as_nd_ndarray(), *(param_value(F, p, X) for p in params),
-            num_heads=att.num_heads, scale=att._scale, eps=self._eps,
-            activation=ffn.activation, use_bias=self._use_bias,
-            products=self._running().products,
-            request_products=self._running().request_products).as_np_ndarray()
+        return [param_value(F, p, like) for p in params]
+
+    def fused_attributes(self):
+        """The fused ops' attributes for this block, by its plan."""
+        plan = self._running()
+        return dict(num_heads=self.attention.num_heads, scale=self.attention._scale,
+                    eps=self._eps, activation=self.ffn.activation, use_bias=self._use_bias,
+                    products=plan.products, request_products=plan.request_products)
 
 
 def sinusoidal_positions(F, X, num_hiddens):

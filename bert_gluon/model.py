@@ -69,7 +69,9 @@ class HybridBERTEncoder(Planned, nn.HybridBlock):
 
     def _embed(self, F, tokens, segments, pos_embedding):
         # Shape of X: (batch size, max sequence length, num_hiddens)
-        if pos_embedding is None:
+        if self.native and pos_embedding is not None:
+            P = pos_embedding  # (1, max_len, H): the kernel reads its first T rows
+        elif pos_embedding is None:
             P = sinusoidal_positions(F, tokens, self.config.num_hiddens)  # (T, H)
         else:
             positions = F.npx.arange_like(tokens, axis=1).astype('int32')  # (T,)
@@ -89,6 +91,11 @@ class HybridBERTEncoder(Planned, nn.HybridBlock):
     def hybrid_forward(self, F, tokens, segments, valid_lens,
                        pos_embedding=None):
         X = self._embed(F, tokens, segments, pos_embedding)
+        if self.purpose == 'inference' and self.native:  # every block in one native op
+            weights = [w for blk in self.blks for w in blk.fused_weights(F, X)]
+            return F.bert_encoder_stack(
+                X.as_nd_ndarray(), valid_lens.as_nd_ndarray(), *weights,
+                num_layers=len(self.blks), **self.blks[0].fused_attributes()).as_np_ndarray()
         for blk in self.blks:
             X = blk(X, valid_lens)
         return X

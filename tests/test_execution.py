@@ -122,7 +122,7 @@ def test_a_forced_provider_and_precision_make_their_plan(forced):
         assert (net.plan.provider, net.plan.why) == (provider,
                                                      'forced by BERT_GLUON_FLOAT32_PROVIDER')
         attributes = {node.get('attrs', {}).get('products') for node in json.loads(
-            inference._cached_graph[1].tojson())['nodes'] if node['op'] == 'bert_encoder_layer'}
+            inference._cached_graph[1].tojson())['nodes'] if node['op'] == 'bert_encoder_stack'}
         assert attributes == {net.plan.products}
     assert seen
     bf16 = bg.HybridBERTModel(TINY.replace(dtype='bfloat16'), backend='native')
@@ -155,7 +155,7 @@ def test_the_inference_sibling_shares_parameters_and_follows_its_model():
     with pytest.raises(mx.base.MXNetError):  # nothing was recorded to differentiate
         again[0].backward()
     assert inference.plan.purpose == 'inference'
-    assert ('bert_encoder_layer' in graph_ops(inference)) == (AUTO == 'native')
+    assert ('bert_encoder_stack' in graph_ops(inference)) == (AUTO == 'native')
     net.backend = 'mxnet'  # it follows its model's request
     inference(*batch)
     assert inference.plan.implementation == 'mxnet'
@@ -196,7 +196,7 @@ def test_objective_and_classifier_follow_their_model():
     inference = classifier.for_inference()
     assert_close(inference(tokens, segments, valid_lens),
                  classifier(tokens, segments, valid_lens), atol=1e-5)
-    assert 'bert_encoder_layer' in graph_ops(inference)  # asked for: 'native'
+    assert 'bert_encoder_stack' in graph_ops(inference)  # asked for: 'native'
 
 
 def test_no_gluon_private_attribute_is_set_in_the_package():

@@ -209,17 +209,22 @@ print('same')
     assert out.returncode == 0 and 'same' in out.stdout, out.stderr[-2000:]
 
 
+@pytest.mark.parametrize('positions', ['(T, H)', 'a learned (1, L, H) table'])
 @pytest.mark.parametrize('id_dtype', ['int32', 'float32'])
-def test_native_embedding_equals_lookups_forward_and_backward(id_dtype):
+def test_native_embedding_equals_lookups_forward_and_backward(id_dtype, positions):
     """bert_embed against two table lookups and a broadcast position sum:
     the output and all three tables' gradients, with ids repeated across the
-    batch (their rows' gradients add up) and out of range (clipped)."""
+    batch (their rows' gradients add up) and out of range (clipped); a
+    learned table longer than T is read (and its gradient written) in its
+    first T rows, the rest getting none."""
     assert kernels.has_op('bert_embed')
     B, T, V, S, H = 5, 9, 7, 2, 24
     tokens = np.random.randint(0, V, (B, T)).astype(id_dtype)  # 45 ids of 7
     tokens[0, 0] = V + 3  # clipped to V - 1, as nn.Embedding
     segments = np.random.randint(0, S, (B, T)).astype(id_dtype)
-    tables = [np.random.normal(0, 1, shape) for shape in ((V, H), (S, H), (T, H))]
+    learned = positions != '(T, H)'
+    tables = [np.random.normal(0, 1, shape)
+              for shape in ((V, H), (S, H), (1, T + 4, H) if learned else (T, H))]
     dX = np.random.normal(0, 1, (B, T, H))
     results = []
     for native in (True, False):
@@ -231,8 +236,9 @@ def test_native_embedding_equals_lookups_forward_and_backward(id_dtype):
                                      *(t.as_nd_ndarray() for t in tables)).as_np_ndarray()
             else:
                 ids = np.clip(tokens, 0, V - 1).astype('int32')
+                P = tables[2][0, :T] if learned else tables[2]
                 X = (np.take(tables[0], ids, axis=0)
-                     + np.take(tables[1], segments.astype('int32'), axis=0) + tables[2])
+                     + np.take(tables[1], segments.astype('int32'), axis=0) + P)
         X.backward(dX)
         results.append([X.asnumpy()] + [t.grad.asnumpy() for t in tables])
     for ours, reference in zip(*results):
@@ -677,8 +683,11 @@ def check_model(config, precision, batch_size=4):
 @pytest.mark.parametrize('precision, provider', FLOAT32_PRODUCTS + BF16_PRODUCTS)
 @pytest.mark.parametrize('config', ['tiny', 'minilm-shaped'])
 def test_model_of_every_provider_equals_mxnet(config, precision, provider, forced):
+    """Batches of several tasks, and a request of one sequence (every layer
+    in one parallel region, by the request's products)."""
     forced(precision, provider)  # this provider's products, whether or not they pay here
     check_model(config, precision)
+    check_model(config, precision, batch_size=1)
 
 
 @pytest.mark.parametrize('precision, provider', FLOAT32_PRODUCTS + BF16_PRODUCTS)

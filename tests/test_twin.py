@@ -178,7 +178,7 @@ def test_predict_mode_gradients_equal_book(tmp_path, backend):
     twin.hybridize(static_alloc=True, static_shape=True)
     args = make_batch(seed=4)
     twin(*args)
-    assert 'bert_encoder_layer' not in graph_ops(twin)
+    assert not {'bert_encoder_layer', 'bert_encoder_stack'} & graph_ops(twin)
     for net in (book, twin):
         with autograd.record(train_mode=False):
             _, mlm_Y_hat, nsp_Y_hat = net(*args)

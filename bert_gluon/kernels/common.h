@@ -119,6 +119,11 @@ inline float float_of(const std::unordered_map<std::string, std::string>& attrs,
   return it == attrs.end() ? fallback : std::strtof(it->second.c_str(), nullptr);
 }
 
+// Work below this many floats runs on the calling thread: a team's wake-up
+// (tens of microseconds where MXNet's other OpenMP teams make it sleep)
+// costs more than a request's small steps
+constexpr int64_t kSerialFloats = 1 << 16;
+
 // Rows of nonzero weight, in order: the ops that skip the book's padded
 // prediction slots visit these.
 inline std::vector<int64_t> weighted_rows(const float* w, int64_t R) {

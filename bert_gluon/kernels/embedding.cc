@@ -3,9 +3,11 @@
 // instead of two lookups, two broadcast adds and their backward reductions.
 //
 // Op bert_embed(tokens (B, T), segments (B, T), token_weight (V, H),
-//               segment_weight (S, H), positions (T, H)) -> X (B, T, H)
+//               segment_weight (S, H), positions ([1,] L, H)) -> X (B, T, H)
 //   X[b, t] = token_weight[tokens[b, t]] + segment_weight[segments[b, t]]
 //             + positions[t]; ids are clipped into range, as nn.Embedding.
+//   positions may be a whole learned table (L >= T rows, as BERT's
+//   (1, max_len, H) parameter): its first T rows are read, no slicing op.
 //   Ids (int32, int64 or float32) get no gradient.
 #include <cstdint>
 #include <cstring>
@@ -54,11 +56,15 @@ static MXReturnValue embed_shape(const Attrs& attrs,
                                  std::vector<std::vector<unsigned int>>* out_shapes) {
   const auto& in = *in_shapes;
   const auto& ids = in[0];
+  const auto& pos = in[4];
+  const bool positions_ok = (pos.size() == 2 || (pos.size() == 3 && pos[0] == 1))
+                            && ids.size() == 2 && in[2].size() == 2
+                            && pos[pos.size() - 2] >= ids[1] && pos.back() == in[2][1];
   const bool ok = ids.size() == 2 && in[1] == ids && in[2].size() == 2 && in[3].size() == 2
-                  && in[3][1] == in[2][1] && in[4] == std::vector<unsigned int>{ids[1], in[2][1]};
+                  && in[3][1] == in[2][1] && positions_ok;
   if (!ok) {
     MX_ERROR_MSG << "bert_embed: tokens and segments (B, T), token_weight (V, H), "
-                    "segment_weight (S, H), positions (T, H)";
+                    "segment_weight (S, H), positions ([1,] L >= T, H)";
     return MX_FAIL;
   }
   (*out_shapes)[0] = {ids[0], ids[1], in[2][1]};
@@ -74,7 +80,7 @@ static MXReturnValue embed_forward(const Attrs& attrs, std::vector<MXTensor>* in
   const float* seg = in[3].data<float>();
   const float* pos = in[4].data<float>();
   float* X = (*outputs)[0].data<float>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * H > kSerialFloats)
   for (int64_t r = 0; r < rows; ++r) {
     const float* a = tok + id_at(in[0], r, V) * H;
     const float* b = seg + id_at(in[1], r, S) * H;
@@ -103,7 +109,7 @@ static MXReturnValue embed_backward(const Attrs& attrs, std::vector<MXTensor>* i
   float* dseg = out[3].data<float>();
   float* dpos = out[4].data<float>();
   std::memset(dseg, 0, S * H * sizeof(float));
-  std::memset(dpos, 0, T * H * sizeof(float));
+  std::memset(dpos, 0, out[4].size() * sizeof(float));  // rows past T: no gradient
 #pragma omp parallel for schedule(static)
   for (int64_t v = 0; v < V; ++v) std::memset(dtok + v * H, 0, H * sizeof(float));
   // Each thread owns a block of columns, so rows with the same id never race

@@ -188,50 +188,65 @@ class SpinBarrier {
   std::atomic<int> arrived_{0}, generation_{0};
 };
 
-// One task (a request: every sequence's rows together) in one parallel
-// region: each product's columns shared out over the threads (each thread
-// multiplies its own block of W's rows, on that thread alone), attention by
-// head, the AddNorms by row, the activation on each thread's own columns of
-// W1's output; the steps separated by spinning barriers.
-void one_task_in_one_region(const Attrs& attrs, std::vector<MXTensor>& in, const Slots& at,
-                            const Dims& s, float* Y, const OpResource& res) {
+// One layer's weights as a request's products take them (prepared::Columns)
+struct RequestLayer {
+  std::vector<MXTensor>& in;
+  const Slots& at;
+  prepared::Columns Wqkv, Wo, W1, W2;
+  std::vector<prepared::Source> qkv_sources, o_sources, w1_sources, w2_sources;
+  std::vector<const float*> qkv_parts;
+  std::vector<float> b_qkv;  // q | k | v biases stacked, or empty
+  RequestLayer(std::vector<MXTensor>& in_, const Slots& at_, int64_t H, int64_t F,
+               blas::Products by)
+      : in(in_), at(at_), Wqkv(3 * H, H, by), Wo(H, H, by), W1(F, H, by), W2(H, F, by),
+        qkv_sources(sources({at.W_q, at.W_k, at.W_v})), o_sources(sources({at.W_o})),
+        w1_sources(sources({at.W1})), w2_sources(sources({at.W2})),
+        qkv_parts{p(at.W_q), p(at.W_k), p(at.W_v)} {
+    if (at.b_q >= 0) {
+      b_qkv.resize(3 * H);
+      for (int w = 0; w < 3; ++w)
+        std::memcpy(b_qkv.data() + w * H, p(w == 0 ? at.b_q : w == 1 ? at.b_k : at.b_v),
+                    H * sizeof(float));
+    }
+  }
+  const float* p(int slot) const { return in[slot].data<float>(); }
+  std::vector<prepared::Source> sources(std::initializer_list<int> slots) const {
+    std::vector<prepared::Source> out;
+    for (int slot : slots) out.emplace_back(in[slot]);
+    return out;
+  }
+};
+
+// One task (a request: every sequence's rows together) through `layers`, one
+// after another, in one parallel region: each product's columns shared out
+// over the threads (each thread multiplies its own block of W's rows, on
+// that thread alone), attention by head, the AddNorms by row, the activation
+// on each thread's own columns of W1's output; the steps separated by
+// spinning barriers. X (B, T, H) in, Y out.
+void one_task_in_one_region(const Attrs& attrs, std::vector<std::vector<MXTensor>*>& layers,
+                            const Slots& at, const Dims& s, const float* X, float* Y,
+                            const OpResource& res) {
   StepClock preparing;
-  const int64_t B = s.B, T = s.T, H = s.H, F = in[at.W1].shape[0], H3 = 3 * H, n = B * T;
+  std::vector<MXTensor>& first = *layers[0];
+  const int64_t B = s.B, T = s.T, H = s.H, F = first[at.W1].shape[0], H3 = 3 * H, n = B * T;
   const float scale = float_of(attrs, "scale", 1.f), eps = float_of(attrs, "eps", 1e-5f);
   const bool gelu = gelu_of(attrs);
   const blas::Products by = products_of(attrs, "request_products");
   const bool bf16 = blas::bf16_operands(by);
-  auto p = [&](int slot) { return in[slot].data<float>(); };
-  auto sources = [&](std::initializer_list<int> slots) {
-    std::vector<prepared::Source> out;
-    for (int slot : slots) out.emplace_back(in[slot]);
-    return out;
-  };
-  prepared::Columns Wqkv(H3, H, by), Wo(H, H, by), W1(F, H, by), W2(H, F, by);
-  const auto qkv_sources = sources({at.W_q, at.W_k, at.W_v}), o_sources = sources({at.W_o});
-  const auto w1_sources = sources({at.W1}), w2_sources = sources({at.W2});
-  const std::vector<const float*> qkv_parts{p(at.W_q), p(at.W_k), p(at.W_v)};
+  std::vector<RequestLayer> plan;
+  plan.reserve(layers.size());
+  for (auto* in : layers) plan.emplace_back(*in, at, H, F, by);
   const int threads = omp_get_max_threads();
-  // float32: q | k | v bias (3H), qkv (n, 3H), c, a (n, H), f (n, F); per
-  // thread K^T (d, T) and P (T, T); then a bf16 operand (n, max(H, F))
-  const int64_t shared = H3 + n * (H3 + 2 * H + F), each = s.d * T + T * T;
+  // float32: qkv (n, 3H), c, a (n, H), f (n, F), two (n, H) layer outputs;
+  // per thread K^T (d, T) and P (T, T); then a bf16 operand (n, max(H, F))
+  const int64_t shared = n * (H3 + 4 * H + F), each = s.d * T + T * T;
   const int64_t operand_floats = bf16 ? (n * std::max(H, F) + 1) / 2 : 0;
-  float* bqkv = static_cast<float*>(
+  float* qkv = static_cast<float*>(
       res.alloc_cpu((shared + threads * each + operand_floats) * sizeof(float)));
-  float *qkv = bqkv + H3, *c = qkv + n * H3, *a = c + n * H, *f = a + n * H;
-  float* per_thread = f + n * F;
+  float *c = qkv + n * H3, *a = c + n * H, *f = a + n * H, *between = f + n * F;
+  float* per_thread = between + 2 * n * H;
   auto* operand = reinterpret_cast<blas::bf16*>(per_thread + threads * each);
-  const float* b_qkv = nullptr;
-  if (at.b_q >= 0) {
-    for (int w = 0; w < 3; ++w)
-      std::memcpy(bqkv + w * H, p(w == 0 ? at.b_q : w == 1 ? at.b_k : at.b_v),
-                  H * sizeof(float));
-    b_qkv = bqkv;
-  }
-  const float* b_o = at.b_o >= 0 ? p(at.b_o) : nullptr;
-  const float *b1 = p(at.b1), *b2 = p(at.b2);
-  const float* X = in[0].data<float>();
-  const MXTensor& lens = in[1];
+  const MXTensor& lens = first[1];
   Dims qkv_dims = s;
   qkv_dims.ld = H3;  // q, k and v of a row side by side
   preparing.lap(kPrepare);
@@ -243,84 +258,112 @@ void one_task_in_one_region(const Attrs& attrs, std::vector<MXTensor>& in, const
     barrier.reset(team);  // (OpenMP's barrier ends the single: all see it)
     StepClock clock;  // thread 0's view of the steps
     auto lap = [&](Step step) { if (t == 0) clock.lap(step); };
-    int64_t j0, j1;
     auto rows = [&](auto&& row) {  // every row once, shared out by thread
       for (int64_t r = t; r < n; r += team) row(r);
     };
-    if (bf16) {
-      rows([&](int64_t r) { blas::to_bf16(X + r * H, H, operand + r * H); });
-      barrier.wait();
-    }
-    Wqkv.share(t, team, &j0, &j1);
-    Wqkv.product(qkv_sources, qkv_parts, n, X, operand, qkv, H3, j0, j1, b_qkv);
-    barrier.wait();
-    lap(kQKV);
+    int64_t j0, j1;
     float* Kt = per_thread + t * each;
-    for (int64_t job = t; job < B * s.N; job += team) {  // (sequence, head)
-      const int64_t i = job / s.N, h = job % s.N;
-      const float* q = qkv + i * T * H3 + h * s.d;
-      const int64_t live = head_probs(q, q + H, kept_keys(lens, i, T), qkv_dims, scale, Kt,
-                                      Kt + s.d * T);
-      small_gemm::gemm(T, s.d, live, 1.f, Kt + s.d * T, T, 1, q + 2 * H, H3,
-                       c + i * T * H + h * s.d, H);
-    }
-    barrier.wait();
-    if (bf16) {
-      rows([&](int64_t r) { blas::to_bf16(c + r * H, H, operand + r * H); });
-      barrier.wait();
-    }
-    lap(kAttention);
-    Wo.share(t, team, &j0, &j1);
-    Wo.product(o_sources, {p(at.W_o)}, n, c, operand, a, H, j0, j1, b_o);
-    barrier.wait();
-    lap(kWo);
-    rows([&](int64_t r) {  // AddNorm 1
-      float* ar = a + r * H;
-      const float* xr = X + r * H;
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) ar[j] += xr[j];
-      layer_norm_row(ar, p(at.gamma1), p(at.beta1), H, eps, ar);
-      if (bf16) blas::to_bf16(ar, H, operand + r * H);
-    });
-    barrier.wait();
-    lap(kAddNorm1);
-    W1.share(t, team, &j0, &j1);
-    W1.product(w1_sources, {p(at.W1)}, n, a, operand, f, F, j0, j1, nullptr);
-    lap(kW1);
-    for (int64_t r = 0; r < n; ++r) {  // W1's bias and the activation, on these columns
-      float* fr = f + r * F;
-      if (gelu) {
-#pragma omp simd
-        for (int64_t j = j0; j < j1; ++j) {
-          const float v = fr[j] + b1[j];
-          fr[j] = 0.5f * v * (1.f + erf_rational(v * 0.70710678f));
-        }
-      } else {
-#pragma omp simd
-        for (int64_t j = j0; j < j1; ++j) fr[j] = std::max(fr[j] + b1[j], 0.f);
+    const float* x = X;
+    for (size_t l = 0; l < plan.size(); ++l) {
+      const RequestLayer& L = plan[l];
+      float* y = l + 1 == plan.size() ? Y : between + (l % 2) * n * H;
+      if (bf16) {
+        rows([&](int64_t r) { blas::to_bf16(x + r * H, H, operand + r * H); });
+        barrier.wait();
       }
-    }
-    barrier.wait();
-    if (bf16) {  // W2's operand: f's rows whole
-      rows([&](int64_t r) { blas::to_bf16(f + r * F, F, operand + r * F); });
+      L.Wqkv.share(t, team, &j0, &j1);
+      L.Wqkv.product(L.qkv_sources, L.qkv_parts, n, x, operand, qkv, H3, j0, j1,
+                     L.b_qkv.empty() ? nullptr : L.b_qkv.data());
       barrier.wait();
-    }
-    lap(kActivation);
-    W2.share(t, team, &j0, &j1);
-    W2.product(w2_sources, {p(at.W2)}, n, f, operand, Y, H, j0, j1, b2);
-    barrier.wait();
-    lap(kW2);
-    rows([&](int64_t r) {  // AddNorm 2
-      float* yr = Y + r * H;
-      const float* ar = a + r * H;
+      lap(kQKV);
+      for (int64_t job = t; job < B * s.N; job += team) {  // (sequence, head)
+        const int64_t i = job / s.N, h = job % s.N;
+        const float* q = qkv + i * T * H3 + h * s.d;
+        const int64_t live = head_probs(q, q + H, kept_keys(lens, i, T), qkv_dims, scale,
+                                        Kt, Kt + s.d * T);
+        small_gemm::gemm(T, s.d, live, 1.f, Kt + s.d * T, T, 1, q + 2 * H, H3,
+                         c + i * T * H + h * s.d, H);
+      }
+      barrier.wait();
+      if (bf16) {
+        rows([&](int64_t r) { blas::to_bf16(c + r * H, H, operand + r * H); });
+        barrier.wait();
+      }
+      lap(kAttention);
+      L.Wo.share(t, team, &j0, &j1);
+      L.Wo.product(L.o_sources, {L.p(at.W_o)}, n, c, operand, a, H, j0, j1,
+                   at.b_o >= 0 ? L.p(at.b_o) : nullptr);
+      barrier.wait();
+      lap(kWo);
+      rows([&](int64_t r) {  // AddNorm 1
+        float* ar = a + r * H;
+        const float* xr = x + r * H;
 #pragma omp simd
-      for (int64_t j = 0; j < H; ++j) yr[j] += ar[j];
-      layer_norm_row(yr, p(at.gamma2), p(at.beta2), H, eps, yr);
-    });
-    lap(kAddNorm2);
+        for (int64_t j = 0; j < H; ++j) ar[j] += xr[j];
+        layer_norm_row(ar, L.p(at.gamma1), L.p(at.beta1), H, eps, ar);
+        if (bf16) blas::to_bf16(ar, H, operand + r * H);
+      });
+      barrier.wait();
+      lap(kAddNorm1);
+      L.W1.share(t, team, &j0, &j1);
+      L.W1.product(L.w1_sources, {L.p(at.W1)}, n, a, operand, f, F, j0, j1, nullptr);
+      lap(kW1);
+      const float* b1 = L.p(at.b1);
+      for (int64_t r = 0; r < n; ++r) {  // W1's bias and the activation, on these columns
+        float* fr = f + r * F;
+        if (gelu) {
+#pragma omp simd
+          for (int64_t j = j0; j < j1; ++j) {
+            const float v = fr[j] + b1[j];
+            fr[j] = 0.5f * v * (1.f + erf_rational(v * 0.70710678f));
+          }
+        } else {
+#pragma omp simd
+          for (int64_t j = j0; j < j1; ++j) fr[j] = std::max(fr[j] + b1[j], 0.f);
+        }
+      }
+      barrier.wait();
+      if (bf16) {  // W2's operand: f's rows whole
+        rows([&](int64_t r) { blas::to_bf16(f + r * F, F, operand + r * F); });
+        barrier.wait();
+      }
+      lap(kActivation);
+      L.W2.share(t, team, &j0, &j1);
+      L.W2.product(L.w2_sources, {L.p(at.W2)}, n, f, operand, y, H, j0, j1, L.p(at.b2));
+      barrier.wait();
+      lap(kW2);
+      rows([&](int64_t r) {  // AddNorm 2
+        float* yr = y + r * H;
+        const float* ar = a + r * H;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) yr[j] += ar[j];
+        layer_norm_row(yr, L.p(at.gamma2), L.p(at.beta2), H, eps, yr);
+      });
+      barrier.wait();  // the next layer reads y whole
+      lap(kAddNorm2);
+      x = y;
+    }
   }
 }
 
+}  // namespace
+
+namespace {
+// Whole sequences per task: about kBlockRows rows, fewer when that would
+// leave a thread idle. When there are still fewer tasks than threads (a
+// request of one sequence), tasks are "wide" and run one after another.
+void split_tasks(int64_t B, int64_t T, int threads, int64_t* seqs, bool* wide) {
+  *seqs = std::max<int64_t>(1, std::min<int64_t>(kBlockRows / T, (B + threads - 1) / threads));
+  *wide = (B + *seqs - 1) / *seqs < threads;
+  if (*wide) *seqs = std::max<int64_t>(1, std::min<int64_t>(B, kBlockRows / T));
+}
+
+int64_t tasks_of(int64_t B, int64_t T) {
+  int64_t seqs;
+  bool wide;
+  split_tasks(B, T, omp_get_max_threads(), &seqs, &wide);
+  return (B + seqs - 1) / seqs;
+}
 }  // namespace
 
 static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
@@ -340,18 +383,15 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
   auto p = [&](int slot) { return in[slot].data<float>(); };
 
   const int threads = omp_get_max_threads();
-  // Whole sequences per task: about kBlockRows rows, fewer when that would
-  // leave a thread idle. When there are still fewer tasks than threads (a
-  // request of one sequence), tasks are "wide" and run one after another:
-  // each product, each task's heads and rows are shared out over every thread.
-  int64_t seqs = std::max<int64_t>(
-      1, std::min<int64_t>(kBlockRows / T, (B + threads - 1) / threads));
-  const bool wide = (B + seqs - 1) / seqs < threads;
-  if (wide) seqs = std::max<int64_t>(1, std::min<int64_t>(B, kBlockRows / T));
+  // wide tasks: each product, each task's heads and rows shared out over every thread
+  int64_t seqs;
+  bool wide;
+  split_tasks(B, T, threads, &seqs, &wide);
   const int64_t rows = seqs * T;
   const int64_t tasks = (B + seqs - 1) / seqs;
   if (tasks == 1) {  // a request: no team's wake-up between its steps
-    one_task_in_one_region(attrs, in, at, s, Y, res);
+    std::vector<std::vector<MXTensor>*> one{&in};
+    one_task_in_one_region(attrs, one, at, s, X, Y, res);
     return MX_SUCCESS;
   }
   const blas::Products by = products_of(attrs);
@@ -483,3 +523,95 @@ REGISTER_OP(bert_encoder_layer)
 .setInferShape(layer_shape)
 .setForward(layer_forward, "cpu")
 .setBackward(layer_backward, "cpu");
+
+// Op bert_encoder_stack(X (B, T, H), valid_lens (B,), then each layer's
+//   weights as bert_encoder_layer takes them, layer after layer; num_layers
+//   and bert_encoder_layer's attributes) -> Y (B, T, H): the whole encoder
+//   stack as one op, for inference graphs. A request runs every layer in one
+//   parallel region (one team wake-up per request, not per layer); a batch
+//   runs bert_encoder_layer's tasks layer after layer.
+namespace {
+int64_t layers_of(const Attrs& attrs) {
+  auto it = attrs.find("num_layers");
+  return it == attrs.end() ? 0 : std::atoll(it->second.c_str());
+}
+
+// The inputs of stack layer `l` as bert_encoder_layer's: X, valid_lens, its weights
+template <typename T>
+std::vector<T> layer_inputs(const std::vector<T>& stack, int64_t l, int per) {
+  std::vector<T> out{stack[0], stack[1]};
+  out.insert(out.end(), stack.begin() + 2 + l * per, stack.begin() + 2 + (l + 1) * per);
+  return out;
+}
+}  // namespace
+
+static MXReturnValue stack_parse(const Attrs& attrs, int* num_in, int* num_out) {
+  const int64_t layers = layers_of(attrs);
+  if (layers < 1) {
+    MX_ERROR_MSG << "bert_encoder_stack: num_layers must be >= 1";
+    return MX_FAIL;
+  }
+  *num_in = 2 + layers * (Slots(flag_of(attrs, "use_bias")).count() - 2);
+  *num_out = 1;
+  return products_known(attrs, "bert_encoder_stack")
+                 && products_known(attrs, "bert_encoder_stack", "request_products")
+             ? MX_SUCCESS : MX_FAIL;
+}
+
+static MXReturnValue stack_type(const Attrs& attrs, std::vector<int>* in_types,
+                                std::vector<int>* out_types) {
+  return all_float32("bert_encoder_stack", in_types, out_types, 1);
+}
+
+static MXReturnValue stack_shape(const Attrs& attrs,
+                                 std::vector<std::vector<unsigned int>>* in_shapes,
+                                 std::vector<std::vector<unsigned int>>* out_shapes) {
+  const int per = Slots(flag_of(attrs, "use_bias")).count() - 2;
+  for (int64_t l = 0; l < layers_of(attrs); ++l) {
+    auto layer = layer_inputs(*in_shapes, l, per);
+    if (layer_shape(attrs, &layer, out_shapes) != MX_SUCCESS) return MX_FAIL;
+  }
+  return MX_SUCCESS;
+}
+
+static MXReturnValue stack_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                                   std::vector<MXTensor>* outputs, const OpResource& res) {
+  auto& in = *inputs;
+  const Slots at(flag_of(attrs, "use_bias"));
+  const int per = at.count() - 2;
+  const int64_t L = layers_of(attrs), B = in[0].shape[0], T = in[0].shape[1],
+                H = in[0].shape[2];
+  std::vector<std::vector<MXTensor>> layers;
+  for (int64_t l = 0; l < L; ++l) layers.push_back(layer_inputs(in, l, per));
+  float* Y = (*outputs)[0].data<float>();
+  if (tasks_of(B, T) == 1) {
+    std::vector<std::vector<MXTensor>*> all;
+    for (auto& layer : layers) all.push_back(&layer);
+    one_task_in_one_region(attrs, all, at, dims_of(in[0], heads_of(attrs)),
+                           in[0].data<float>(), Y, res);
+    return MX_SUCCESS;
+  }
+  std::vector<float> between(L > 1 ? 2 * B * T * H : 0);  // the layers' outputs
+  for (int64_t l = 0; l < L; ++l) {
+    if (l > 0) layers[l][0].data_ptr = between.data() + ((l - 1) % 2) * B * T * H;
+    std::vector<MXTensor> out{(*outputs)[0]};
+    if (l + 1 < L) out[0].data_ptr = between.data() + (l % 2) * B * T * H;
+    if (layer_forward(attrs, &layers[l], &out, res) != MX_SUCCESS) return MX_FAIL;
+  }
+  return MX_SUCCESS;
+}
+
+static MXReturnValue stack_backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                                    std::vector<MXTensor>* outputs, const OpResource& res) {
+  MX_ERROR_MSG << "bert_encoder_stack has no backward: it is for graphs autograd does "
+                  "not record";
+  return MX_FAIL;
+}
+
+REGISTER_OP(bert_encoder_stack)
+.setParseAttrs(stack_parse)
+.setInferType(stack_type)
+.setInferShape(stack_shape)
+.setForward(stack_forward, "cpu")
+.setBackward(stack_backward, "cpu");
+

@@ -71,7 +71,7 @@ static MXReturnValue forward(const std::unordered_map<std::string, std::string>&
   float* mean = (*outputs)[1].data<float>();
   float* rstd = (*outputs)[2].data<float>();
   const float* r = flag_of(attrs, "residual") ? (*inputs)[3].data<float>() : nullptr;
-#pragma omp parallel
+#pragma omp parallel if (N * H > kSerialFloats)
   {
   std::vector<float> buf(H);
 #pragma omp for schedule(static)
