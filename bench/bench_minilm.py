@@ -1,5 +1,5 @@
-"""all-MiniLM-L6-v2 encoding: the twin, hybridized (its inference graph:
-fused encoder blocks), in float32 and dtype='bfloat16', against Hugging Face
+"""all-MiniLM-L6-v2 encoding: the twin's `for_inference()` (its encoder one
+fused native op), in float32 and dtype='bfloat16', against Hugging Face
 `transformers` on PyTorch eager (float32, bf16 autocast), onnxruntime (the
 model exported from PyTorch with dynamic batch and length; plain, and
 through its transformer optimizer) and OpenVINO (the same ONNX, float32 and

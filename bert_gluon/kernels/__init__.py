@@ -25,7 +25,8 @@ from the (B, T, H) projections, per head (`heads.h`) through a
 register-blocked product (`small_gemm.h`): no head transposes, no BLAS call
 per 64 x 64 head; and both as one op where there is no dropout.
 `encoder_layer.cc`: a whole encoder block, forward only, a few sequences at
-a time in cache: what the twin's inference graph runs.
+a time in cache, or a request's rows in one parallel region; every block
+of `for_inference()` as one op (bert_encoder_stack).
 `embedding.cc`: token + segment + position embeddings in one pass.
 Built with the machine's g++ (-march=native: it is built where it runs) into
 the cache folder, under a key of the sources, the MXNet version, the

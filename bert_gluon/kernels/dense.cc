@@ -104,7 +104,7 @@ static MXReturnValue pd_forward(const std::unordered_map<std::string, std::strin
     }
   }
   if (prepare) {  // the bias added by the product: Y written once
-    prepared::Weight weight(V, H, by, false);
+    prepared::Weight weight(V, H, by);
     weight.prepare({prepared::Source((*inputs)[1])}, {W});
     weight.product(n, A, a16, Y, nullptr, false, b);
     return MX_SUCCESS;

@@ -1,6 +1,7 @@
 // A whole post-LayerNorm encoder block (d2l.EncoderBlock, dropout off) as
 // one forward-only op, for MXNet 1.9 on the CPU (extension library): what
-// the twin's inference graph runs. A few whole sequences at a time (about
+// the twin's `for_inference()` runs (bert_encoder_stack, below, is every
+// block of it in one op). A few whole sequences at a time (about
 // 128 rows) go through every step while they sit in this core's cache, so
 // no (B, T, H) intermediate goes through memory and no step is its own
 // operator call:
@@ -397,9 +398,8 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
   const blas::Products by = products_of(attrs);
   const bool bf16 = blas::bf16_operands(by);
   // The weights prepared once for every call while they are unchanged
-  const bool once = tasks == 1;
   using prepared::Weight;
-  Weight Wqkv(H3, H, by, once), Wo(H, H, by, once), W1(F, H, by, once), W2(H, F, by, once);
+  Weight Wqkv(H3, H, by), Wo(H, H, by), W1(F, H, by), W2(H, F, by);
   auto sources = [&](std::initializer_list<int> slots) {
     std::vector<prepared::Source> out;
     for (int slot : slots) out.emplace_back(in[slot]);

@@ -54,39 +54,27 @@ constexpr int64_t kPackRows = 1024;
 // A Dense weight W (N, K), the rows of `parts` one after another (q | k | v
 // stacked, or one weight), prepared for products X (n, K) @ W^T: packed
 // (MKL) or reordered (oneDNN), in float32 or bf16, once per version of its
-// sources and kept (get, above). A float32 one for a single task's products
-// is used as it is (packing would cost what it saves), stacked once if need be.
+// sources and kept (get, above). (A request's products: Columns, below.)
 struct Weight {
   int64_t N, K;
   blas::Products by;
-  bool bf16, direct;
+  bool bf16;
   Buffer held;
   const void* data = nullptr;
-  Weight(int64_t N_, int64_t K_, blas::Products by_, bool once)
-      : N(N_), K(K_), by(by_), bf16(blas::bf16_operands(by_)),
-        direct(once && by_ == blas::Products::blas) {}
+  Weight(int64_t N_, int64_t K_, blas::Products by_)
+      : N(N_), K(K_), by(by_), bf16(blas::bf16_operands(by_)) {}
 
   void prepare(const std::vector<Source>& sources,
                const std::vector<const float*>& parts) {
     const int64_t part = N / parts.size() * K;  // floats per part
-    if (direct && parts.size() == 1) {  // W outlives the products
-      data = parts[0];
-      return;
-    }
-    auto stack = [&](float* W) {
-      for (size_t i = 0; i < parts.size(); ++i)
-        std::memcpy(W + i * part, parts[i], part * sizeof(float));
-    };
-    const uint64_t layout = direct ? 0 : 1 + static_cast<uint64_t>(by);
+    const uint64_t layout = 1 + static_cast<uint64_t>(by);
     const uint64_t kind = (layout << 56) ^ (uint64_t(N) << 28) ^ uint64_t(K);
-    const size_t bytes = direct ? N * K * sizeof(float)
-                                : blas::packed_weight_bytes(by, kPackRows, N, K);
-    held = get(sources, kind, bytes, [&](char* out) {
-      if (direct) return stack(reinterpret_cast<float*>(out));
+    held = get(sources, kind, blas::packed_weight_bytes(by, kPackRows, N, K), [&](char* out) {
       std::vector<float> stacked(parts.size() > 1 ? N * K : 0);
       const float* W = parts[0];
       if (parts.size() > 1) {
-        stack(stacked.data());
+        for (size_t i = 0; i < parts.size(); ++i)
+          std::memcpy(stacked.data() + i * part, parts[i], part * sizeof(float));
         W = stacked.data();
       }
       if (!bf16) return blas::pack_weight(by, W, N, K, kPackRows, out);
@@ -104,23 +92,6 @@ struct Weight {
                blas::bf16* scratch, bool accumulate = false,
                const float* bias = nullptr) const {
     const float beta = accumulate ? 1.f : 0.f;
-    if (direct) {  // a block of W's rows (C's columns) per thread: MKL keeps
-                   // products this small on one thread
-      const auto* W = static_cast<const float*>(data);
-      const int parts = omp_in_parallel() ? 1 : omp_get_max_threads();
-      const int64_t width = (N / parts + 15) / 16 * 16;
-#pragma omp parallel for num_threads(parts)
-      for (int part = 0; part < parts; ++part) {
-        const int64_t j0 = part * width, j1 = std::min(N, j0 + width);
-        if (j0 >= j1) continue;
-        for (int64_t r = 0; bias && r < n; ++r)  // the bias as the product's start
-          for (int64_t j = j0; j < j1; ++j)
-            C[r * N + j] = (accumulate ? C[r * N + j] : 0.f) + bias[j];
-        blas::sgemm(by, false, true, n, j1 - j0, K, 1.f, X, K, W + j0 * K, K,
-                    bias ? 1.f : beta, C + j0, N);
-      }
-      return;
-    }
     if (!bf16) {
       blas::gemm_packed(by, n, N, K, X, K, data, beta, C, N, bias);
       return;
