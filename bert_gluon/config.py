@@ -50,6 +50,11 @@ class BERTConfig:
           operands accumulated in float32 (parameters, optimizer states,
           LayerNorm, softmax and losses stay float32): the native backend,
           on a CPU with AVX512_BF16 or AMX.
+      pretraining_heads [True]: whether the MLM head and the NSP output
+          layer hold trained weights. False for a checkpoint without them
+          (Hugging Face's BertModel, such as all-MiniLM-L6-v2): they keep
+          their random initialization, and the model refuses to answer with
+          them (the encoder and the pooler are the checkpoint's).
     """
     vocab_size: int = 10000
     num_hiddens: int = 768
@@ -66,6 +71,7 @@ class BERTConfig:
     layer_norm_eps: float = 1e-5
     num_segments: int = 2
     dtype: str = 'float32'
+    pretraining_heads: bool = True
 
     def __post_init__(self):
         for name in ('vocab_size', 'num_hiddens', 'ffn_num_hiddens',
@@ -82,6 +88,9 @@ class BERTConfig:
         if self.activation not in ('relu', 'gelu'):
             raise ValueError("activation must be 'relu' or 'gelu', got "
                              f'{self.activation!r}')
+        if not isinstance(self.pretraining_heads, bool):
+            raise ValueError('pretraining_heads must be True or False, got '
+                             f'{self.pretraining_heads!r}')
         if self.dtype not in DTYPES:
             raise ValueError(f'dtype must be one of {DTYPES}, got {self.dtype!r}')
         if not self.layer_norm_eps > 0:

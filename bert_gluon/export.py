@@ -16,7 +16,7 @@ from mxnet import gluon
 from .config import BERTConfig
 from .fileio import atomic_write_json, check_output_file, read_json
 from .inputs import prepare_encoder_inputs, prepare_pred_positions
-from .model import HybridBERTModel
+from .model import HybridBERTModel, check_heads_trained
 
 __all__ = ['export_model', 'load_exported', 'ExportedBERT', 'INPUT_NAMES', 'trace_to_symbol',
            'dummy_batch']
@@ -62,6 +62,7 @@ def export_model(net, prefix, batch_size=1, seq_len=8, num_pred=1, overwrite=Fal
     if not isinstance(net, HybridBERTModel):
         raise ValueError('net must be a bert_gluon.HybridBERTModel, got '
                          f'{type(net).__name__}')
+    check_heads_trained(net.config, 'export_model (its graph carries the MLM and NSP heads)')
     for suffix in ('-symbol.json', '-0000.params', '-config.json'):
         check_output_file(f'{prefix}{suffix}', 'prefix', overwrite)
     paths = trace_to_symbol(net, net, prefix, dummy_batch(net, batch_size, seq_len, num_pred))

@@ -96,7 +96,9 @@ def hf_name(twin):
 
 
 def config_from_hf(hf, path='config.json'):
-    """A BERTConfig from a Hugging Face BERT config.json dict."""
+    """A BERTConfig from a Hugging Face BERT config.json dict; its
+    pretraining heads are marked untrained (BertModel's checkpoints have no
+    MLM head and no NSP output layer, and none is read)."""
     if not isinstance(hf, dict):
         raise ValueError(f'{path}: expected a JSON object, got {type(hf).__name__}')
     dropouts = ('hidden_dropout_prob', 'attention_probs_dropout_prob')
@@ -117,7 +119,7 @@ def config_from_hf(hf, path='config.json'):
                       f'{rates[1]}): inference is unaffected')
     fields = {ours: hf[theirs] for theirs, ours in HF_CONFIG_FIELDS if theirs not in dropouts}
     try:
-        return get_config('google.bert.base', dropout=rates[0],
+        return get_config('google.bert.base', dropout=rates[0], pretraining_heads=False,
                           **dict(fields, layer_norm_eps=float(fields['layer_norm_eps'])))
     except (TypeError, ValueError) as exc:  # a field of the wrong type or range
         raise ValueError(f'{path}: {exc}') from exc

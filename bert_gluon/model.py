@@ -17,7 +17,18 @@ from .layers import (Dense, Dropout, EncoderBlock, LayerNorm, cls_rows, cross_en
                      gather_rows, param_value, sinusoidal_positions)
 
 __all__ = ['HybridBERTEncoder', 'HybridMaskLM', 'HybridNextSentencePred',
-           'HybridBERTModel']
+           'HybridBERTModel', 'check_heads_trained']
+
+
+def check_heads_trained(config, what):
+    """Refuse `what` (an argument or an export) that needs the MLM and NSP
+    heads of a model whose checkpoint had none."""
+    if not config.pretraining_heads:
+        raise ValueError(f'{what}: this model\'s MLM and NSP heads are not trained (its '
+                         'checkpoint has none, as Hugging Face\'s BertModel and '
+                         'all-MiniLM-L6-v2): their outputs would be random. Use the '
+                         'encoder (net.encoder, encode_batch, an export without the heads) '
+                         'or train the heads first (config pretraining_heads=True)')
 
 
 class HybridBERTEncoder(Planned, nn.HybridBlock):
@@ -208,6 +219,9 @@ class HybridBERTModel(Planned, nn.HybridBlock):
     without, the encoder and NSP graphs run.
     `for_inference()`: the same model for predictions (fused encoder
     blocks, no dropout, never recorded), sharing these parameters.
+    A model whose config says its heads are not trained
+    (`pretraining_heads=False`: a checkpoint without them) refuses
+    pred_positions and answers nsp_Y_hat None: its heads are random.
     """
     def __init__(self, config, backend=None, **kwargs):
         super().__init__(**kwargs)
@@ -246,12 +260,14 @@ class HybridBERTModel(Planned, nn.HybridBlock):
         tokens, segments, valid_lens = prepare_encoder_inputs(
             self.config, self.check_inputs, tokens, segments, valid_lens)
         if pred_positions is not None:
+            check_heads_trained(self.config, 'pred_positions')
             pred_positions = prepare_pred_positions(pred_positions, tokens,
                                                     self.check_inputs)
         with checked_scope():
             if pred_positions is None:
                 encoded_X = self.encoder(tokens, segments, valid_lens)
-                return encoded_X, None, self.nsp(encoded_X)
+                nsp_Y_hat = self.nsp(encoded_X) if self.config.pretraining_heads else None
+                return encoded_X, None, nsp_Y_hat
             return super().forward(tokens, segments, valid_lens, pred_positions)
 
     def hybrid_forward(self, F, tokens, segments, valid_lens, pred_positions):

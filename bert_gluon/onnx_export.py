@@ -30,7 +30,7 @@ from .classifier import BERTClassifier
 from .export import dummy_batch, trace_to_symbol
 from .fileio import atomic_write_bytes, check_output_file
 from .layers import cls_rows
-from .model import HybridBERTModel
+from .model import HybridBERTModel, check_heads_trained
 
 __all__ = ['ONNX_OPSET', 'CONVERTERS', 'OUTPUTS', 'export_onnx', 'standard_interface',
            'onnx_inputs']
@@ -289,6 +289,7 @@ def _traced(net, heads):
         raise ValueError('net must be a bert_gluon HybridBERTModel or BERTClassifier, got '
                          f'{type(net).__name__}')
     if heads:
+        check_heads_trained(net.config, 'heads=True')
         return 'pretraining', net, net, 4
     return 'encoder', _Encoder(net), net, 3
 

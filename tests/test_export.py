@@ -235,3 +235,45 @@ def test_exports_refuse_what_they_would_overwrite_or_cannot_write(tmp_path):
     for name in ('model.safetensors', 'config.json', 'vocab.txt'):
         assert stat.S_IMODE((folder / name).stat().st_mode) == 0o666 & ~umask, name
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+
+
+def test_heads_a_checkpoint_lacks_are_never_answered_with(tmp_path):
+    """all-MiniLM-L6-v2 has no MLM head and no NSP output layer: its config
+    says so, the model refuses pred_positions and answers no NSP logits, and
+    every export that would carry the heads fails naming why; the encoder's
+    export and a classifier built on it (the pooler is the checkpoint's)
+    still work. The mark survives save and load."""
+    from bert_gluon.classifier import BERTClassifier, load_classifier, save_classifier
+    net, tokenizer, config = from_pretrained('all-MiniLM-L6-v2')
+    assert config.pretraining_heads is False and net.config.pretraining_heads is False
+    arrays = [mx.np.array(a) for a in tokenizer.encode_pairs([('a short sentence', None)], 8)]
+    positions = mx.np.zeros((1, 2), dtype='int32')
+    for model in (net, net.for_inference()):
+        with pytest.raises(ValueError, match=r"pred_positions: this model's MLM and NSP heads "
+                                             'are not trained'):
+            model(*arrays, positions)
+        encoded_X, mlm_Y_hat, nsp_Y_hat = model(*arrays)
+        assert encoded_X.shape == (1, 8, 384) and mlm_Y_hat is None and nsp_Y_hat is None
+    with pytest.raises(ValueError, match="heads=True: this model's MLM and NSP heads"):
+        export_onnx(net, str(tmp_path / 'heads.onnx'), heads=True)
+    assert not (tmp_path / 'heads.onnx').exists()
+    with pytest.raises(ValueError, match=r'export_model \(its graph carries the MLM and NSP '
+                                         r'heads\): this model'):
+        bg.export_model(net, str(tmp_path / 'sym' / 'bert'))
+    out = subprocess.run([sys.executable, '-m', 'bert_gluon.cli', 'export', '--from',
+                          'all-MiniLM-L6-v2', '--format', 'onnx', '--heads', '--output',
+                          str(tmp_path / 'cli.onnx')], capture_output=True, text=True)
+    assert out.returncode == 2 and 'heads are not trained' in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / 'cli.onnx').exists()
+    classifier = BERTClassifier(net, 2)
+    classifier.output.initialize()
+    assert classifier(*arrays).shape == (1, 2)
+    (tmp_path / 'clf').mkdir()
+    save_classifier(classifier, tmp_path / 'clf', tokenizer)
+    again, _, _ = load_classifier(tmp_path / 'clf')
+    assert again.config.pretraining_heads is False
+    assert bg.BERTConfig.from_dict(net.config.to_dict()).pretraining_heads is False
+    # a model whose heads were trained answers with them
+    trained = bg.HybridBERTModel(TINY)
+    trained.initialize()
+    assert trained(*make_batch())[1] is not None
