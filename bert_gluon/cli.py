@@ -25,6 +25,31 @@ def _positive_int(text):
     return value
 
 
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2 ** 31:
+        raise argparse.ArgumentTypeError(f'expected an integer in [0, 2**31), got {text!r}')
+    return value
+
+
+def _port(text):
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f'expected a TCP port, 1 to 65535, got {text!r}')
+    return value
+
+
+def _hosts(text):
+    hosts = text.split(',')
+    if not all(host.strip() for host in hosts):
+        raise argparse.ArgumentTypeError(f'expected comma-separated host names, none empty, '
+                                         f'got {text!r}')
+    return [host.strip() for host in hosts]
+
+
 def _positive_float(text):
     try:
         value = float(text)
@@ -147,7 +172,7 @@ def _launch(args):
                          'bert-gluon launch -- bert-gluon pretrain --kvstore dist_sync')
     try:
         launch(command, num_workers=args.workers, num_servers=args.servers,
-               hosts=args.hosts.split(','), port=args.port)
+               hosts=args.hosts, port=args.port)
     except RuntimeError as exc:  # a role failed: the job was ended
         print(f'bert-gluon launch: {exc}', file=sys.stderr)
         return 1
@@ -222,7 +247,7 @@ def build_parser():
     pre.add_argument('--dtype', default=None, choices=DTYPES,
                      help="the products' precision (bfloat16: CPUs with AVX512_BF16 "
                           'or AMX; parameters stay float32)')
-    pre.add_argument('--seed', type=int, default=pre_defaults['seed'])
+    pre.add_argument('--seed', type=_seed, default=pre_defaults['seed'])
     pre.add_argument('--data-dir', default=None,
                      help='root holding wikitext-2/ (default: $BERT_GLUON_DATA, '
                           'then the cache, then a download)')
@@ -251,7 +276,7 @@ def build_parser():
     fin.add_argument('--kvstore', default=fin_defaults['kvstore'], choices=KVSTORES)
     fin.add_argument('--dtype', default=None, choices=DTYPES,
                      help="the products' precision (default: the checkpoint's)")
-    fin.add_argument('--seed', type=int, default=fin_defaults['seed'])
+    fin.add_argument('--seed', type=_seed, default=fin_defaults['seed'])
     fin.add_argument('--data-dir', default=None)
     fin.add_argument('--no-progress', action='store_true')
     fin.set_defaults(func=_finetune)
@@ -275,10 +300,10 @@ def build_parser():
                                         'scheduler and servers, all watched')
     lau.add_argument('--workers', type=_positive_int, default=2)
     lau.add_argument('--servers', type=_positive_int, default=1)
-    lau.add_argument('--hosts', default='127.0.0.1',
+    lau.add_argument('--hosts', type=_hosts, default='127.0.0.1',
                      help='comma-separated hosts, round robin (others over ssh); '
                           'the scheduler runs on the first')
-    lau.add_argument('--port', type=_positive_int, default=None,
+    lau.add_argument('--port', type=_port, default=None,
                      help="the scheduler's port (default: a free one)")
     lau.add_argument('job', nargs=argparse.REMAINDER,
                      help="-- then the training command, e.g. -- bert-gluon pretrain "

@@ -63,6 +63,9 @@ def export_model(net, prefix, batch_size=1, seq_len=8, num_pred=1, overwrite=Fal
         raise ValueError('net must be a bert_gluon.HybridBERTModel, got '
                          f'{type(net).__name__}')
     check_heads_trained(net.config, 'export_model (its graph carries the MLM and NSP heads)')
+    if not os.path.basename(str(prefix)):
+        raise ValueError(f'prefix {prefix!r} names a folder, not a file prefix: give one '
+                         "such as 'export/bert' (it writes export/bert-symbol.json, ...)")
     for suffix in ('-symbol.json', '-0000.params', '-config.json'):
         check_output_file(f'{prefix}{suffix}', 'prefix', overwrite)
     paths = trace_to_symbol(net, net, prefix, dummy_batch(net, batch_size, seq_len, num_pred))

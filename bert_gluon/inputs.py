@@ -162,10 +162,10 @@ def check_pred_positions(pred_positions, batch_size, seq_len,
                          check_values=True):
     """pred_positions: (batch size, num predictions) in [0, seq_len)."""
     shape = _shape('pred_positions', pred_positions)
-    if len(shape) != 2 or shape[0] != batch_size:
+    if len(shape) != 2 or shape[0] != batch_size or shape[1] < 1:
         raise ValueError('pred_positions must have shape (batch size, '
-                         f'number of predictions) with batch size '
-                         f'{batch_size}, got {shape}')
+                         f'number of predictions >= 1) with batch size '
+                         f'{batch_size}, got {shape} (no prediction: pass None)')
     _id_dtype('pred_positions', pred_positions)
     if check_values:
         _check_range('pred_positions', _host('pred_positions', pred_positions),

@@ -76,9 +76,11 @@ def get_bert_encoding(net, tokens_a, tokens_b=None, vocab=None):
     the device from globals; here they are an argument and the net's."""
     if vocab is None:
         raise ValueError('vocab: the vocabulary the model was trained with')
-    if isinstance(tokens_a, str) or (tokens_b is not None and isinstance(tokens_b, str)):
-        raise ValueError('tokens_a and tokens_b must be lists of tokens, as in '
-                         "the book: ['a', 'crane', 'is', 'flying']")
+    for name, tokens in (('tokens_a', tokens_a), ('tokens_b', tokens_b)):
+        if tokens is not None and (isinstance(tokens, str) or not all(
+                isinstance(token, str) for token in tokens)):
+            raise ValueError(f'{name} must be a list of token strings, as in the book: '
+                             f"['a', 'crane', 'is', 'flying'], got {tokens!r:.80}")
     tokens = ['<cls>'] + list(tokens_a) + ['<sep>']
     segments = [0] * len(tokens)
     if tokens_b is not None:
@@ -113,6 +115,8 @@ def encode_batch(net, texts, tokenizer, max_len=128, batch_size=64,
     """
     if pooling not in POOLINGS + ('none',):
         raise ValueError(f"pooling must be one of {POOLINGS + ('none',)}, got {pooling!r}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f'batch_size must be a positive int, got {batch_size!r}')
     pairs = as_pairs(texts)
     arrays = tokenizer.encode_pairs(pairs, max_len)
     ctx = _ctx_of(net)

@@ -143,6 +143,16 @@ def test_launch_needs_a_command():
     assert out.returncode == 2 and 'the training command each worker runs' in out.stderr
 
 
+@pytest.mark.parametrize('flags, message', [
+    (['--hosts', ''], 'argument --hosts: expected comma-separated host names, none empty'),
+    (['--hosts', 'a,'], 'argument --hosts: expected comma-separated host names, none empty'),
+    (['--port', '99999'], 'argument --port: expected a TCP port, 1 to 65535')])
+def test_launch_refuses_bad_hosts_and_ports_before_starting_anything(flags, message):
+    out = subprocess.run([sys.executable, '-m', 'bert_gluon.cli', 'launch', *flags, '--',
+                          'true'], env=ENV, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
+
+
 def test_a_command_that_cannot_start_ends_what_was_started():
     """`launch -- no-such-command`: the scheduler and server already started
     are stopped, and the error names the command."""

@@ -1,5 +1,6 @@
 """Bad input gets a ValueError that names the argument, in both model kinds."""
 import pytest
+import mxnet as mx
 from mxnet import np
 
 import bert_gluon as bg
@@ -202,3 +203,28 @@ def test_exported_files_that_are_corrupt_are_named(tmp_path):
     open(f'{prefix}-config.json', 'w').write('{"vocab_size": ')
     with pytest.raises(ValueError, match='bert-config.json is not a readable JSON'):
         bg.load_exported(prefix)
+
+
+def test_the_last_weak_inputs_are_named(tmp_path):
+    """No prediction slot, a batch size of 0, ids where the book passes
+    token strings, and a folder where a file prefix is expected: each a
+    ValueError naming the argument, not an MXNet error or a silent answer."""
+    import bert_gluon as bg
+    from bert_gluon.data.vocab import Vocab
+    from bert_gluon.represent import encode_batch, get_bert_encoding
+    from conftest import TINY, make_batch
+    net = bg.HybridBERTModel(TINY)
+    net.initialize()
+    tokens, segments, valid_lens, _ = make_batch()
+    with pytest.raises(ValueError, match=r'pred_positions must have shape .*no prediction: '
+                                         'pass None'):
+        net(tokens, segments, valid_lens, mx.np.zeros((3, 0), dtype='int32'))
+    vocab = Vocab([['a', 'crane', 'is', 'flying']], reserved_tokens=['<pad>', '<mask>', '<cls>',
+                                                                     '<sep>'])
+    with pytest.raises(ValueError, match='batch_size must be a positive int, got 0'):
+        encode_batch(net, ['a crane'], vocab, max_len=8, batch_size=0)
+    with pytest.raises(ValueError, match='tokens_a must be a list of token strings'):
+        get_bert_encoding(net, [1, 2, 3], vocab=vocab)
+    with pytest.raises(ValueError, match="prefix .* names a folder, not a file prefix"):
+        bg.export_model(net, str(tmp_path / 'exp') + '/')
+    assert not list(tmp_path.iterdir())

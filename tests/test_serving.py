@@ -126,6 +126,9 @@ def test_handlers_refuse_bad_requests(classifier_folder):
     assert code == 413 and 'at most 32' in text
     code, text = _status(inference.output_fn, {'labels': []}, 'text/csv')
     assert code == 406
+    for accept in ('application/json, text/plain', 'text/plain;q=0.5, application/*',
+                   'text/html, */*;q=0.1', 'Application/JSON; charset=utf-8'):
+        assert json.loads(inference.output_fn({'labels': []}, accept)) == {'labels': []}, accept
 
 
 def test_encoder_handler_gives_mean_pooled_embeddings(tiny_pretrained):

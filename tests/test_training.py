@@ -158,6 +158,7 @@ def test_contexts_parse_and_reject():
     (['--backend', 'cuda'], "argument --backend: invalid choice"),
     (['--ctx', 'gpu0'], '--ctx'),
     (['--config', 'nope'], 'argument --config: invalid choice'),
+    (['--seed', '-1'], 'argument --seed: expected an integer in [0, 2**31)'),
 ])
 def test_cli_rejects_bad_arguments(args, message):
     out = subprocess.run([sys.executable, '-m', 'bert_gluon.cli', 'pretrain', *args],

@@ -141,8 +141,9 @@ def predict_fn(data, model):
 
 
 def output_fn(prediction, accept=JSON):
-    """The prediction as JSON."""
-    accept = _media_type(accept or JSON)
-    if accept not in (JSON, '*/*'):
+    """The prediction as JSON: where the Accept header lists JSON,
+    application/* or */* among its types (any order, any q)."""
+    offered = [_media_type(part) for part in (accept or JSON).split(',')]
+    if not {JSON, 'application/*', '*/*'} & set(offered):
         raise _toolkit_error(406, f'accept {accept!r} is not supported: {JSON} only')
     return json.dumps(prediction)
