@@ -100,11 +100,12 @@ class Checkpointer:
                                  '(its SHA-1 differs from the one recorded)')
         return state
 
-    def load(self, net, trainer, ctx=None, check=None):
+    def load(self, net, trainer, ctx=None, check=None, required=()):
         """Restore the newest intact checkpoint into net and trainer; its
-        state (with 'dir', the folder it came from). A corrupt checkpoint is
-        reported with a warning and the one before it is tried. `check(state)`
-        may refuse a verified checkpoint (a ValueError) before anything loads."""
+        state (with 'dir', the folder it came from). A corrupt checkpoint, or
+        one whose state lacks a `required` field, is reported with a warning
+        and the one before it is tried. `check(state)` may refuse a verified
+        checkpoint (a ValueError) before anything loads."""
         found = self.candidates()
         if not found:
             raise ValueError(f'no checkpoint in {self.folder} to resume from')
@@ -112,6 +113,10 @@ class Checkpointer:
         for folder in found:
             try:
                 state = self._verified_state(folder)
+                lacking = [name for name in required if name not in state]
+                if lacking:
+                    raise ValueError(f'checkpoint file {folder / "state.json"} lacks the '
+                                     f'fields {lacking}')
             except ValueError as exc:
                 problems.append(str(exc))
                 warnings.warn(f'skipping checkpoint {folder.name}: {exc}')

@@ -147,6 +147,10 @@ def from_pretrained(name, ctx=None, **changes):
         return load_hf_bert(folder, ctx, **changes)
     if (folder / 'pretrained.params').is_file() and (folder / 'config.json').is_file():
         return load_folder(folder, ctx, **changes)
+    not_files = [name for name in ('model.safetensors', 'pretrained.params', 'config.json')
+                 if (folder / name).exists() and not (folder / name).is_file()]
+    if not_files:
+        raise ValueError(f'{folder}: {", ".join(not_files)} should be a file, not a folder')
     raise ValueError(f'unknown pretrained model {name!r}: expected one of '
                      f'{sorted(PRETRAINED)} or a folder holding pretrained.params '
                      '+ config.json + vocab.json, or model.safetensors + '

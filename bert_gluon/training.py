@@ -185,7 +185,9 @@ class TrainLoop:
         if not self.checkpointer.candidates():
             return False
         state = self.checkpointer.load(self.net, self.trainer, self.ctx_list,
-                                       check=self._check_same_run)
+                                       check=self._check_same_run,
+                                       required=('step', 'stream', 'history', 'train_seconds',
+                                                 'examples'))
         self.step = int(state['step'])
         self.stream.load_state(state['stream'])
         self.history = {k: list(v) for k, v in state['history'].items()}

@@ -372,3 +372,38 @@ def test_the_onnx_engines_cache_their_model_beside_the_weights(tiny_pretrained, 
     load_model('all-MiniLM-L6-v2', 'onnxruntime')
     assert not (minilm_folder() / 'onnx').exists()
     assert list((tmp_path / 'cache').glob('onnx/*/model.onnx'))
+
+
+def test_a_broken_onnx_cache_is_named_and_built_again(tiny_pretrained, tmp_path, monkeypatch):
+    """A model.json of another shape is named and rebuilt; temporary files of
+    a killed build are removed by the next build (a fresh one, perhaps
+    another process's, is kept); a corrupt ONNX in a read-only folder is
+    built again in the package cache instead of asking for a deletion that
+    cannot be done there."""
+    import os
+    import shutil
+    import time
+    from bert_gluon.serving import engines
+    folder = tmp_path / 'model'
+    shutil.copytree(tiny_pretrained, folder)
+    engines.load_model(str(folder), 'onnxruntime')
+    onnx_dir = folder / 'onnx'
+    (onnx_dir / 'model.json').write_text('[1, 2]')
+    stale, fresh = onnx_dir / '.model.onnx.killed.tmp', onnx_dir / '.model.onnx.running.tmp'
+    for path in (stale, fresh):
+        path.write_bytes(b'half an ONNX')
+    os.utime(stale, (time.time() - 7200,) * 2)
+    with pytest.warns(UserWarning, match=r'model.json holds list, not the record'):
+        engines.load_model(str(folder), 'onnxruntime')
+    assert isinstance(json.loads((onnx_dir / 'model.json').read_text()), dict)
+    assert not stale.exists() and fresh.exists()
+    model = onnx_dir / 'model.onnx'
+    model.write_bytes(model.read_bytes()[:-10])
+    monkeypatch.setenv('BERT_GLUON_CACHE', str(tmp_path / 'cache'))
+    monkeypatch.setattr(engines, '_writable', lambda place: place != onnx_dir)  # read-only
+    with pytest.warns(UserWarning, match='read-only: building it in the package cache'):
+        served = engines.load_model(str(folder), 'onnxruntime')
+    assert list((tmp_path / 'cache').glob('onnx/*/model.onnx'))
+    tokens = onp.array([[2, 5, 3]], dtype='int32')
+    answer = served.run(tokens, onp.zeros_like(tokens), onp.array([3.0], dtype='float32'))
+    assert answer['last_hidden_state'].shape[:2] == (1, 3)

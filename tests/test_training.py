@@ -269,3 +269,22 @@ def test_the_plan_that_ran_is_recorded_and_a_different_one_said_on_resume(tmp_pa
     with pytest.warns(UserWarning, match=r'resuming a run whose products ran as '
                                          r'.*another-library'):
         _tiny_pretrain(tmp_path, num_steps=3, resume=True)
+
+
+def test_a_state_lacking_fields_is_named_and_the_checkpoint_before_it_resumed(tmp_path):
+    _tiny_pretrain(tmp_path, num_steps=4)
+    state = tmp_path / 'checkpoints' / 'step-00000004' / 'state.json'
+    values = json.loads(state.read_text())
+    del values['history']
+    state.write_text(json.dumps(values))
+    with pytest.warns(UserWarning, match=r"skipping checkpoint step-00000004: .*state.json "
+                                         r"lacks the fields \['history'\]"):
+        result = _tiny_pretrain(tmp_path, num_steps=6, resume=True)
+    assert len(result['history']['mlm']) == 6  # steps 1-2 from the checkpoint, 3-6 run again
+
+
+def test_a_pretrained_folder_with_a_folder_for_a_file_is_named(tmp_path):
+    from bert_gluon.pretrained import from_pretrained
+    (tmp_path / 'model.safetensors').mkdir()
+    with pytest.raises(ValueError, match='model.safetensors should be a file, not a folder'):
+        from_pretrained(str(tmp_path))

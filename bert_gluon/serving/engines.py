@@ -15,6 +15,7 @@ its record. Engines other than MXNet are extras:
 import hashlib
 import importlib
 import os
+import warnings
 from pathlib import Path
 
 from mxnet import gluon
@@ -111,19 +112,39 @@ def _cached_onnx(folder, beside, net):
         if not (record.is_file() and model.is_file()):
             continue
         known = read_json(record)
+        if not isinstance(known, dict):
+            warnings.warn(f'{record} holds {type(known).__name__}, not the record of the '
+                          'ONNX built there: building it again')
+            continue
         if known.get('source_sha1') == source and known.get('version') == __version__:
-            if sha1_of(model) != known.get('onnx_sha1'):
+            if sha1_of(model) == known.get('onnx_sha1'):
+                return model
+            if _writable(place):  # the user's to look at: never silently replaced
                 raise ValueError(f'{model} is corrupt (its SHA-1 differs from the one in '
                                  f'{record}): delete {place} to rebuild it')
-            return model
+            warnings.warn(f'{model} is corrupt (its SHA-1 differs from the one in {record}) '
+                          'and its folder is read-only: building it in the package cache')
     place = next((p for p in places if _writable(p)), None)
     if place is None:
         raise ValueError(f'no writable place for the ONNX of {folder}: '
                          + ' or '.join(map(str, places)))
+    _remove_stale_temporaries(place)
     model = Path(export_onnx(net, place / 'model.onnx', overwrite=True))
     atomic_write_json(place / 'model.json', {'source_sha1': source, 'onnx_sha1': sha1_of(model),
                                              'version': __version__})
     return model
+
+
+def _remove_stale_temporaries(place, older_than=3600):
+    """Temporary files of builds killed in `place` (an hour old: a build
+    takes seconds, and one running now keeps its own)."""
+    import time
+    for stale in place.glob('.model.*.tmp'):
+        try:
+            if time.time() - stale.stat().st_mtime > older_than:
+                stale.unlink()
+        except OSError:  # another process removed it first
+            pass
 
 
 def _threads():
