@@ -34,6 +34,7 @@ metrics.json, checkpoints, exported folders and endpoints record.
 """
 import dataclasses
 import os
+import warnings
 
 import mxnet as mx
 import numpy as onp
@@ -46,6 +47,7 @@ __all__ = ['BACKENDS', 'PURPOSES', 'ExecutionPlan', 'Execution', 'Planned', 'mak
            'check_backend', 'resolve_implementation']
 
 BACKENDS = ('auto', 'native', 'mxnet')
+_said_kernels_off = []
 PURPOSES = ('general', 'inference', 'training')
 PRECISIONS = ('float32', 'bfloat16')
 
@@ -131,6 +133,12 @@ def resolve_implementation(request, contexts, dtype='float32', precision='float3
         if obstacle is not None and request == 'native':
             raise ValueError(f"backend='native' cannot run here: {obstacle}; use "
                              "backend='auto' or 'mxnet'")
+        kernels_off = (obstacle is not None and onp.dtype(dtype).name == 'float32'
+                       and all(c.device_type == 'cpu' for c in contexts))
+        if kernels_off and not _said_kernels_off:
+            _said_kernels_off.append(True)  # once per process
+            warnings.warn(f'bert_gluon: the native CPU kernels are off ({obstacle}); models '
+                          "run MXNet's slower operators", stacklevel=4)
         name = 'native' if obstacle is None else 'mxnet'
     if precision == 'bfloat16' and name != 'native':
         raise ValueError("dtype='bfloat16' cannot run here: it runs on the 'native' backend "
