@@ -11,6 +11,7 @@ until killed.
 import os
 import signal
 import sys
+import time
 
 import bert_gluon as bg
 from bert_gluon import training
@@ -31,6 +32,13 @@ if __name__ == '__main__':
 
         def one_step(loop, batch):
             if loop.cluster.rank == rank and loop.step == step:
+                # steps run asynchronously: wait for the chief's last checkpoint
+                # to be whole, so that the crash lands after it, deterministically
+                last = step - step % RUN['checkpoint_every']
+                done = os.path.join(out_dir, 'checkpoints', f'step-{last:08d}')
+                deadline = time.monotonic() + 60
+                while last and not os.path.isdir(done) and time.monotonic() < deadline:
+                    time.sleep(0.05)
                 os.kill(os.getpid(), signal.SIGKILL)
             return original(loop, batch)
         training.TrainLoop._one_step = one_step
