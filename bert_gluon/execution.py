@@ -243,18 +243,17 @@ class Execution:
         for root in [self.root] + self.others:
             for blk in _blocks(root):
                 blk._clear_cached_op()
-        if contexts is None:
+        explicit = contexts is not None  # a call's: its error is raised now
+        if not explicit:
             where = self._where(None)
             if where is None:
                 return None
             contexts, dtype = where
-            try:
-                self.plan = make_plan(self.request, contexts, dtype, self.precision,
-                                      self.purpose)
-            except ValueError:  # said at the next call, with the arguments it has then
-                return None
-        else:
+        try:
             self.plan = make_plan(self.request, contexts, dtype, self.precision, self.purpose)
+        except ValueError:  # a move or cast: said at the next call
+            if explicit:
+                raise
         return self.plan
 
 

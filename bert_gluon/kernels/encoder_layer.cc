@@ -125,12 +125,18 @@ extern "C" int bert_gluon_layer_step_seconds(double* out) {
 #endif
 }
 
-static MXReturnValue layer_parse(const Attrs& attrs, int* num_in, int* num_out) {
-  *num_in = Slots(flag_of(attrs, "use_bias")).count();
+// Inputs of `layers` blocks (X, valid_lens, each block's weights) and the
+// products attributes, for bert_encoder_layer (1) and bert_encoder_stack
+static MXReturnValue encoder_parse(const Attrs& attrs, const char* op, int64_t layers,
+                                   int* num_in, int* num_out) {
+  *num_in = 2 + layers * (Slots(flag_of(attrs, "use_bias")).count() - 2);
   *num_out = 1;
-  return products_known(attrs, "bert_encoder_layer")
-                 && products_known(attrs, "bert_encoder_layer", "request_products")
+  return products_known(attrs, op) && products_known(attrs, op, "request_products")
              ? MX_SUCCESS : MX_FAIL;
+}
+
+static MXReturnValue layer_parse(const Attrs& attrs, int* num_in, int* num_out) {
+  return encoder_parse(attrs, "bert_encoder_layer", 1, num_in, num_out);
 }
 
 static MXReturnValue layer_type(const Attrs& attrs, std::vector<int>* in_types,
@@ -551,11 +557,7 @@ static MXReturnValue stack_parse(const Attrs& attrs, int* num_in, int* num_out) 
     MX_ERROR_MSG << "bert_encoder_stack: num_layers must be >= 1";
     return MX_FAIL;
   }
-  *num_in = 2 + layers * (Slots(flag_of(attrs, "use_bias")).count() - 2);
-  *num_out = 1;
-  return products_known(attrs, "bert_encoder_stack")
-                 && products_known(attrs, "bert_encoder_stack", "request_products")
-             ? MX_SUCCESS : MX_FAIL;
+  return encoder_parse(attrs, "bert_encoder_stack", layers, num_in, num_out);
 }
 
 static MXReturnValue stack_type(const Attrs& attrs, std::vector<int>* in_types,

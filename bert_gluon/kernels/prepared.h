@@ -47,6 +47,16 @@ struct Counts {
 };
 Counts counts();
 
+// Rows j0 .. j1 - 1 of the weight whose rows are `parts` one after another
+// (q | k | v stacked, or one weight), each part N / parts.size() rows of K,
+// copied into `out` ((j1 - j0) x K)
+inline void stack_rows(const std::vector<const float*>& parts, int64_t N, int64_t K,
+                       int64_t j0, int64_t j1, float* out) {
+  const int64_t part = N / parts.size();
+  for (int64_t j = j0; j < j1; ++j)
+    std::memcpy(out + (j - j0) * K, parts[j / part] + (j % part) * K, K * sizeof(float));
+}
+
 // Rows a packed weight is packed for: any product's rows (MKL's packed
 // layout depends on N and K only; oneDNN's on neither M)
 constexpr int64_t kPackRows = 1024;
@@ -66,15 +76,13 @@ struct Weight {
 
   void prepare(const std::vector<Source>& sources,
                const std::vector<const float*>& parts) {
-    const int64_t part = N / parts.size() * K;  // floats per part
     const uint64_t layout = 1 + static_cast<uint64_t>(by);
     const uint64_t kind = (layout << 56) ^ (uint64_t(N) << 28) ^ uint64_t(K);
     held = get(sources, kind, blas::packed_weight_bytes(by, kPackRows, N, K), [&](char* out) {
       std::vector<float> stacked(parts.size() > 1 ? N * K : 0);
       const float* W = parts[0];
       if (parts.size() > 1) {
-        for (size_t i = 0; i < parts.size(); ++i)
-          std::memcpy(stacked.data() + i * part, parts[i], part * sizeof(float));
+        stack_rows(parts, N, K, 0, N, stacked.data());
         W = stacked.data();
       }
       if (!bf16) return blas::pack_weight(by, W, N, K, kPackRows, out);
@@ -132,16 +140,14 @@ struct Columns {
     if (j0 >= j1) return;
     if (by == blas::Products::onednn || by == blas::Products::onednn_bf16)
       return plain(sources, parts, n, X, X16, C, ldc, j0, j1, bias);
-    const int64_t width = j1 - j0, part = N / parts.size();  // rows per part
+    const int64_t width = j1 - j0;
     const uint64_t layout = 1 + static_cast<uint64_t>(by);
     const uint64_t kind = (layout << 56) ^ (uint64_t(j0) << 42) ^ (uint64_t(width) << 28)
                           ^ uint64_t(K) ^ (1ull << 55);  // a share, not a whole weight
     Buffer held = get(sources, kind, blas::packed_weight_bytes(by, kPackRows, width, K),
                       [&](char* out) {
       std::vector<float> rows(width * K);  // W's rows j0 .. j1 - 1
-      for (int64_t j = j0; j < j1; ++j)
-        std::memcpy(rows.data() + (j - j0) * K, parts[j / part] + (j % part) * K,
-                    K * sizeof(float));
+      stack_rows(parts, N, K, j0, j1, rows.data());
       if (!bf16) return blas::pack_weight(by, rows.data(), width, K, kPackRows, out);
       std::vector<blas::bf16> w16(width * K);
       blas::to_bf16(rows.data(), width * K, w16.data());
@@ -165,14 +171,12 @@ struct Columns {
     const float* W = parts[0];
     Buffer held;
     if (bf16 || parts.size() > 1) {
-      const int64_t part = N / parts.size() * K;  // floats per part
       const uint64_t kind = ((0x40ull + bf16) << 56) ^ (uint64_t(N) << 28) ^ uint64_t(K);
       held = get(sources, kind, N * K * (bf16 ? sizeof(blas::bf16) : sizeof(float)),
                  [&](char* out) {
                    std::vector<float> stacked(bf16 ? N * K : 0);
                    float* S = bf16 ? stacked.data() : reinterpret_cast<float*>(out);
-                   for (size_t i = 0; i < parts.size(); ++i)
-                     std::memcpy(S + i * part, parts[i], part * sizeof(float));
+                   stack_rows(parts, N, K, 0, N, S);
                    if (bf16) blas::to_bf16(S, N * K, reinterpret_cast<blas::bf16*>(out));
                  });
       W = reinterpret_cast<const float*>(held.get());
