@@ -113,7 +113,7 @@ def main():
     results = {}
     for label, kind, workers, threads in rows:
         if kind == 'horovod' and not Path(sys.executable).with_name('horovodrun').exists():
-            print(f'{label:<34}  (Horovod not installed: README, "Several machines")')
+            print(f'{label:<34}  (Horovod not installed: docs/pretraining.md, "Several processes and machines")')
             continue
         rate, moved, params = run(kind, workers, args.steps, args.batch_size, threads, data_env)
         grad_mb = 4 * params / 1e6

@@ -157,7 +157,7 @@ def connect(kvstore, ctx_list):
             import horovod.mxnet as hvd
         except ImportError as exc:
             raise ValueError("kvstore='horovod' needs Horovod built with MXNet: "
-                             "pip install 'bert_gluon[horovod]' (README)") from exc
+                             "pip install 'bert_gluon[horovod]' (docs/pretraining.md)") from exc
         hvd.init()
         cluster = Cluster('horovod', hvd.rank(), hvd.size())
     _connected[kvstore] = cluster

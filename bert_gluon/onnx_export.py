@@ -369,8 +369,8 @@ def export_onnx(net, path, heads=False, overwrite=False):
                with heads=True: last_hidden_state, mlm_logits, nsp_logits;
                a BERTClassifier: logits.
     The attention mask is right padding (ones, then zeros): its count of
-    ones is each row's valid length. The graph checks no value (README,
-    "Export"). Traced from the twin on MXNet's operators. An existing file
+    ones is each row's valid length. The graph checks no value
+    (docs/representations.md). Traced from the twin on MXNet's operators. An existing file
     is refused unless `overwrite`. Returns the path."""
     kind, block, twin, count = _traced(net, heads)
     path = check_output_file(path, 'path', overwrite)
