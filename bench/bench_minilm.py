@@ -209,6 +209,8 @@ def main():
     parser.add_argument('--threads', type=int, default=harness.threads_default())
     parser.add_argument('--contestants', nargs='+', default=list(CONTESTANTS),
                         choices=list(CONTESTANTS))
+    parser.add_argument('--json', metavar='PATH',
+                        help='also write the figures as JSON (bench/plot.py draws them)')
     parser.add_argument('--worker', help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -223,7 +225,10 @@ def main():
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE='1',
                GLIBC_TUNABLES='glibc.malloc.hugetlb=1')
     print('\n'.join(harness.header_lines(args.threads, 'huge pages on')))
-    print(harness.providers_line(env)[1])
+    chosen, line = harness.providers_line(env)
+    print(line)
+    results = harness.Results('bench_minilm', args.threads, latency=args.latency,
+                              rounds=args.rounds, calls=calls, providers=chosen)
     print('all-MiniLM-L6-v2 encoder, sentence pairs cut to the length; ' +
           (f'latency of one sequence, {args.rounds} interleaved rounds of {calls} calls'
            if args.latency else f'median (min-max) pairs/s of {args.rounds} interleaved '
@@ -239,6 +244,16 @@ def main():
             for w in workers:
                 w.close()
             _table(args, workers, rates, seconds, batch_size, length)
+            for w in workers:
+                if args.latency:
+                    results.add(w.name, CONTESTANTS[w.name], 'ms',
+                                [1e3 * t for t in seconds[w.name]['encode']],
+                                batch=batch_size, length=length)
+                else:
+                    results.add(w.name, CONTESTANTS[w.name], 'pairs/s', rates[w.name]['encode'],
+                                batch=batch_size, length=length)
+    if args.json:
+        results.write(args.json)
 
 
 if __name__ == '__main__':

@@ -262,6 +262,8 @@ def main():
     parser.add_argument('--no-hugepages', action='store_true',
                         help='do not set GLIBC_TUNABLES=glibc.malloc.hugetlb=1 '
                              '(by default every contestant runs with it)')
+    parser.add_argument('--json', metavar='PATH',
+                        help='also write the figures as JSON (bench/plot.py draws them)')
     parser.add_argument('--worker', help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -280,6 +282,9 @@ def main():
           f'tokens, {SIZES["num_pred"]} preds; median (min-max) pairs/s of {args.rounds} interleaved rounds of '
           f'{args.steps} steps (x3 calls for infer and encode); x = ratio to torch-eager')
     info = harness.machine()
+    results = harness.Results('bench_step', args.threads, config=args.config, sizes=dict(SIZES),
+                              rounds=args.rounds, steps=args.steps, providers=chosen,
+                              hugepages=not args.no_hugepages)
     for batch_size in args.batch_sizes:
         workers = []
         for name in args.contestants:
@@ -297,6 +302,10 @@ def main():
         for w in workers:
             w.close()
         stats = {name: {k: harness.summary(rates[name][k]) for k in KINDS} for name in rates}
+        for w in workers:
+            for k in KINDS:
+                results.add(w.name, CONTESTANTS[w.name][0], 'pairs/s', rates[w.name][k],
+                            kind=k, batch=batch_size, peak_mb=peaks.get(w.name))
         base = stats.get('torch-eager', {})
         print(f'\nbatch {batch_size}')
         print(f'{"contestant":<14}' + ''.join(f'{k + " p/s (min-max)  x":>28}' for k in KINDS)
@@ -323,6 +332,8 @@ def main():
                 print(f'{name} training step: {flops / 1e9:.1f} GFLOP of matrix products '
                       f'(forward + backward, the book\'s), {achieved / 1e9:.0f} GFLOP/s = '
                       f'{100 * achieved / peak:.0f}% of peak {peak / 1e9:.0f} GFLOP/s ({how})')
+    if args.json:
+        results.write(args.json)
 
 
 if __name__ == '__main__':

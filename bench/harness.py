@@ -21,7 +21,7 @@ import sys
 import time
 
 __all__ = ['machine', 'header_lines', 'peak_flops', 'Worker', 'serve', 'interleaved',
-           'summary', 'percentile', 'threads_default', 'providers_line']
+           'summary', 'percentile', 'threads_default', 'providers_line', 'Results']
 
 FLAGS = ('avx2', 'fma', 'avx512f', 'avx512_bf16', 'amx_bf16', 'amx_tile')
 
@@ -221,3 +221,53 @@ def percentile(values, q):
     low = int(position)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+class Results:
+    """A bench's figures as JSON (--json PATH), beside the printed table:
+    the machine, threads, library versions, date and command, then one row
+    per (workload, contestant) measured. bench/plot.py draws a folder of them."""
+
+    def __init__(self, bench, threads, **setting):
+        import datetime
+        import platform
+        self.data = {'bench': bench, 'command': ' '.join(['python'] + sys.argv),
+                     'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+                     'machine': dict(machine(), threads=threads, python=platform.python_version(),
+                                     env={k: v for k, v in os.environ.items()
+                                          if k.startswith(('MKL_ENABLE', 'ONEDNN_MAX', 'BERT_GLUON_'))}),
+                     'versions': _versions(), 'setting': setting, 'rows': []}
+
+    def add(self, contestant, what, unit, values, **workload):
+        """One figure: `values` (every round's, or every call's) summarised as
+        median, min, max, p99, under `workload` (batch, length, kind...)."""
+        row = dict(workload, contestant=contestant, what=what, unit=unit)
+        if values:
+            row.update(median=statistics.median(values), min=min(values), max=max(values),
+                       p99=percentile(values, 99), n=len(values))
+        else:
+            row['failed'] = True
+        self.data['rows'].append(row)
+
+    def write(self, path):
+        """Write atomically (a killed bench leaves no half file)."""
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        tmp = f'{path}.{os.getpid()}.tmp'
+        with open(tmp, 'w', encoding='utf-8') as f:
+            json.dump(self.data, f, indent=1)
+        os.replace(tmp, path)
+        print(f'figures written to {path}', file=sys.stderr)
+
+
+def _versions():
+    """Versions of the libraries a bench's figures depend on (None: not installed)."""
+    from importlib import metadata
+    found = {}
+    for name in ('bert_gluon', 'mxnet', 'numpy', 'mkl', 'onednn-cpu-gomp', 'torch',
+                 'transformers', 'onnxruntime', 'openvino', 'gluonnlp'):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found

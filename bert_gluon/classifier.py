@@ -89,6 +89,7 @@ class BERTClassifier(Planned, nn.HybridBlock):
 
 
 def is_classifier_folder(folder):
+    """Whether `folder` holds a fine-tuned classifier (its classifier.json)."""
     return (Path(folder) / 'classifier.json').is_file()
 
 

@@ -172,7 +172,7 @@ def _launch(args):
                          'bert-gluon launch -- bert-gluon pretrain --kvstore dist_sync')
     try:
         launch(command, num_workers=args.workers, num_servers=args.servers,
-               hosts=args.hosts, port=args.port)
+               hosts=args.hosts, port=args.port, ssh_timeout=args.ssh_timeout)
     except RuntimeError as exc:  # a role failed: the job was ended
         print(f'bert-gluon launch: {exc}', file=sys.stderr)
         return 1
@@ -305,6 +305,8 @@ def build_parser():
                           'the scheduler runs on the first')
     lau.add_argument('--port', type=_port, default=None,
                      help="the scheduler's port (default: a free one)")
+    lau.add_argument('--ssh-timeout', type=_positive_int, default=20,
+                     help='seconds ssh waits to connect to another host (default 20)')
     lau.add_argument('job', nargs=argparse.REMAINDER,
                      help="-- then the training command, e.g. -- bert-gluon pretrain "
                           '--kvstore dist_sync')
@@ -325,6 +327,7 @@ def build_parser():
 
 
 def main(argv=None):
+    """`bert-gluon` with `argv` (default: the command line's); the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -157,6 +157,7 @@ CONFIGS = {
 
 
 def list_configs():
+    """The names `get_config` takes, sorted."""
     return sorted(CONFIGS)
 
 

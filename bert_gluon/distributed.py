@@ -170,13 +170,20 @@ def _is_local(host):
     return host in ('localhost', '127.0.0.1', socket.gethostname())
 
 
-def _start(role, index, host, command, env, cwd):
-    """A role's process in its own session (so the whole tree can be killed)."""
+# ssh's exit status when it could not connect or log in (the command's own otherwise)
+SSH_FAILED = 255
+
+
+def _start(role, index, host, command, env, cwd, ssh_timeout):
+    """A role's process in its own session (so the whole tree can be killed).
+    Another host's over ssh: connecting gives up after `ssh_timeout` seconds,
+    and never waits at a password prompt (BatchMode)."""
     if not _is_local(host):
         exports = ' '.join(f'{k}={shlex.quote(v)}' for k, v in env.items()
                            if k.startswith('DMLC_') or k in ('OMP_NUM_THREADS',
                                                             'BERT_GLUON_DATA'))
-        command = ['ssh', '-o', 'StrictHostKeyChecking=no', host,
+        command = ['ssh', '-o', 'StrictHostKeyChecking=no', '-o', 'BatchMode=yes',
+                   '-o', f'ConnectTimeout={ssh_timeout}', host,
                    f'cd {shlex.quote(cwd)} && env {exports} {shlex.join(command)}']
         env = dict(os.environ)
     proc = start_process(command, env=env, cwd=cwd)  # ends when the launcher dies
@@ -188,6 +195,9 @@ def _start(role, index, host, command, env, cwd):
 def _describe(p, code):
     how = (f'was killed by {signal.Signals(-code).name}' if code < 0
            else f'exited with code {code}')
+    if code == SSH_FAILED and not _is_local(p['host']):
+        how += (f": ssh could not reach or log in to {p['host']} (unreachable, refused, "
+                'timed out, or no key-based login)')
     return f"{p['role']} {p['index']} (pid {p['proc'].pid}, host {p['host']}) {how}"
 
 
@@ -196,18 +206,20 @@ def _interrupt(signum, frame):
 
 
 def launch(command, num_workers=2, num_servers=1, hosts=('127.0.0.1',), port=None,
-           poll_seconds=0.2, env=None):
+           poll_seconds=0.2, env=None, ssh_timeout=20):
     """Run `command` (a list) as `num_workers` workers of a dist_sync job,
     with a scheduler and `num_servers` servers, on `hosts` (round robin;
     the scheduler on the first). Watches every process: when one fails, ends
     the whole job and raises RuntimeError naming it; returns 0 when every
     worker succeeded. Ctrl-C, SIGTERM or a command that cannot start (a
     ValueError) end the whole job too; if the launcher is killed outright,
-    the kernel ends its children (processes.start_process)."""
+    the kernel ends its children (processes.start_process). ssh_timeout:
+    seconds ssh waits to connect to another host before the job ends."""
     if not command:
         raise ValueError('command: the training command each worker runs')
     check_positive_int('num_workers', num_workers)
     check_positive_int('num_servers', num_servers)
+    check_positive_int('ssh_timeout', ssh_timeout)
     hosts = list(hosts) or ['127.0.0.1']
     root = hosts[0] if not _is_local(hosts[0]) else '127.0.0.1'
     base = dict(os.environ, **(env or {}))
@@ -226,15 +238,15 @@ def launch(command, num_workers=2, num_servers=1, hosts=('127.0.0.1',), port=Non
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a killed launcher ends its job
     try:
         processes.append(_start('scheduler', 0, hosts[0], server_command,
-                                role_env('scheduler', hosts[0]), cwd))
+                                role_env('scheduler', hosts[0]), cwd, ssh_timeout))
         for i in range(num_servers):
             host = hosts[i % len(hosts)]
             processes.append(_start('server', i, host, server_command,
-                                    role_env('server', host), cwd))
+                                    role_env('server', host), cwd, ssh_timeout))
         for i in range(num_workers):
             host = hosts[i % len(hosts)]
             processes.append(_start('worker', i, host, list(command),
-                                    role_env('worker', host), cwd))
+                                    role_env('worker', host), cwd, ssh_timeout))
         workers = [p for p in processes if p['role'] == 'worker']
         while True:
             for p in processes:

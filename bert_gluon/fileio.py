@@ -49,6 +49,7 @@ def atomic_write(path, write):
 
 
 def atomic_write_bytes(path, data):
+    """Write `data` (bytes) to `path` atomically."""
     def write(tmp):
         with open(tmp, 'wb') as f:
             f.write(data)
@@ -56,11 +57,13 @@ def atomic_write_bytes(path, data):
 
 
 def atomic_write_json(path, value, indent=1):
+    """Write `value` as UTF-8 JSON to `path` atomically."""
     return atomic_write_bytes(path, json.dumps(value, indent=indent, ensure_ascii=False)
                               .encode('utf-8'))
 
 
 def atomic_copy(source, path):
+    """Copy the file `source` to `path` atomically."""
     return atomic_write(path, lambda tmp: shutil.copyfile(source, tmp))
 
 

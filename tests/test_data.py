@@ -41,6 +41,16 @@ def test_data_dir_argument_comes_first(tmp_path, monkeypatch):
     assert find_dataset('wikitext-2', folder) == folder  # the folder itself
 
 
+def test_a_data_dir_passed_over_is_said_with_the_folder_read_instead(tmp_path, monkeypatch):
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    monkeypatch.setenv('BERT_GLUON_DATA', DATA)
+    with pytest.warns(UserWarning, match=rf'data_dir {empty} does not hold wikitext-2 '
+                                         r'\(.*\); read it from \$BERT_GLUON_DATA: '):
+        folder = find_dataset('wikitext-2', empty)
+    assert folder == Path(DATA) / 'wikitext-2'
+
+
 def test_environment_then_cache(tmp_path, monkeypatch, no_data_env):
     folder = _copy_wiki(tmp_path)
     monkeypatch.setenv('BERT_GLUON_DATA', str(tmp_path / 'root'))
@@ -183,6 +193,7 @@ def test_pairs_layout_nsp_balance_and_max_len(train_set):
     assert len(ds) == len(ds.tokens) == len(ds.nsp_labels)
 
 
+@pytest.mark.slow
 def test_same_statistics_as_the_books_dataset():
     from d2l import mxnet as d2l
     import random

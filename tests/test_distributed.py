@@ -20,6 +20,8 @@ from bert_gluon.pretraining import pretrain
 sys.path.insert(0, str(Path(__file__).parent))
 import dist_worker  # noqa: E402
 
+pytestmark = pytest.mark.slow  # processes of their own: the fast subset leaves them out
+
 WORKER = str(Path(__file__).with_name('dist_worker.py'))
 ENV = dict(os.environ, OMP_NUM_THREADS='1',
            PYTHONPATH=os.pathsep.join([str(Path(__file__).parent),
@@ -60,6 +62,7 @@ def one_process(tmp_path_factory):
     return {k: p.data().asnumpy() for k, p in result['net']._collect_params_with_prefix().items()}
 
 
+@pytest.mark.backend_dependent
 @pytest.mark.parametrize('servers', [1, 2])
 def test_dist_sync_workers_equal_one_process(tmp_path, one_process, servers):
     code, stderr, _ = _launch(tmp_path, servers=servers)
@@ -73,6 +76,7 @@ def test_dist_sync_workers_equal_one_process(tmp_path, one_process, servers):
     assert (tmp_path / 'pretrained.params').is_file()  # written by the chief
 
 
+@pytest.mark.backend_dependent
 @pytest.mark.parametrize('role', ['worker', 'server'])
 def test_a_dead_role_ends_the_whole_job(tmp_path, role):
     """ps-lite alone waits forever for a dead worker; the launcher ends the
@@ -105,6 +109,7 @@ def test_a_dead_role_ends_the_whole_job(tmp_path, role):
     assert not [p for p in pids if _alive(p)]
 
 
+@pytest.mark.backend_dependent
 def test_a_killed_job_resumes_to_the_uninterrupted_parameters(tmp_path, one_process):
     code, stderr, _ = _launch(tmp_path, '1:5')  # worker 1 dies at step 5
     assert code != 0 and 'worker 1' in stderr
@@ -137,12 +142,14 @@ def test_a_global_batch_the_workers_cannot_split_is_refused():
     assert rows[0].tolist() == [3, 4, 5]
 
 
+@pytest.mark.backend_dependent
 def test_launch_needs_a_command():
     out = subprocess.run([sys.executable, '-m', 'bert_gluon.cli', 'launch'], env=ENV,
                          capture_output=True, text=True)
     assert out.returncode == 2 and 'the training command each worker runs' in out.stderr
 
 
+@pytest.mark.backend_dependent
 @pytest.mark.parametrize('flags, message', [
     (['--hosts', ''], 'argument --hosts: expected comma-separated host names, none empty'),
     (['--hosts', 'a,'], 'argument --hosts: expected comma-separated host names, none empty'),
@@ -153,6 +160,7 @@ def test_launch_refuses_bad_hosts_and_ports_before_starting_anything(flags, mess
     assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
 
 
+@pytest.mark.backend_dependent
 def test_a_command_that_cannot_start_ends_what_was_started():
     """`launch -- no-such-command`: the scheduler and server already started
     are stopped, and the error names the command."""
@@ -167,6 +175,25 @@ def test_a_command_that_cannot_start_ends_what_was_started():
     assert not [p for p in pids if _alive(p)]
 
 
+@pytest.mark.backend_dependent
+def test_a_host_ssh_cannot_reach_ends_the_job_naming_it():
+    """A worker on 192.0.2.1 (TEST-NET-1: routed nowhere): ssh gives up after
+    --ssh-timeout, the job ends, the error names the host; what started
+    locally is stopped."""
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, '-m', 'bert_gluon.cli', 'launch', '--workers', '2',
+                          '--hosts', '127.0.0.1,192.0.2.1', '--ssh-timeout', '2', '--',
+                          sys.executable, '-c', 'import time; time.sleep(60)'],
+                         env=ENV, capture_output=True, text=True, timeout=90)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert time.monotonic() - started < 45  # not ssh's default connect wait (minutes)
+    assert re.search(r'host 192\.0\.2\.1\) exited with code 255: ssh could not reach or log in '
+                     r'to 192\.0\.2\.1', out.stderr), out.stderr[-2000:]
+    time.sleep(0.5)
+    assert not [p for p in _pids(out.stderr) if _alive(p)]
+
+
+@pytest.mark.backend_dependent
 def test_a_launcher_killed_outright_takes_its_job_with_it(tmp_path):
     """SIGKILL gives the launcher no chance to clean up: the kernel ends its
     children (PR_SET_PDEATHSIG), so no role runs on unwatched."""

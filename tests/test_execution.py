@@ -22,6 +22,7 @@ from conftest import TINY, assert_close, graph_ops, make_batch, run_script
 AUTO = 'mxnet' if os.environ.get('BERT_GLUON_NATIVE') == '0' else 'native'
 
 
+@pytest.mark.backend_dependent
 def test_resolution_rules():
     assert resolve_implementation('auto', [mx.cpu()]) == AUTO
     assert resolve_implementation('native', [mx.cpu(0), mx.cpu(1)]) == 'native'
@@ -36,6 +37,7 @@ def test_resolution_rules():
         bg.HybridBERTModel(TINY, backend='cuda')
 
 
+@pytest.mark.backend_dependent
 def test_no_compilation_for_parameters_off_the_cpu(monkeypatch):
     monkeypatch.setattr(kernels, 'unavailable_reason',
                         lambda: pytest.fail('the kernels were asked for'))
@@ -62,6 +64,7 @@ def test_one_plan_for_the_tree_visible_and_shown():
     assert not [k for b in blocks for k in vars(b) if k.startswith('_bg_')]
 
 
+@pytest.mark.backend_dependent
 @pytest.mark.filterwarnings('ignore:bert_gluon. the native CPU kernels are off')
 def test_moving_the_parameters_makes_a_new_plan(monkeypatch):
     """Parameters moved where the kernels cannot run (here cpu(1) stands in
@@ -95,6 +98,7 @@ def test_moving_the_parameters_makes_a_new_plan(monkeypatch):
         explicit(*batch)
 
 
+@pytest.mark.backend_dependent
 def test_a_cast_makes_a_new_plan():
     net = bg.HybridBERTModel(TINY)
     net.initialize()
@@ -134,6 +138,7 @@ def test_a_forced_provider_and_precision_make_their_plan(forced):
     assert plan.precision in ('bfloat16', 'float32') and plan.why
 
 
+@pytest.mark.backend_dependent
 def test_the_inference_sibling_shares_parameters_and_follows_its_model():
     net = bg.HybridBERTModel(TINY.replace(dropout=0.5))
     net.initialize(mx.init.Normal(0.3))

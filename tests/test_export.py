@@ -69,6 +69,8 @@ def _runners(path):
             'openvino': lambda feed: [compiled(feed)[o] for o in compiled.outputs]}
 
 
+@pytest.mark.slow
+@pytest.mark.backend_dependent
 @pytest.mark.parametrize('build, heads', [(_book_model, False), (_book_model, True),
                                           (_minilm, False), (_classifier, False)],
                          ids=['book', 'book-heads', 'minilm', 'classifier'])
@@ -112,6 +114,8 @@ def test_onnx_is_a_standard_bert_that_engines_run_to_the_twins_numbers(tmp_path,
                 assert_close(ours, theirs, atol=1e-5, rtol=0, err_msg=f'{engine} {name}')
 
 
+@pytest.mark.slow
+@pytest.mark.backend_dependent
 def test_onnx_in_openvino_bf16_is_within_the_bf16_tolerance(tmp_path):
     import openvino as ov
     from conftest import BF16_TOLERANCE
@@ -126,6 +130,8 @@ def test_onnx_in_openvino_bf16_is_within_the_bf16_tolerance(tmp_path):
                      err_msg=output.get_any_name())
 
 
+@pytest.mark.slow
+@pytest.mark.backend_dependent
 def test_huggingface_format_loads_in_transformers_with_equal_outputs(tmp_path):
     import torch
     from transformers import BertModel
@@ -151,6 +157,8 @@ def test_huggingface_format_loads_in_transformers_with_equal_outputs(tmp_path):
         export_huggingface(book, tmp_path / 'book')
 
 
+@pytest.mark.slow
+@pytest.mark.backend_dependent
 def test_cli_export_writes_each_format(tiny_pretrained, tmp_path):
     for fmt, output, made in (('symbol', tmp_path / 'sym' / 'bert', 'bert-symbol.json'),
                               ('onnx', tmp_path / 'bert.onnx', 'bert.onnx')):
@@ -182,6 +190,7 @@ def test_cli_export_writes_each_format(tiny_pretrained, tmp_path):
         assert [o.name for o in onnx.load(str(target)).graph.output] == outputs
 
 
+@pytest.mark.backend_dependent
 def test_onnx_export_leaves_mxnet_and_onnx_as_they_were(tmp_path):
     """The converters are registered only while an export runs: MXNet's
     registry and onnx's functions are the same objects before and after."""
@@ -199,6 +208,7 @@ def test_onnx_export_leaves_mxnet_and_onnx_as_they_were(tmp_path):
     assert not set(CONVERTERS) & set(MXNetGraph.registry_.get(ONNX_OPSET, {}))
 
 
+@pytest.mark.backend_dependent
 def test_exports_refuse_what_they_would_overwrite_or_cannot_write(tmp_path):
     """An existing file, a folder where a file goes, a place that cannot
     hold files, a user's non-empty folder: each refused naming it, nothing
@@ -237,6 +247,7 @@ def test_exports_refuse_what_they_would_overwrite_or_cannot_write(tmp_path):
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
 
 
+@pytest.mark.backend_dependent
 def test_heads_a_checkpoint_lacks_are_never_answered_with(tmp_path):
     """all-MiniLM-L6-v2 has no MLM head and no NSP output layer: its config
     says so, the model refuses pred_positions and answers no NSP logits, and
@@ -277,3 +288,74 @@ def test_heads_a_checkpoint_lacks_are_never_answered_with(tmp_path):
     trained = bg.HybridBERTModel(TINY)
     trained.initialize()
     assert trained(*make_batch())[1] is not None
+
+
+def _left_padded(feed, pad):
+    """The same rows with `pad` padding tokens moved from the end to the front."""
+    moved = {}
+    for name, array in feed.items():
+        if name == 'masked_positions':
+            moved[name] = array + pad
+        else:
+            moved[name] = onp.roll(array, pad, axis=1)
+    return moved
+
+
+@pytest.mark.slow
+@pytest.mark.backend_dependent
+def test_onnx_attention_mask_is_a_key_mask_on_either_side_as_hugging_face_reads_it(tmp_path):
+    """MiniLM's ONNX given left padding (and a mask with a hole) answers as
+    given right padding, on onnxruntime and OpenVINO, and as Hugging Face's
+    BertModel given the same mask with positions counted over the tokens."""
+    import torch
+    from transformers import BertModel
+    from bert_gluon.pretrained import minilm_folder
+    path = export_onnx(_minilm(), tmp_path / 'minilm.onnx')
+    ids = onp.array([[101, 1037, 2158, 3248, 1037, 2858, 1012, 102, 0, 0, 0],
+                     [101, 2009, 102, 2054, 102, 0, 0, 0, 0, 0, 0]], 'int64')
+    lengths = (ids != 0).sum(1)
+    right = {'input_ids': ids, 'token_type_ids': onp.array([[0] * 11, [0, 0, 0, 1, 1] + [0] * 6]),
+             'attention_mask': (ids != 0).astype('int64')}
+    left = {name: onp.stack([onp.roll(row, 11 - n) for row, n in zip(array, lengths)])
+            for name, array in right.items()}
+    # Hugging Face, the same left-padded mask, positions counted over the tokens
+    hf = BertModel.from_pretrained(str(minilm_folder())).eval()
+    mask = torch.tensor(left['attention_mask'])
+    with torch.no_grad():
+        states = hf(input_ids=torch.tensor(left['input_ids']),
+                    token_type_ids=torch.tensor(left['token_type_ids']), attention_mask=mask,
+                    position_ids=(mask.cumsum(1) - 1).clamp(min=0)).last_hidden_state.numpy()
+    for engine, run in _runners(path).items():
+        r = dict(zip(('last_hidden_state', 'pooler_output', 'sentence_embedding'), run(right)))
+        l_ = dict(zip(('last_hidden_state', 'pooler_output', 'sentence_embedding'), run(left)))
+        for b, n in enumerate(lengths):
+            assert_close(l_['last_hidden_state'][b, 11 - n:], r['last_hidden_state'][b, :n],
+                         err_msg=f'{engine}: row {b}, left against right padding')
+        for name in ('pooler_output', 'sentence_embedding'):
+            assert_close(l_[name], r[name], err_msg=f'{engine}: {name}')
+        for b, n in enumerate(lengths):
+            assert_close(l_['last_hidden_state'][b, 11 - n:], states[b, 11 - n:],
+                         err_msg=f'{engine}: row {b} against Hugging Face')
+        # a hole: the token at index 3 of row 0 masked out = the row without it
+        holed = {k: v[:1].copy() for k, v in right.items()}
+        holed['attention_mask'][0, 3] = 0
+        shorter = {k: onp.concatenate([v[:1, :3], v[:1, 4:], v[:1, :1] * 0], 1)
+                   for k, v in right.items()}
+        h = run(holed)[0][0]
+        s = run(shorter)[0][0]
+        assert_close(onp.concatenate([h[:3], h[4:8]]), s[:7], err_msg=f'{engine}: a hole')
+
+
+@pytest.mark.backend_dependent
+def test_onnx_heads_read_masked_positions_where_the_mask_puts_the_tokens(tmp_path):
+    net = bg.HybridBERTModel(TINY)
+    net.initialize(mx.init.Xavier())
+    path = export_onnx(net, tmp_path / 'heads.onnx', heads=True)
+    tokens, segments, valid_lens, positions = make_batch(batch_size=2, seq_len=9)
+    valid_lens[:] = 6
+    right = _feed(tokens, segments, valid_lens, positions % 6)
+    left = _left_padded(right, 3)
+    for engine, run in _runners(path).items():
+        r, l_ = run(right), run(left)
+        assert_close(l_[1], r[1], err_msg=f'{engine}: mlm_logits')
+        assert_close(l_[2], r[2], err_msg=f'{engine}: nsp_logits')

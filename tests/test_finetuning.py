@@ -11,6 +11,7 @@ from bert_gluon.pretrained import from_pretrained
 from bert_gluon.represent import encode_batch, get_bert_encoding
 
 
+@pytest.mark.backend_dependent
 def test_crane_example(tiny_pretrained):
     net, vocab, config = from_pretrained(tiny_pretrained)
     assert all(vocab[t] != vocab.unk for t in ('crane', 'flying', 'driver', 'came'))
@@ -33,6 +34,7 @@ def test_crane_example(tiny_pretrained):
         get_bert_encoding(net, tokens_a)
 
 
+@pytest.mark.backend_dependent
 def test_encode_batch_matches_one_by_one(tiny_pretrained):
     net, vocab, _ = from_pretrained(tiny_pretrained)
     texts = [('a crane is flying', None), ('a crane driver came', 'he just left')]
@@ -77,6 +79,7 @@ def test_pair_truncation_the_books_way():
                                                          'then', 'left', '.']
 
 
+@pytest.mark.backend_dependent
 def test_classifier_shape_and_books_calling_style(tiny_pretrained):
     net, vocab, config = from_pretrained(tiny_pretrained)
     clf = BERTClassifier(net, num_outputs=3)
@@ -88,6 +91,7 @@ def test_classifier_shape_and_books_calling_style(tiny_pretrained):
         BERTClassifier(bg.BERTModel.from_config(bg.get_config('d2l.pretrain')))
 
 
+@pytest.mark.backend_dependent
 def test_frozen_encoder_is_unchanged_and_head_learns(tiny_pretrained, tmp_path):
     before = {k: v.data().asnumpy() for k, v in
               from_pretrained(tiny_pretrained)[0]._collect_params_with_prefix().items()}
@@ -103,6 +107,7 @@ def test_frozen_encoder_is_unchanged_and_head_learns(tiny_pretrained, tmp_path):
     assert (tmp_path / 'metrics.json').is_file() and (tmp_path / 'loss.png').is_file()
 
 
+@pytest.mark.backend_dependent
 def test_finetune_resume_equals_straight_run(tiny_pretrained, tmp_path):
     kwargs = dict(batch_size=128, max_len=32, lr=1e-3, progress=False)
     straight = finetune('MRPC', tiny_pretrained, num_epochs=2, out_dir=tmp_path / 'a', **kwargs)
@@ -138,6 +143,8 @@ def test_finetune_rejects_bad_arguments(tiny_pretrained, tmp_path):
         finetune('MRPC', tmp_path / 'clf', out_dir=tmp_path / 'again')
 
 
+@pytest.mark.slow
+@pytest.mark.backend_dependent
 def test_cli_finetune_and_encode(tiny_pretrained, tmp_path):
     import subprocess
     import sys
@@ -158,6 +165,7 @@ def test_cli_finetune_and_encode(tiny_pretrained, tmp_path):
     assert bad.returncode != 0 and 'unknown pretrained model' in bad.stderr
 
 
+@pytest.mark.backend_dependent
 def test_trimmed_padding_gives_the_same_logits(tiny_pretrained):
     from bert_gluon.finetuning import trim_padding
     net, vocab, _ = from_pretrained(tiny_pretrained)
@@ -195,6 +203,10 @@ def test_snli_reader_the_books_way(tmp_path):
     train.write_text(header + rows[1])
     with pytest.raises(ValueError, match='train.txt holds no labelled pair'):
         read_pairs('SNLI', 'train', data_dir=tmp_path)
+    train.write_bytes((header + rows[0]).encode() + b'neutral\t( caf\xe9 )\t( b )\tx\n')
+    with pytest.raises(ValueError, match=r'train.txt, line 3: not UTF-8 text \(invalid '
+                                         r'continuation byte at offset 13 of the line\)'):
+        read_pairs('SNLI', 'train', data_dir=tmp_path)
 
 
 def _encode_cli(pretrained, input_path, output_path):
@@ -205,6 +217,8 @@ def _encode_cli(pretrained, input_path, output_path):
                            str(output_path)], capture_output=True, text=True)
 
 
+@pytest.mark.slow
+@pytest.mark.backend_dependent
 def test_cli_encode_inputs_and_output_path(tiny_pretrained, tmp_path):
     mixed = tmp_path / 'mixed.txt'
     mixed.write_text('a crane is flying\nthe crane\ta bird\n\n')

@@ -76,6 +76,7 @@ def test_heads_check_their_inputs():
         bg.HybridNextSentencePred(TINY)(np.ones((3, TINY.num_hiddens)))
 
 
+@pytest.mark.backend_dependent
 def test_checks_can_be_switched_off_for_prechecked_batches():
     twin = bg.HybridBERTModel(TINY)
     twin.initialize()
@@ -113,6 +114,7 @@ def test_named_configs():
         bg.BERTConfig.from_dict({'hidden_size': 3})
 
 
+@pytest.mark.backend_dependent
 def test_an_eager_call_checks_its_batch_once(monkeypatch):
     import bert_gluon.inputs as inputs
     calls = []
@@ -147,6 +149,7 @@ def test_pretraining_objective_names_bad_targets():
                       kwargs['mlm_Y'], kwargs['nsp_y'])
 
 
+@pytest.mark.backend_dependent
 @pytest.mark.parametrize('kind', ['twin', 'hybrid'])
 def test_numpy_default_dtypes_are_converted(kind):
     """int64 ids and float64 lengths (NumPy's defaults) give the int32 /
@@ -169,6 +172,7 @@ def test_classic_ndarrays_are_named(kind):
         MODELS[kind](tokens, segments, valid_lens.as_nd_ndarray(), positions)
 
 
+@pytest.mark.backend_dependent
 def test_exported_model_checks_its_inputs(tmp_path):
     twin = bg.HybridBERTModel(TINY)
     twin.initialize()
@@ -186,6 +190,7 @@ def test_exported_model_checks_its_inputs(tmp_path):
         served(too_long, too_long)
 
 
+@pytest.mark.backend_dependent
 def test_exported_files_that_are_corrupt_are_named(tmp_path):
     twin = bg.HybridBERTModel(TINY)
     twin.initialize()

@@ -15,6 +15,12 @@ from conftest import (BF16_PRODUCTS, FLOAT32_PRODUCTS, NEEDS_A_BF16_PROVIDER, TI
                       assert_close, make_batch, run_script, runnable, tolerance)
 
 
+def run_native(script, **env):
+    """run_script with backend 'auto' meaning the native kernels in the
+    child whichever pass runs it: these tests are about the kernels."""
+    return run_script(script, unset=['BERT_GLUON_NATIVE'], **env)
+
+
 def test_native_kernels_are_built_and_loaded_here():
     assert kernels.native_available()  # g++ is on this machine and in CI
 
@@ -48,6 +54,7 @@ def test_native_layer_norm_equals_mxnet(shape, hybridize):
         assert_close(a, e, rtol=1e-5, atol=2e-5, err_msg=name)
 
 
+@pytest.mark.backend_dependent
 def test_export_uses_mxnet_operators_only(tmp_path):
     net = bg.HybridBERTModel(TINY)
     net.initialize()
@@ -205,7 +212,7 @@ for batch_size in (1, 2, 5):
         check_fused_encoder_block(activation, use_bias, batch_size)
 print('same')
 """
-    out = run_script(script, OMP_NUM_THREADS='4')
+    out = run_native(script, OMP_NUM_THREADS='4')
     assert out.returncode == 0 and 'same' in out.stdout, out.stderr[-2000:]
 
 
@@ -326,6 +333,7 @@ def test_native_dropout_rate_scale_backward_and_seeding():
     onp.testing.assert_array_equal(general(x).asnumpy(), x.asnumpy())
 
 
+@pytest.mark.backend_dependent
 def test_objective_dropout_is_on_in_training_and_off_outside():
     config = TINY.replace(dropout=0.3)
     net = bg.HybridBERTModel(config, backend='native')
@@ -623,7 +631,7 @@ def test_providers_follow_isa_caps():
     """Both libraries held to AVX2 (as on a CPU without AVX-512): oneDNN has
     no bf16 matmul there and MKL emulates it, slower than float32, so the
     bf16 choice is float32 and the model says so once."""
-    out = run_script(ISA_CAP_SCRIPT, MKL_ENABLE_INSTRUCTIONS='AVX2', ONEDNN_MAX_CPU_ISA='AVX2',
+    out = run_native(ISA_CAP_SCRIPT, MKL_ENABLE_INSTRUCTIONS='AVX2', ONEDNN_MAX_CPU_ISA='AVX2',
                      BERT_GLUON_BF16_PROVIDER='auto', BERT_GLUON_FLOAT32_PROVIDER='auto')
     assert out.returncode == 0, out.stderr[-2000:]
     assert 'onednn reason oneDNN has no bf16 matmul for this CPU at ONEDNN_MAX_CPU_ISA=AVX2' \
@@ -638,7 +646,7 @@ def test_emulated_onednn_bf16_is_measured_and_not_chosen(precision, provider):
     """oneDNN held to AVX-512 without its bf16 instructions (a Skylake-class
     core) emulates bf16 products: they run, are timed slower than float32,
     and are not chosen."""
-    out = run_script(ISA_CAP_SCRIPT, ONEDNN_MAX_CPU_ISA='AVX512_CORE',
+    out = run_native(ISA_CAP_SCRIPT, ONEDNN_MAX_CPU_ISA='AVX512_CORE',
                      BERT_GLUON_BF16_PROVIDER='auto', BERT_GLUON_FLOAT32_PROVIDER='blas')
     assert out.returncode == 0, out.stderr[-2000:]
     emulated = re.search(r"onednn's bfloat16 products ([0-9.]+)x blas's float32", out.stdout)
@@ -690,6 +698,7 @@ def test_model_of_every_provider_equals_mxnet(config, precision, provider, force
     check_model(config, precision, batch_size=1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('precision, provider', FLOAT32_PRODUCTS + BF16_PRODUCTS)
 def test_model_with_more_threads_than_tasks(precision, provider):
     """Four threads, batches 1 and 2: the fused blocks' wide tasks."""
@@ -699,10 +708,11 @@ for batch_size in (1, 2):
     check_model('minilm-shaped', {precision!r}, batch_size)
 print('same')
 """
-    out = run_script(script, OMP_NUM_THREADS='4', **{providers_variable(precision): provider})
+    out = run_native(script, OMP_NUM_THREADS='4', **{providers_variable(precision): provider})
     assert out.returncode == 0 and 'same' in out.stdout, out.stderr[-2000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('precision, provider', FLOAT32_PRODUCTS + BF16_PRODUCTS)
 def test_fused_blocks_at_bert_base_width_on_every_thread(precision, provider):
     """BERT-base's widths (768 hidden, 3072 FFN, 12 heads), 128 tokens, more
@@ -726,7 +736,7 @@ for backend, dtype in (('mxnet', 'float32'), ('native', {precision!r})):
 assert_close(answers[1], answers[0], atol={tolerance(precision)!r}, rtol=0)
 print('same')
 """
-    out = run_script(script, OMP_NUM_THREADS='2', timeout=300, **{
+    out = run_native(script, OMP_NUM_THREADS='2', timeout=300, **{
         providers_variable(precision): provider})
     assert out.returncode == 0 and 'same' in out.stdout, out.stderr[-2000:]
 
@@ -736,6 +746,7 @@ def providers_variable(precision):
     return providers.FORCED_BY[precision]
 
 
+@pytest.mark.slow
 def test_kernels_build_and_answer_without_onednn():
     """Without oneDNN (not installed, or BERT_GLUON_ONEDNN=0) the kernels
     build without it, oneDNN is never chosen nor forceable, and the twin
@@ -752,18 +763,19 @@ print('chosen', providers.provider('float32'), providers.provider('bfloat16'))
 check_model('tiny', 'float32')
 print('same')
 """
-    out = run_script(script, BERT_GLUON_ONEDNN='0', BERT_GLUON_FLOAT32_PROVIDER='auto',
+    out = run_native(script, BERT_GLUON_ONEDNN='0', BERT_GLUON_FLOAT32_PROVIDER='auto',
                      BERT_GLUON_BF16_PROVIDER='auto')
     assert out.returncode == 0 and 'same' in out.stdout, out.stderr[-2000:]
     assert 'float32 oneDNN is off (BERT_GLUON_ONEDNN=0)' in out.stdout, out.stdout
     assert re.search(r'chosen blas (mkl|float32)\n', out.stdout), out.stdout
-    forced = run_script("from bert_gluon.kernels import providers\n"
+    forced = run_native("from bert_gluon.kernels import providers\n"
                         "providers.plan_products('float32')",
                         BERT_GLUON_ONEDNN='0', BERT_GLUON_FLOAT32_PROVIDER='onednn')
     assert forced.returncode != 0
     assert 'BERT_GLUON_FLOAT32_PROVIDER=onednn cannot run here: oneDNN is off' in forced.stderr
 
 
+@pytest.mark.slow
 def test_layer_step_timers_only_where_built_with_them():
     """The fused block's step timers (bench/profile_request.py) are a build
     of their own: absent from the default one, summing every step's time
@@ -780,10 +792,11 @@ net.for_inference().encoder(*make_batch()[:3]).wait_to_read()
 after = kernels.layer_step_seconds()
 print(sorted(after) == sorted(kernels.LAYER_STEPS), all(after[k] > before[k] for k in after))
 """
-    out = run_script(script, BERT_GLUON_LAYER_TIMERS='1')
+    out = run_native(script, BERT_GLUON_LAYER_TIMERS='1')
     assert out.returncode == 0 and 'True True' in out.stdout, out.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_openblas_fallback_computes_the_same(tmp_path):
     """Without MKL the products come from the OpenBLAS MXNet ships."""
     net = bg.HybridBERTModel(TINY, backend='native')
@@ -806,7 +819,7 @@ expected = onp.load(r'{tmp_path / "expected.npy"}')
 onp.testing.assert_allclose(out, expected, atol=1e-5 * max(1, abs(expected).max()))
 print('same')
 """
-    out = run_script(script, BERT_GLUON_BLAS='openblas')
+    out = run_native(script, BERT_GLUON_BLAS='openblas')
     assert out.returncode == 0 and 'same' in out.stdout, out.stderr[-2000:]
 
 
@@ -840,13 +853,14 @@ print('rss', warm, rss_mb(), 'primitives', most)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(kernels.float32_unavailable_reason('onednn') is not None,
                     reason=f"oneDNN's products: {kernels.float32_unavailable_reason('onednn')}")
 def test_requests_of_every_length_keep_memory_flat():
     """10,000 single requests of random lengths 1-512 after a warm-up over
     every length: the oneDNN primitives stay bounded (the least recently
     used freed) and the process's resident memory does not grow."""
-    out = run_script(MEMORY_SCRIPT.format(precision='float32', requests=10000),
+    out = run_native(MEMORY_SCRIPT.format(precision='float32', requests=10000),
                      BERT_GLUON_FLOAT32_PROVIDER='onednn', timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]
     warm, after, most = map(float, re.search(r'rss ([0-9.]+) ([0-9.]+) primitives (\d+)',

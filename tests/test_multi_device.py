@@ -46,6 +46,7 @@ def _train_one_step(ctx_list, batch, kvstore='device', optimizer='sgd'):
     return net, outputs, grads
 
 
+@pytest.mark.backend_dependent
 def test_forward_runs_on_every_context():
     net = bg.HybridBERTModel(TINY)
     net.initialize(ctx=CONTEXTS)
@@ -56,6 +57,7 @@ def test_forward_runs_on_every_context():
         assert encoded_X.ctx == tokens.ctx and mlm_Y_hat.shape == (2, 4, TINY.vocab_size)
 
 
+@pytest.mark.backend_dependent
 @pytest.mark.parametrize('kvstore', ['device', 'local'])
 def test_two_contexts_step_equals_one_context_step(kvstore):
     # SGD keeps the comparison linear in the gradient: Adam's first step is
@@ -77,6 +79,7 @@ def test_two_contexts_step_equals_one_context_step(kvstore):
     assert_close(outputs[0], outputs[1].as_in_ctx(mx.cpu(0)), atol=1e-6)
 
 
+@pytest.mark.backend_dependent
 def test_loss_ignores_padded_slots():
     loss = bg.loss.PretrainingLoss()
     mlm_Y_hat = np.random.normal(0, 1, (2, 3, 5))

@@ -5,6 +5,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+pytestmark = pytest.mark.slow  # processes of their own: the fast subset leaves them out
+
 NOTEBOOKS = Path(__file__).resolve().parents[1] / 'notebooks'
 SMALL = {'NB_NUM_STEPS': '3', 'NB_BATCH_SIZE': '32', 'NB_NUM_EPOCHS': '1', 'NB_MAX_LEN': '32'}
 
@@ -28,6 +30,7 @@ def test_every_notebook_is_tested_and_installs_what_it_needs():
         assert "mxnet-cu112==1.9.1" in first.source, name
 
 
+@pytest.mark.backend_dependent
 @pytest.mark.parametrize('name', NAMES)
 def test_notebook_runs_top_to_bottom(name, workdir, monkeypatch):
     for key, value in SMALL.items():

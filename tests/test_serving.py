@@ -67,6 +67,7 @@ def _status(call, *args):
     return getattr(info.value, 'status_code', getattr(info.value, 'status', None)), str(info.value)
 
 
+@pytest.mark.backend_dependent
 def test_finetune_folder_holds_everything_to_reload(classifier_folder):
     folder, trained = classifier_folder
     for name in ('classifier.params', 'classifier.json', 'config.json', 'vocab.json',
@@ -82,6 +83,7 @@ def test_finetune_folder_holds_everything_to_reload(classifier_folder):
     assert_close(net(*arrays), trained(*arrays))
 
 
+@pytest.mark.backend_dependent
 def test_handlers_answer_with_label_names(classifier_folder):
     folder, trained = classifier_folder
     model = inference.model_fn(str(folder))
@@ -104,6 +106,7 @@ def test_handlers_answer_with_label_names(classifier_folder):
     assert json.loads(inference.output_fn({'labels': []}, 'APPLICATION/json')) == {'labels': []}
 
 
+@pytest.mark.backend_dependent
 def test_handlers_refuse_bad_requests(classifier_folder):
     folder, _ = classifier_folder
     model = inference.model_fn(str(folder))
@@ -131,6 +134,7 @@ def test_handlers_refuse_bad_requests(classifier_folder):
         assert json.loads(inference.output_fn({'labels': []}, accept)) == {'labels': []}, accept
 
 
+@pytest.mark.backend_dependent
 def test_encoder_handler_gives_mean_pooled_embeddings(tiny_pretrained):
     model = inference.model_fn(str(tiny_pretrained))
     data = inference.input_fn(json.dumps({'inputs': ['a crane is flying', 'the bird']}),
@@ -142,6 +146,8 @@ def test_encoder_handler_gives_mean_pooled_embeddings(tiny_pretrained):
     assert_close(onp.array(answer['embeddings']), expected)
 
 
+@pytest.mark.slow
+@pytest.mark.backend_dependent
 @pytest.mark.parametrize('engine', ['mxnet', 'onnxruntime', 'openvino'])
 def test_model_server_answers_and_refuses_alike_on_every_engine(classifier_folder, engine,
                                                                 tmp_path):
@@ -204,6 +210,7 @@ def _toolkit_job(root, host, hosts, hyperparameters):
 JOB = {'job': 'pretrain', 'steps': 4, 'batch-size': 16, 'max-len': 32}
 
 
+@pytest.mark.backend_dependent
 @pytest.mark.parametrize('engine', ['mxnet', 'onnxruntime', 'openvino'])
 def test_handler_service_in_process_equals_the_python_api(classifier_folder, tmp_path,
                                                          monkeypatch, engine):
@@ -241,6 +248,8 @@ def test_handler_service_in_process_equals_the_python_api(classifier_folder, tmp
     assert context.get_response_status(0)[0] == 415
 
 
+@pytest.mark.slow
+@pytest.mark.backend_dependent
 def test_sagemaker_training_toolkit_runs_the_entry_point(tmp_path):
     """SageMaker's MXNet training toolkit runs the entry point offline; the
     model folder it leaves deploys as it is (code/inference.py)."""
@@ -258,6 +267,8 @@ def test_sagemaker_training_toolkit_runs_the_entry_point(tmp_path):
     assert len(inference.predict_fn(data, served)['embeddings'][0]) == 128
 
 
+@pytest.mark.slow
+@pytest.mark.backend_dependent
 def test_sagemaker_parameter_server_distribution_on_two_hosts(tmp_path):
     """Two 'hosts' on loopback (127.0.0.1 and 127.0.0.2) under SageMaker's
     own parameter_server launch: the toolkit starts the scheduler and a
@@ -296,6 +307,7 @@ def test_local_endpoint_refuses_a_folder_that_is_not_there(tmp_path):
         LocalEndpoint(tmp_path / 'nothing here')
 
 
+@pytest.mark.backend_dependent
 @pytest.mark.parametrize('engine, precision', [('onnxruntime', 'float32'),
                                                ('openvino', 'float32'),
                                                ('openvino', 'bfloat16'),
@@ -316,6 +328,39 @@ def test_every_engine_answers_the_same_requests_with_the_same_numbers(
         return
     for folder in (classifier_folder[0], tiny_pretrained):
         _same_answers(_answers(folder, engine, precision), _answers(folder, 'mxnet'), atol)
+
+
+@pytest.mark.backend_dependent
+def test_openvino_asked_for_bf16_where_it_cannot_says_so_and_answers_float32(tiny_pretrained):
+    """oneDNN held to AVX2 (a CPU without bf16): OpenVINO's bf16 would not
+    even compile there; the engine says once that it runs float32, and its
+    answers equal OpenVINO's float32 ones."""
+    script = f"""
+import warnings
+import numpy as np
+from bert_gluon.serving.engines import load_model
+from bert_gluon.tokenization import load_tokenizer
+folder = {str(tiny_pretrained)!r}
+f32 = load_model(folder, 'openvino', 'float32')
+with warnings.catch_warnings(record=True) as said:
+    warnings.simplefilter('always')
+    bf16 = load_model(folder, 'openvino', 'bfloat16')
+    again = load_model(folder, 'openvino', 'bfloat16')
+print('NOTICES', len(said), [str(w.message) for w in said])
+inputs = f32.tokenizer.encode_pairs([('a crane is flying', None), ('the bird', 'a crane')], 16)
+a, b = f32.run(*inputs), bf16.run(*inputs)
+print('MAXDIFF', max(float(np.abs(a[k] - b[k]).max()) for k in a))
+"""
+    from conftest import run_script
+    out = run_script(script, ONEDNN_MAX_CPU_ISA='AVX2', MKL_ENABLE_INSTRUCTIONS='AVX2')
+    assert out.returncode == 0, out.stderr[-3000:]
+    notices = next(line for line in out.stdout.splitlines() if line.startswith('NOTICES'))
+    assert notices.startswith('NOTICES 1 '), out.stdout
+    assert ("precision='bfloat16' on engine='openvino' runs float32 here: "
+            'ONEDNN_MAX_CPU_ISA=AVX2') in notices
+    diff = float(next(line for line in out.stdout.splitlines()
+                      if line.startswith('MAXDIFF')).split()[1])
+    assert diff == 0.0  # the same float32 graph
 
 
 def test_engines_refuse_unknown_names_and_missing_extras(tiny_pretrained, monkeypatch):
@@ -342,6 +387,8 @@ def test_engines_refuse_unknown_names_and_missing_extras(tiny_pretrained, monkey
         LocalEndpoint(tiny_pretrained, engine='tensorrt')
 
 
+@pytest.mark.slow
+@pytest.mark.backend_dependent
 def test_the_onnx_engines_cache_their_model_beside_the_weights(tiny_pretrained, tmp_path,
                                                                monkeypatch):
     """Built on the first load, read on the next; rebuilt when the weights
@@ -374,6 +421,7 @@ def test_the_onnx_engines_cache_their_model_beside_the_weights(tiny_pretrained, 
     assert list((tmp_path / 'cache').glob('onnx/*/model.onnx'))
 
 
+@pytest.mark.backend_dependent
 def test_a_broken_onnx_cache_is_named_and_built_again(tiny_pretrained, tmp_path, monkeypatch):
     """A model.json of another shape is named and rebuilt; temporary files of
     a killed build are removed by the next build (a fresh one, perhaps

@@ -38,6 +38,8 @@ def _final_params(out_dir):
     return {k: v.asnumpy() for k, v in mx.npx.load(str(Path(out_dir) / 'pretrained.params')).items()}
 
 
+@pytest.mark.slow
+@pytest.mark.backend_dependent
 def test_sigkill_then_resume_reaches_the_uninterrupted_parameters(tmp_path):
     straight = _run(tmp_path / 'straight')
     killed = _run(tmp_path / 'killed')
@@ -67,6 +69,7 @@ def test_sigkill_then_resume_reaches_the_uninterrupted_parameters(tmp_path):
     assert abs(ma['mlm_loss'] - mb['mlm_loss']) < 1e-5
 
 
+@pytest.mark.backend_dependent
 def test_pretrain_writes_its_outputs_and_every_parameter_learns(tmp_path):
     config = bg.get_config('d2l.pretrain', num_hiddens=16, ffn_num_hiddens=16,
                            num_heads=2, num_layers=1)
@@ -147,6 +150,7 @@ def test_contexts_parse_and_reject():
         parse_contexts('tpu:0')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('args, message', [
     (['--steps', '0'], 'argument --steps: expected a positive integer'),
     (['--batch-size', 'x'], 'argument --batch-size: expected a positive integer'),
@@ -160,6 +164,7 @@ def test_contexts_parse_and_reject():
     (['--config', 'nope'], 'argument --config: invalid choice'),
     (['--seed', '-1'], 'argument --seed: expected an integer in [0, 2**31)'),
 ])
+@pytest.mark.backend_dependent
 def test_cli_rejects_bad_arguments(args, message):
     out = subprocess.run([sys.executable, '-m', 'bert_gluon.cli', 'pretrain', *args],
                          capture_output=True, text=True)
@@ -180,6 +185,7 @@ def _tiny_pretrain(out_dir, **changes):
     return pretrain(config=config, out_dir=out_dir, **dict(TINY_RUN, **changes))
 
 
+@pytest.mark.backend_dependent
 def test_resume_without_latest_json_continues_from_the_newest_checkpoint(tmp_path, capsys):
     _tiny_pretrain(tmp_path, num_steps=4)
     (tmp_path / 'checkpoints' / 'latest.json').unlink()
@@ -191,6 +197,8 @@ def test_resume_without_latest_json_continues_from_the_newest_checkpoint(tmp_pat
         'step-00000004', 'step-00000006']
 
 
+@pytest.mark.slow
+@pytest.mark.backend_dependent
 @pytest.mark.parametrize('changes, name', [
     ({'lr': 0.02}, 'lr=0.02'), ({'batch_size': 8}, 'batch_size=8'),
     ({'max_len': 32}, 'max_len=32'), ({'seed': 1}, 'seed=1')])
@@ -202,6 +210,7 @@ def test_resume_refuses_arguments_that_change_the_trajectory(tmp_path, changes, 
     assert (tmp_path / 'config.json').read_text() == before  # nothing was changed
 
 
+@pytest.mark.backend_dependent
 def test_a_fresh_run_refuses_a_used_folder_unless_told(tmp_path):
     _tiny_pretrain(tmp_path, num_steps=2)
     with pytest.raises(ValueError, match=r'holds a previous run .*--resume.*--overwrite'):
@@ -212,6 +221,7 @@ def test_a_fresh_run_refuses_a_used_folder_unless_told(tmp_path):
     assert [p.name for p in (tmp_path / 'checkpoints').glob('step-*')] == ['step-00000002']
 
 
+@pytest.mark.backend_dependent
 def test_two_runs_cannot_share_a_folder(tmp_path):
     from bert_gluon.checkpoint import RunFolder
     with RunFolder(tmp_path, ()):
@@ -230,6 +240,7 @@ def test_unusable_output_folders_are_refused_before_training(tmp_path):
         _tiny_pretrain(tmp_path / 'run')
 
 
+@pytest.mark.backend_dependent
 def test_a_diverging_run_stops_with_an_error(tmp_path):
     with pytest.raises(ValueError, match=r'step \d+: the \w+ loss is nan: training diverged'):
         _tiny_pretrain(tmp_path, lr=1e30)
@@ -238,6 +249,7 @@ def test_a_diverging_run_stops_with_an_error(tmp_path):
         _tiny_pretrain(tmp_path / 'b', lr=float('inf'))
 
 
+@pytest.mark.backend_dependent
 def test_the_plan_that_ran_is_recorded_and_a_different_one_said_on_resume(tmp_path, monkeypatch):
     """metrics.json and every checkpoint's state record the execution plan
     the training graph ran (implementation, precision, provider); resuming
@@ -271,6 +283,7 @@ def test_the_plan_that_ran_is_recorded_and_a_different_one_said_on_resume(tmp_pa
         _tiny_pretrain(tmp_path, num_steps=3, resume=True)
 
 
+@pytest.mark.backend_dependent
 def test_a_state_lacking_fields_is_named_and_the_checkpoint_before_it_resumed(tmp_path):
     _tiny_pretrain(tmp_path, num_steps=4)
     state = tmp_path / 'checkpoints' / 'step-00000004' / 'state.json'

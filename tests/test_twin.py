@@ -74,6 +74,7 @@ def test_rows_of_one_and_no_valid_token_equal_book(tmp_path, backend, hybridize)
             assert_close(twin_grads[name], grad, atol=1e-5, rtol=1e-4, err_msg=name)
 
 
+@pytest.mark.backend_dependent
 def test_twin_equals_numpy_reference():
     twin = bg.HybridBERTModel(TINY)
     twin.initialize(mx.init.Normal(0.5))
@@ -87,6 +88,7 @@ def test_twin_equals_numpy_reference():
         assert_close(ours, theirs, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.backend_dependent
 def test_parameters_cross_load_both_ways(tmp_path):
     book, twin = _pair(tmp_path)
     assert set(params_of(book)) == set(params_of(twin))
@@ -103,6 +105,7 @@ def test_parameters_cross_load_both_ways(tmp_path):
     assert_close(fresh_book(*args)[1], twin(*args)[1], atol=1e-5)
 
 
+@pytest.mark.backend_dependent
 @pytest.mark.parametrize('hybridize', [False, True])
 def test_padding_does_not_change_valid_positions(hybridize):
     twin = bg.HybridBERTModel(TINY)
@@ -123,6 +126,7 @@ def test_padding_does_not_change_valid_positions(hybridize):
     assert lens.min() < tokens.shape[1]  # the batch really has padding
 
 
+@pytest.mark.backend_dependent
 def test_learned_position_real_bert_config_runs_and_hybridizes():
     config = bg.get_config('all-MiniLM-L6-v2', vocab_size=40, num_hiddens=24,
                            ffn_num_hiddens=32, num_layers=2, max_len=16)
@@ -145,6 +149,7 @@ def test_learned_position_real_bert_config_runs_and_hybridizes():
                             hybrid[0].asnumpy(), atol=1e-3)
 
 
+@pytest.mark.backend_dependent
 def test_gelu_is_the_erf_form():
     dense = bg.layers.Dense(3, activation='gelu', in_units=2, flatten=False)
     dense.initialize(mx.init.Normal(1.0))
@@ -155,6 +160,7 @@ def test_gelu_is_the_erf_form():
     assert_close(dense(x), expected, atol=1e-5)
 
 
+@pytest.mark.backend_dependent
 def test_export_round_trip(tmp_path):
     twin = bg.HybridBERTModel(TINY)
     twin.initialize(mx.init.Normal(0.5))
@@ -193,6 +199,7 @@ def test_predict_mode_gradients_equal_book(tmp_path, backend):
     assert set(mx.nd.load(str(tmp_path / 'twin.params'))) == set(params_of(book))
 
 
+@pytest.mark.backend_dependent
 def test_training_mode_dropout_is_active():
     twin = bg.HybridBERTModel(TINY.replace(dropout=0.5))
     twin.initialize()

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import urllib.request
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -67,11 +68,13 @@ _verified = {}  # (path, size, mtime) of files whose SHA-1 was checked
 
 
 def cache_dir():
+    """Where downloaded data is kept: $BERT_GLUON_CACHE, else ~/.cache/bert_gluon."""
     return Path(os.environ.get('BERT_GLUON_CACHE',
                                Path.home() / '.cache' / 'bert_gluon'))
 
 
 def sha1_of(path, chunk=1 << 20):
+    """The SHA-1 hex digest of the file at `path`, read in chunks."""
     digest = hashlib.sha1()
     with open(path, 'rb') as f:
         for block in iter(lambda: f.read(chunk), b''):
@@ -143,11 +146,16 @@ def find_dataset(name, data_dir=None, download=True):
     if os.environ.get('BERT_GLUON_DATA'):
         places.append(('$BERT_GLUON_DATA', os.environ['BERT_GLUON_DATA']))
     places.append(('cache', cache_dir()))
-    for _, root in places:
+    for what, root in places:
         folder = _folder_in(root, spec)
         if folder is not None:
             for file_name, sha1 in spec.files.items():
                 _check_file(folder / file_name, sha1)
+            if data_dir is not None and what != 'data_dir argument':
+                # the folder the caller named was passed over: say which one was read
+                warnings.warn(f'data_dir {data_dir} does not hold {name} '
+                              f'({", ".join(spec.files)}); read it from {what}: {folder}',
+                              stacklevel=2)
             return folder
     looked = '; '.join(f'{what}: {Path(root).expanduser() / spec.folder}'
                        for what, root in places)
@@ -157,6 +165,9 @@ def find_dataset(name, data_dir=None, download=True):
             folder = _download(name, spec, cache_dir())
             for file_name, sha1 in spec.files.items():
                 _check_file(folder / file_name, sha1)
+            if data_dir is not None:
+                warnings.warn(f'data_dir {data_dir} does not hold {name}; downloaded it '
+                              f'to {folder}', stacklevel=2)
             return folder
         except OSError as exc:  # offline, refused, disk full
             error = f'download from {spec.url} failed ({exc})'

@@ -45,12 +45,17 @@ def read_pairs(task, split='train', data_dir=None):
     path = find_dataset(dataset, data_dir) / split_files[split]
     label_ids = {name: i for i, name in enumerate(names)}
     first, second, labels = [], [], []
-    with open(path, encoding='utf-8-sig') as f:  # MRPC starts with a BOM
+    with open(path, 'rb') as f:  # decoded line by line: a bad byte is named with its line
         if next(f, None) is None:
             raise ValueError(f'{path} is empty: expected a header line, then a '
                              'tab-separated pair per line')
-        for number, line in enumerate(f, start=2):
-            row = line.rstrip('\n').split('\t')
+        for number, raw in enumerate(f, start=2):
+            try:
+                line = raw.decode('utf-8')
+            except UnicodeDecodeError as exc:
+                raise ValueError(f'{path}, line {number}: not UTF-8 text ({exc.reason} at '
+                                 f'offset {exc.start} of the line)') from None
+            row = line.rstrip('\r\n').split('\t')
             if len(row) <= max(c1, c2, cl):
                 raise ValueError(f'{path}, line {number}: expected at least '
                                  f'{max(c1, c2, cl) + 1} tab-separated columns, '

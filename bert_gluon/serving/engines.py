@@ -161,11 +161,33 @@ def _onnxruntime_run(path):
     return lambda *arrays: dict(zip(names, session.run(None, onnx_inputs(*arrays))))
 
 
+def _openvino_bf16_obstacle(core):
+    """None where OpenVINO's CPU plugin runs bf16 here, else why not. It
+    reports BF16 by cpuid, but runs on oneDNN, which ONEDNN_MAX_CPU_ISA caps
+    (below AVX512_CORE_BF16 its bf16 graph cannot even compile)."""
+    if 'BF16' not in core.get_property('CPU', 'OPTIMIZATION_CAPABILITIES'):
+        return 'OpenVINO finds neither AVX512_BF16 nor AMX on this CPU'
+    cap = os.environ.get('ONEDNN_MAX_CPU_ISA', '').upper()
+    if cap and cap not in ('ALL', 'DEFAULT') and not any(
+            mark in cap for mark in ('BF16', 'AMX', 'FP16', 'AVX10')):
+        return f'ONEDNN_MAX_CPU_ISA={cap} holds its oneDNN below bf16'
+    return None
+
+
+_said_openvino_f32 = []  # the notice below, once per process
+
+
 def _openvino_run(path, precision):
     import openvino as ov
     from ..onnx_export import OUTPUTS, onnx_inputs
-    compiled = ov.Core().compile_model(str(path), 'CPU', {
-        'INFERENCE_PRECISION_HINT': 'bf16' if precision == 'bfloat16' else 'f32',
+    core = ov.Core()
+    obstacle = _openvino_bf16_obstacle(core) if precision == 'bfloat16' else None
+    if obstacle and not _said_openvino_f32:
+        _said_openvino_f32.append(True)
+        warnings.warn(f"precision='bfloat16' on engine='openvino' runs float32 here: {obstacle}",
+                      stacklevel=3)
+    compiled = core.compile_model(str(path), 'CPU', {
+        'INFERENCE_PRECISION_HINT': 'bf16' if precision == 'bfloat16' and not obstacle else 'f32',
         'INFERENCE_NUM_THREADS': _threads(), 'PERFORMANCE_HINT': 'LATENCY'})
     request = compiled.create_infer_request()  # one request at a time: a model-server worker
     known = {name for names in OUTPUTS.values() for name in names}

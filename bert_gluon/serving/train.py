@@ -71,6 +71,8 @@ def build_parser():
 
 
 def main(argv=None, env=None):
+    """The SageMaker training entry point: pretrain or fine-tune with the job's
+    hyperparameters (`argv`) and SM_* / DMLC_* variables (`env`, default os.environ)."""
     env = os.environ if env is None else env
     parser = build_parser()
     parser.add_argument('--_ps_port', '--_ps_verbose', dest='_toolkit', action='append',
