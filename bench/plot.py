@@ -32,12 +32,12 @@ def load(path):
 
 def title(data):
     m, setting = data['machine'], data.get('setting', {})
-    what = TITLES.get(data['bench'], data['bench']).format(**setting, config=setting.get('config'))
+    what = TITLES.get(data['bench'], data['bench']).format(config=setting.get('config'))
     if setting.get('latency'):
         what += ', one request'
     capped = ' '.join(f'{k}={v}' for k, v in m.get('env', {}).items()
                       if k.startswith(('MKL_ENABLE', 'ONEDNN_MAX')))
-    return (f'{what}\n{m["model"]} ({" ".join(m["flags"])}{"; " + capped if capped else ""}), '
+    return (f'{what}\n{m["model"]}: {" ".join(m["flags"])}{"; " + capped if capped else ""}\n'
             f'{m["threads"]} threads, {data["date"][:10]}')
 
 
@@ -54,7 +54,7 @@ def draw(data, path):
     contestants = list(dict.fromkeys(r['contestant'] for r in rows))
     unit = rows[0]['unit']
     width = 0.8 / len(contestants)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(groups) + 2), 4.2))
+    fig, ax = plt.subplots(figsize=(max(7.5, 1.8 * len(groups) + 3.5), 4.6))
     for i, name in enumerate(contestants):
         xs, heights, low, high = [], [], [], []
         for g, group in enumerate(groups):
@@ -72,7 +72,7 @@ def draw(data, path):
     ax.set_xticklabels([', '.join(f'{k} {v}' for k, v in zip(keys, g)) for g in groups])
     ax.set_ylabel(f'{unit} ({"median, min to p99" if unit == "ms" else "median, min to max"})')
     ax.set_title(title(data), fontsize=9)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0))  # never over a bar
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -306,7 +306,7 @@ def _output_shapes(kind, net):
             'classifier': (['batch', len(getattr(net, 'labels', ()))],)}[kind]
 
 
-def _interface(kind, graph, shapes):
+def _interface(kind, graph, shapes, max_len):
     """(inputs, nodes before the traced graph, nodes after it, outputs,
     constants). The traced graph takes the twin's right-padded rows and
     their valid lengths; attention_mask is Hugging Face's key mask, any
@@ -316,7 +316,10 @@ def _interface(kind, graph, shapes):
     back to the tokens' own places, the outputs are renamed and, for the
     encoder, the mean over the mask is added (sentence-transformers'
     embedding). A token's position is its index among the row's tokens, as
-    when the row is right-padded; a right-padded mask keeps every row as it is."""
+    when the row is right-padded; a right-padded mask keeps every row as it is.
+    A sequence longer than `max_len` cannot be honoured and ONNX cannot
+    raise: the ids go through a Reshape whose shape is invalid then, so the
+    engine fails naming that node, 'sequence_longer_than_max_len_<max_len>'."""
     count = 4 if kind == 'pretraining' else 3
     inputs = [helper.make_tensor_value_info(
         name, TensorProto.INT64, ['batch', 'predictions' if name == 'masked_positions'
@@ -326,6 +329,9 @@ def _interface(kind, graph, shapes):
         _node('Cast', ['mask_bool'], 'mask_float', to=TensorProto.FLOAT),
         _node('Shape', ['input_ids'], 'ids_shape'),
         _node('Gather', ['ids_shape', 'axis_1'], 'length'),             # (1,) T
+        _node('LessOrEqual', ['length', 'max_len'], 'fits'),
+        _node('Where', ['fits', 'ids_shape', 'invalid_shape'], 'checked_shape'),
+        _node('Reshape', ['input_ids', 'checked_shape'], f'sequence_longer_than_max_len_{max_len}'),
         _node('Squeeze', ['length'], 'length_scalar'),
         _node('Range', ['zero_int64', 'length_scalar', 'one_int64'], 'positions'),
         _node('Cast', ['positions', ], 'positions_float', to=TensorProto.FLOAT),
@@ -337,7 +343,8 @@ def _interface(kind, graph, shapes):
         _node('Add', ['mask_rank', 'index_rank'], 'sort_key'),
         helper.make_node('TopK', ['sort_key', 'length'], ['sorted_keys', 'order'],
                          name='order', axis=1, largest=1, sorted=1),
-        _node('GatherElements', ['input_ids', 'order'], 'ids_in_order', axis=1),
+        _node('GatherElements', [f'sequence_longer_than_max_len_{max_len}', 'order'],
+              'ids_in_order', axis=1),
         _node('GatherElements', ['token_type_ids', 'order'], 'types_in_order', axis=1),
         _node('Cast', ['ids_in_order'], 'data0', to=TensorProto.INT32),
         _node('Cast', ['types_in_order'], 'data1', to=TensorProto.INT32),
@@ -370,6 +377,8 @@ def _interface(kind, graph, shapes):
                for name, shape in zip(OUTPUTS[kind], shapes)]
     constants = [numpy_helper.from_array(onp.array([1], 'int64'), 'axis_1'),
                  numpy_helper.from_array(onp.array([2], 'int64'), 'axis_2'),
+                 numpy_helper.from_array(onp.array([max_len], 'int64'), 'max_len'),
+                 numpy_helper.from_array(onp.array([-2, -2], 'int64'), 'invalid_shape'),
                  numpy_helper.from_array(onp.array(0, 'int64'), 'zero_int64'),
                  numpy_helper.from_array(onp.array(1, 'int64'), 'one_int64'),
                  numpy_helper.from_array(onp.array(1, 'float32'), 'one_float'),
@@ -377,14 +386,14 @@ def _interface(kind, graph, shapes):
     return inputs, front, back, outputs, constants
 
 
-def standard_interface(kind, model, shapes):
+def standard_interface(kind, model, shapes, max_len):
     """MXNet's traced ONNX (inputs data0..3 beside every weight, outputs
     named after internal blocks) given the Hugging Face interface: int64
     input_ids, token_type_ids, attention_mask (and masked_positions), the
     OUTPUTS[kind] names and `shapes`, weights as initializers only (none
-    unused)."""
+    unused); sequences up to `max_len`."""
     graph = model.graph
-    inputs, front, back, outputs, constants = _interface(kind, graph, shapes)
+    inputs, front, back, outputs, constants = _interface(kind, graph, shapes, max_len)
     body = list(graph.node)
     for field, values in ((graph.node, front + body + back), (graph.input, inputs),
                           (graph.output, outputs)):
@@ -431,7 +440,7 @@ def export_onnx(net, path, heads=False, overwrite=False):
         if not node.name:
             node.name = node.output[0]
     model = standard_interface(kind, model, _output_shapes(kind, twin if kind != 'classifier'
-                                                           else net))
+                                                           else net), twin.config.max_len)
     onnx.checker.check_model(model, full_check=True)
     atomic_write_bytes(path, model.SerializeToString())
     return str(path)

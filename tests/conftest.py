@@ -148,7 +148,9 @@ def forced(monkeypatch):
 # `backend_dependent`: those whose models resolve backend 'auto' (read from
 # that variable) or that start processes inheriting it. The marks are checked,
 # not trusted: a test that does either without the mark fails, naming why.
-os.environ.setdefault('BERT_GLUON_NATIVE', '1')  # '1' is the default: set so children inheriting it can be told apart
+# '1' is the default: set, so that a child inheriting it can be told from one
+# started with it unset or pinned
+os.environ.setdefault('BERT_GLUON_NATIVE', '1')
 _READ_THE_BACKEND = []  # why the running test depends on the backend
 _COMPILERS = {'g++', 'gcc', 'c++', 'cc'}  # children that never read the variable
 
@@ -166,8 +168,10 @@ def _record_children(popen_init):
     @functools.wraps(popen_init)
     def recording(self, args, *rest, **kwargs):
         env = kwargs.get('env')
-        program = os.path.basename(str(args[0] if isinstance(args, (list, tuple)) else args).split()[0])
-        inherits = env is None or env.get('BERT_GLUON_NATIVE') == os.environ.get('BERT_GLUON_NATIVE')
+        first = args[0] if isinstance(args, (list, tuple)) else args
+        program = os.path.basename(str(first).split()[0])
+        inherits = (env is None
+                    or env.get('BERT_GLUON_NATIVE') == os.environ.get('BERT_GLUON_NATIVE'))
         if inherits and program not in _COMPILERS:
             _READ_THE_BACKEND.append(f'it starts {program!r}, which inherits BERT_GLUON_NATIVE')
         popen_init(self, args, *rest, **kwargs)
@@ -195,6 +199,7 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = (f'{item.nodeid} depends on the backend ({_READ_THE_BACKEND[0]}) but is '
                            'not marked @pytest.mark.backend_dependent: .ci/run would not run it '
                            'on BERT_GLUON_NATIVE=0')
-    if call.when == 'teardown' and os.environ.get('BERT_GLUON_LIST_DEPENDENT') and _READ_THE_BACKEND:
-        with open(os.environ['BERT_GLUON_LIST_DEPENDENT'], 'a') as f:
+    listing = os.environ.get('BERT_GLUON_LIST_DEPENDENT')  # a file: which tests, and why
+    if call.when == 'teardown' and listing and _READ_THE_BACKEND:
+        with open(listing, 'a') as f:
             f.write(f'{item.nodeid}\t{_READ_THE_BACKEND[0]}\n')

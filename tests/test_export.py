@@ -359,3 +359,17 @@ def test_onnx_heads_read_masked_positions_where_the_mask_puts_the_tokens(tmp_pat
         r, l_ = run(right), run(left)
         assert_close(l_[1], r[1], err_msg=f'{engine}: mlm_logits')
         assert_close(l_[2], r[2], err_msg=f'{engine}: nsp_logits')
+
+
+@pytest.mark.backend_dependent
+def test_onnx_refuses_a_sequence_longer_than_max_len_naming_it(tmp_path):
+    """ONNX cannot raise; a sequence the model has no position for fails in
+    the engine at a node whose name says why, instead of giving numbers."""
+    net = bg.HybridBERTModel(TINY.replace(max_len=12))
+    net.initialize(mx.init.Xavier())
+    path = export_onnx(net, tmp_path / 'short.onnx')
+    for engine, run in _runners(path).items():
+        fits = _feed(*make_batch(batch_size=2, seq_len=12)[:3])
+        assert run(fits)[0].shape == (2, 12, TINY.num_hiddens)
+        with pytest.raises(Exception, match='sequence_longer_than_max_len_12'):
+            run(_feed(*make_batch(batch_size=2, seq_len=13)[:3]))
