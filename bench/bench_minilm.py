@@ -3,7 +3,8 @@ fused native op), in float32 and dtype='bfloat16', against Hugging Face
 `transformers` on PyTorch eager (float32, bf16 autocast), onnxruntime (the
 model exported from PyTorch with dynamic batch and length; plain, and
 through its transformer optimizer) and OpenVINO (the same ONNX, float32 and
-bf16). Every contestant in its own process, rounds interleaved
+bf16) and the same ONNX in int8 on both (bert_gluon.quantization). Every
+contestant in its own process, rounds interleaved
 (bench/harness.py).
 
 Throughput (default): sentence pairs/s at each batch size and length,
@@ -33,6 +34,9 @@ CONTESTANTS = {
     'onnxruntime-opt': 'onnxruntime CPU, the same ONNX through its transformer optimizer',
     'openvino': 'OpenVINO CPU, the same ONNX, INFERENCE_PRECISION_HINT f32',
     'openvino-bf16': 'OpenVINO CPU, the same ONNX, INFERENCE_PRECISION_HINT bf16',
+    'onnxruntime-int8': "onnxruntime CPU, the same ONNX in int8 (bert_gluon.quantization: "
+                        "onnxruntime's dynamic quantizer, weights per channel)",
+    'openvino-int8': 'OpenVINO CPU, the same int8 ONNX',
 }
 HEADS, HIDDEN = 12, 384  # all-MiniLM-L6-v2, for onnxruntime's optimizer
 
@@ -100,7 +104,8 @@ def _onnxruntime(name, tokens, segments, threads):
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    path = optimized_onnx() if name == 'onnxruntime-opt' else export_onnx()
+    path = {'onnxruntime-opt': optimized_onnx, 'onnxruntime-int8': int8_onnx}.get(
+        name, export_onnx)()
     session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
     feed = _feed(tokens, segments)
     return lambda: session.run(None, feed), lambda: None
@@ -109,7 +114,8 @@ def _onnxruntime(name, tokens, segments, threads):
 def _openvino(name, tokens, segments, threads):
     import openvino as ov
     precision = 'bf16' if name == 'openvino-bf16' else 'f32'
-    compiled = ov.Core().compile_model(export_onnx(), 'CPU', {
+    path = int8_onnx() if name == 'openvino-int8' else export_onnx()
+    compiled = ov.Core().compile_model(path, 'CPU', {
         'INFERENCE_PRECISION_HINT': precision, 'INFERENCE_NUM_THREADS': threads,
         'PERFORMANCE_HINT': 'LATENCY'})
     granted = compiled.get_property('INFERENCE_PRECISION_HINT')
@@ -155,6 +161,15 @@ def export_onnx():
                                         names + ['last_hidden_state']},
                           opset_version=17)
         os.replace(path + '.tmp', path)
+    return path
+
+
+def int8_onnx():
+    """export_onnx() quantized as the package's ONNX engines quantize (cached)."""
+    path = export_onnx().replace('.onnx', '_int8.onnx')
+    if not os.path.exists(path):
+        from bert_gluon.quantization import quantize_onnx
+        quantize_onnx(export_onnx(), path)
     return path
 
 
@@ -220,6 +235,7 @@ def main():
         return
     if any(n.startswith(('onnxruntime', 'openvino')) for n in args.contestants):
         optimized_onnx()  # once, before the timed workers start
+        int8_onnx()
     calls = args.calls or (20 if args.latency else 3)
     batch_sizes = [1] if args.latency else args.batch_sizes
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE='1',

@@ -150,8 +150,19 @@ def _export(args):
         from .onnx_export import export_onnx
         load = load_classifier if is_classifier_folder(args.pretrained) else from_pretrained
         net = load(args.pretrained)[0]
+        if args.precision == 'int8':  # the float32 graph first, then quantized
+            import tempfile
+            from .fileio import check_output_file
+            from .quantization import quantize_onnx
+            check_output_file(args.output, '--output', args.overwrite)  # before any work
+            with tempfile.TemporaryDirectory() as tmp:
+                float32 = export_onnx(net, f'{tmp}/float32.onnx', args.heads)
+                print(f'onnx int8: {quantize_onnx(float32, args.output, args.overwrite)}')
+            return 0
         print(f'onnx: {export_onnx(net, args.output, args.heads, args.overwrite)}')
         return 0
+    if args.precision != 'float32':
+        raise ValueError(f'--precision {args.precision}: only --format onnx is quantized')
     net, tokenizer, _ = from_pretrained(args.pretrained)
     if args.format == 'symbol':
         from .export import export_model
@@ -293,6 +304,9 @@ def build_parser():
                      help='onnx: the pretraining heads too (masked_positions in; mlm_logits, '
                           'nsp_logits out); without, the encoder (last_hidden_state, '
                           'pooler_output, sentence_embedding); a classifier folder: logits')
+    exp.add_argument('--precision', choices=['float32', 'int8'], default='float32',
+                     help="onnx: int8 quantizes the weight products (bert_gluon/quantization.py)"
+                          "; onnxruntime and OpenVINO run it")
     exp.set_defaults(func=_export)
 
     lau = sub.add_parser('launch', help="run a command as the workers of MXNet's "

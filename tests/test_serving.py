@@ -311,12 +311,14 @@ def test_local_endpoint_refuses_a_folder_that_is_not_there(tmp_path):
 @pytest.mark.parametrize('engine, precision', [('onnxruntime', 'float32'),
                                                ('openvino', 'float32'),
                                                ('openvino', 'bfloat16'),
+                                               ('onnxruntime', 'int8'),
+                                               ('openvino', 'int8'),
                                                ('mxnet', 'bfloat16')])
 def test_every_engine_answers_the_same_requests_with_the_same_numbers(
         classifier_folder, tiny_pretrained, engine, precision):
     """A classifier folder and an encoder folder, three kinds of request:
     the answers of onnxruntime and OpenVINO equal MXNet's (float32 to 1e-5,
-    bf16 within the bf16 tolerance)."""
+    bf16 and int8 within their tolerances)."""
     from conftest import tolerance
     from bert_gluon.execution import resolve_implementation
     atol = tolerance(precision)
@@ -373,6 +375,9 @@ def test_engines_refuse_unknown_names_and_missing_extras(tiny_pretrained, monkey
         check_engine('mxnet', 'float16')
     with pytest.raises(ValueError, match="onnxruntime's CPU provider runs this model in float32"):
         check_engine('onnxruntime', 'bfloat16')
+    with pytest.raises(ValueError, match=r"precision='int8' runs on engine='onnxruntime' or "
+                                         r"'openvino'.*the twin has no int8 yet"):
+        load_model(str(tiny_pretrained), 'mxnet', 'int8')
     real = importlib.import_module
 
     def without_openvino(name, *args, **kwargs):

@@ -29,7 +29,7 @@ from ..represent import mean_pool
 __all__ = ['ENGINES', 'PRECISIONS', 'ServedModel', 'load_model', 'check_engine']
 
 ENGINES = ('mxnet', 'onnxruntime', 'openvino')
-PRECISIONS = ('float32', 'bfloat16')
+PRECISIONS = ('float32', 'bfloat16', 'int8')
 _WEIGHTS = ('classifier.params', 'pretrained.params', 'model.safetensors', 'config.json',
             'classifier.json')
 
@@ -44,6 +44,9 @@ def check_engine(engine, precision):
     if engine == 'onnxruntime' and precision == 'bfloat16':
         raise ValueError("precision='bfloat16': onnxruntime's CPU provider runs this model in "
                          "float32; use engine='openvino' or 'mxnet' for bf16")
+    if engine == 'mxnet' and precision == 'int8':
+        raise ValueError("precision='int8' runs on engine='onnxruntime' or 'openvino' (the "
+                         "ONNX quantized by onnxruntime's quantizer); the twin has no int8 yet")
     if engine != 'mxnet':
         for module in ('onnx', engine):
             try:
@@ -99,10 +102,10 @@ def _writable(place):
     return True
 
 
-def _cached_onnx(folder, beside, net):
-    """The folder's ONNX: built from `net` on first use, cached beside the
-    weights (`beside`; else, or read-only, in the package cache), rebuilt
-    when they change."""
+def _cached_onnx(folder, beside, net, int8=False):
+    """The folder's ONNX (`int8`: quantized, quantization.py): built from
+    `net` on first use, cached beside the weights (`beside`; else, or
+    read-only, in the package cache), rebuilt when they change."""
     from .. import __version__
     from ..onnx_export import export_onnx
     source = _weights_digest(folder)
@@ -118,7 +121,11 @@ def _cached_onnx(folder, beside, net):
             continue
         if known.get('source_sha1') == source and known.get('version') == __version__:
             if sha1_of(model) == known.get('onnx_sha1'):
-                return model
+                if not int8:
+                    return model
+                if _int8_ready(model, known) or _writable(place):
+                    return _int8_beside(model, record, known)
+                continue  # a read-only folder without its int8: built in the package cache
             if _writable(place):  # the user's to look at: never silently replaced
                 raise ValueError(f'{model} is corrupt (its SHA-1 differs from the one in '
                                  f'{record}): delete {place} to rebuild it')
@@ -130,9 +137,30 @@ def _cached_onnx(folder, beside, net):
                          + ' or '.join(map(str, places)))
     _remove_stale_temporaries(place)
     model = Path(export_onnx(net, place / 'model.onnx', overwrite=True))
-    atomic_write_json(place / 'model.json', {'source_sha1': source, 'onnx_sha1': sha1_of(model),
-                                             'version': __version__})
-    return model
+    known = {'source_sha1': source, 'onnx_sha1': sha1_of(model), 'version': __version__}
+    atomic_write_json(place / 'model.json', known)
+    return _int8_beside(model, place / 'model.json', known) if int8 else model
+
+
+def _int8_ready(model, known):
+    int8 = model.with_name('model-int8.onnx')
+    return (int8.is_file() and known.get('int8_from') == known['onnx_sha1']
+            and sha1_of(int8) == known.get('int8_sha1'))
+
+
+def _int8_beside(model, record, known):
+    """model-int8.onnx beside `model`, quantized from it (once: the record
+    keeps its SHA-1 and that of the float32 file it came from)."""
+    from ..quantization import quantize_onnx
+    int8 = model.with_name('model-int8.onnx')
+    if _int8_ready(model, known):
+        return int8
+    if int8.is_file() and known.get('int8_from') == known['onnx_sha1']:
+        warnings.warn(f'{int8} is corrupt (its SHA-1 differs from the one in {record}): '
+                      'quantizing it again')
+    quantize_onnx(model, int8, overwrite=True)
+    atomic_write_json(record, dict(known, int8_from=known['onnx_sha1'], int8_sha1=sha1_of(int8)))
+    return int8
 
 
 def _remove_stale_temporaries(place, older_than=3600):
@@ -237,7 +265,7 @@ def load_model(source, engine='mxnet', precision='float32'):
         run = _mxnet_run(net, kind)
         plan = net.for_inference().plan.to_dict()
     else:
-        path = _cached_onnx(*_folder_of(source), net)
+        path = _cached_onnx(*_folder_of(source), net, precision == 'int8')
         run = _onnxruntime_run(path) if engine == 'onnxruntime' else _openvino_run(path,
                                                                                     precision)
     return ServedModel(run, kind, tokenizer, max_len, labels, engine, precision, plan)

@@ -56,7 +56,7 @@ def _toolkit_error(status, message):
 def model_fn(model_dir):
     """The model of `model_dir` on the engine and precision the environment
     asks for (BERT_GLUON_ENGINE: mxnet, onnxruntime or openvino;
-    BERT_GLUON_PRECISION: float32 or bfloat16): a ServedModel, a Gluon
+    BERT_GLUON_PRECISION: float32, bfloat16 or int8): a ServedModel, a Gluon
     Block as the MXNet container requires."""
     from .engines import load_model
     return load_model(str(model_dir), os.environ.get('BERT_GLUON_ENGINE', 'mxnet'),
