@@ -19,7 +19,7 @@ from .represent import predicting
 from .training import (BatchStream, TrainLoop, check_run_arguments, parse_contexts,
                        save_loss_plot)
 
-__all__ = ['ClassificationTask', 'evaluate_classifier', 'finetune']
+__all__ = ['ClassificationTask', 'evaluate_classifier', 'classification_metrics', 'finetune']
 
 
 def trim_padding(batch, multiple=16):
@@ -59,7 +59,13 @@ def evaluate_classifier(net, arrays, ctx=None, batch_size=256):
                               for a in (tokens, segments, valid_lens)])
         batch = [mx.np.array(a, ctx=ctx) for a in batch]
         predictions.append(model(*batch).argmax(axis=1).asnumpy())
-    predicted = onp.concatenate(predictions).astype(int)
+    return classification_metrics(onp.concatenate(predictions), labels)
+
+
+def classification_metrics(predicted, labels):
+    """Accuracy, precision/recall/F1 of class 1 (GLUE's MRPC F1) and the
+    majority class's accuracy, of predicted labels against true ones."""
+    predicted = onp.asarray(predicted).astype(int)
     labels = onp.asarray(labels).astype(int)
     tp = int(((predicted == 1) & (labels == 1)).sum())
     precision = tp / max(int((predicted == 1).sum()), 1)

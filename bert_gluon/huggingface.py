@@ -15,7 +15,7 @@ import mxnet as mx
 from .config import get_config
 from .fileio import (atomic_write, atomic_write_json, check_output_folder, read_json)
 from .model import HybridBERTModel
-from .tokenization import WordPieceTokenizer, check_vocab_size
+from .tokenization import WordPieceTokenizer, check_vocab_size, load_tokenizer
 
 __all__ = ['HF_TO_TWIN', 'HF_SKIPPED', 'HEADS_NOT_IN_HF', 'HF_CONFIG_FIELDS', 'twin_name',
            'hf_name', 'config_from_hf', 'config_to_hf', 'load_hf_bert', 'export_huggingface']
@@ -143,7 +143,7 @@ def load_hf_bert(folder, ctx=None, **changes):
             raise ValueError(f'{folder} is not a Hugging Face BERT folder: no {name}')
     config = config_from_hf(read_json(folder / 'config.json'), folder / 'config.json')
     config = config.replace(**changes)
-    tokenizer = WordPieceTokenizer(folder / 'vocab.txt')
+    tokenizer = load_tokenizer(folder, name='vocab.txt')
     check_vocab_size(tokenizer, config, folder)
     try:
         tensors = load_file(str(folder / 'model.safetensors'))

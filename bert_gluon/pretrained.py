@@ -27,7 +27,7 @@ from .data.vocab import Vocab
 from .fileio import atomic_save_parameters, atomic_write_json, read_json
 from .huggingface import load_hf_bert
 from .model import HybridBERTModel
-from .tokenization import check_vocab_size
+from .tokenization import check_vocab_size, load_tokenizer
 
 __all__ = ['list_pretrained', 'from_pretrained', 'minilm_folder', 'save_pretrained',
            'load_folder', 'load_d2l_checkpoint', 'PRETRAINED_FILES', 'PUBLISHED_SHA256']
@@ -83,19 +83,22 @@ def list_pretrained():
     return dict(PRETRAINED)
 
 
-def save_pretrained(net, folder, vocab):
-    """A pretrained model's folder (PRETRAINED_FILES): `load_folder` and
+def save_pretrained(net, folder, tokenizer):
+    """A pretrained model's folder (PRETRAINED_FILES; a WordPiece tokenizer
+    writes vocab.txt where a Vocab writes vocab.json): `load_folder` and
     `from_pretrained` read it back."""
     folder = Path(folder)
-    vocab.save(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(folder)
     atomic_write_json(folder / 'config.json', net.config.to_dict())
     atomic_save_parameters(net, folder / 'pretrained.params')
 
 
 def load_folder(folder, ctx=None, **changes):
-    """(net, Vocab, config) from a `pretrain` output folder."""
+    """(net, tokenizer, config) from a `save_pretrained` folder (a
+    `pretrain` output: its tokenizer the book's Vocab)."""
     folder = Path(folder)
-    for name in PRETRAINED_FILES:
+    for name in ('config.json', 'pretrained.params'):
         if not (folder / name).is_file():
             raise ValueError(f'{folder} is not a bert_gluon pretrained folder: no {name}')
     values = read_json(folder / 'config.json')
@@ -103,15 +106,18 @@ def load_folder(folder, ctx=None, **changes):
         config = BERTConfig.from_dict(values).replace(**changes)
     except (TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f'{folder / "config.json"} is not a bert_gluon config: {exc}') from exc
-    vocab = Vocab.from_json(folder / 'vocab.json')
-    check_vocab_size(vocab, config, folder)
+    try:
+        tokenizer = load_tokenizer(folder)
+    except ValueError as exc:
+        raise ValueError(f'{folder} is not a bert_gluon pretrained folder: {exc}') from exc
+    check_vocab_size(tokenizer, config, folder)
     net = HybridBERTModel(config)
     try:
         net.load_parameters(str(folder / 'pretrained.params'), ctx=ctx or mx.cpu())
     except Exception as exc:
         raise ValueError(f'{folder / "pretrained.params"} is corrupt or for '
                          f'another model: {exc}') from exc
-    return net, vocab, config
+    return net, tokenizer, config
 
 
 def load_d2l_checkpoint(name, data_dir=None, ctx=None, **changes):

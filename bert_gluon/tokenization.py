@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as onp
 
 from .data.vocab import Vocab
-from .fileio import atomic_copy
+from .fileio import atomic_copy, atomic_write_json, read_json
 
 __all__ = ['WordPieceTokenizer', 'Vocab', 'load_tokenizer', 'check_vocab_size']
 
@@ -40,8 +40,12 @@ class WordPieceTokenizer:
         return self.vocab_size
 
     def save(self, folder):
-        """Its vocab.txt into `folder`; `load_tokenizer(folder)` reads it back."""
+        """Its vocab.txt into `folder`, and whether it lower-cases in
+        tokenizer_config.json (Hugging Face's file and field);
+        `load_tokenizer(folder)` reads both back."""
         atomic_copy(self.vocab_file, Path(folder) / 'vocab.txt')
+        atomic_write_json(Path(folder) / 'tokenizer_config.json',
+                          {'do_lower_case': self.lowercase})
 
     def tokenize(self, text):
         return self._tokenizer.encode(text, add_special_tokens=False).tokens
@@ -70,16 +74,32 @@ class WordPieceTokenizer:
         return tokens, segments, valid_lens
 
 
-def load_tokenizer(folder, lowercase=True, name=None):
+def load_tokenizer(folder, lowercase=None, name=None):
     """The tokenizer a model folder holds: `name` ('vocab.txt', WordPiece, or
-    'vocab.json', the book's word-level Vocab), else whichever is there."""
+    'vocab.json', the book's word-level Vocab), else whichever is there.
+    WordPiece lower-cases as `lowercase` says, else as the folder's
+    tokenizer_config.json says (`do_lower_case`), else it does."""
     folder = Path(folder)
     names = [name] if name else ['vocab.txt', 'vocab.json']
     for name in names:
         if (folder / name).is_file():
-            return (WordPieceTokenizer(folder / name, lowercase) if name == 'vocab.txt'
-                    else Vocab.from_json(folder / name))
+            if name == 'vocab.json':
+                return Vocab.from_json(folder / name)
+            if lowercase is None:
+                lowercase = _lowercase_of(folder)
+            return WordPieceTokenizer(folder / name, lowercase)
     raise ValueError(f'{folder} holds no vocabulary: expected {" or ".join(names)}')
+
+
+def _lowercase_of(folder):
+    path = folder / 'tokenizer_config.json'
+    if not path.is_file():
+        return True  # BERT's uncased models, which folders without the file hold
+    settings = read_json(path)
+    value = settings.get('do_lower_case', True) if isinstance(settings, dict) else None
+    if not isinstance(value, bool):
+        raise ValueError(f'{path}: do_lower_case must be true or false, got {value!r}')
+    return value
 
 
 def check_vocab_size(tokenizer, config, folder):

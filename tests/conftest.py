@@ -96,8 +96,10 @@ def tiny_pretrained(tmp_path_factory):
     folder = tmp_path_factory.mktemp('pretrained')
     config = bg.get_config('d2l.pretrain', num_hiddens=16, ffn_num_hiddens=16,
                            num_heads=2, num_layers=1)
+    before = list(_READ_THE_BACKEND)
     pretrain(num_steps=4, batch_size=16, max_len=32, config=config, out_dir=folder,
              validate=False, progress=False)
+    _READ_THE_BACKEND[:] = before  # shared: see pytest_fixture_setup
     return folder
 
 
@@ -192,8 +194,20 @@ subprocess.Popen.__init__ = _record_children(subprocess.Popen.__init__)
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-    _READ_THE_BACKEND.clear()  # session fixtures set up for this test count for it
+    _READ_THE_BACKEND.clear()
     yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    """A shared fixture (module or session) is set up by whichever test needs
+    it first: what it does is nobody's, or the marks would depend on the order.
+    (A session fixture of this file is set up by the session, whose hooks are
+    not this file's: tiny_pretrained does the same itself.)"""
+    before = list(_READ_THE_BACKEND)
+    yield
+    if fixturedef.scope != 'function':
+        _READ_THE_BACKEND[:] = before
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -291,3 +291,26 @@ def test_a_named_checkpoint_changed_since_publication_is_refused(tmp_path, monke
                                          r'all-MiniLM-L6-v2: its SHA-256 is [0-9a-f]{64}, '
                                          r'expected 53aa5117'):
         from_pretrained('all-MiniLM-L6-v2')
+
+
+@pytest.mark.backend_dependent
+def test_a_wordpiece_model_saved_reads_back_as_it_was(tmp_path, minilm):
+    """save_pretrained with MiniLM's WordPiece tokenizer writes vocab.txt and
+    whether it lower-cases; from_pretrained reads the folder back to equal
+    outputs (it asked for a vocab.json before)."""
+    from bert_gluon.pretrained import save_pretrained
+    from bert_gluon.tokenization import WordPieceTokenizer, load_tokenizer
+    net, tokenizer, _ = minilm
+    save_pretrained(net, tmp_path / 'saved', tokenizer)
+    again, tokenizer_again, _ = from_pretrained(str(tmp_path / 'saved'))
+    inputs = [mx.np.array(a) for a in tokenizer.encode_pairs([('A Crane flies', None)], 8)]
+    assert tokenizer_again.tokenize('A Crane') == tokenizer.tokenize('A Crane') == ['a', 'crane']
+    assert_close(again.encoder(*inputs), net.encoder(*inputs))
+    cased = WordPieceTokenizer(tokenizer.vocab_file, lowercase=False)
+    (tmp_path / 'cased').mkdir()
+    cased.save(tmp_path / 'cased')
+    assert load_tokenizer(tmp_path / 'cased').lowercase is False
+    (tmp_path / 'cased' / 'tokenizer_config.json').write_text('{"do_lower_case": "yes"}')
+    with pytest.raises(ValueError, match=r'tokenizer_config.json: do_lower_case must be true or '
+                                         r"false, got 'yes'"):
+        load_tokenizer(tmp_path / 'cased')
