@@ -231,11 +231,13 @@ class Results:
     def __init__(self, bench, threads, **setting):
         import datetime
         import platform
+        now = datetime.datetime.now(datetime.timezone.utc)
+        caps = {k: v for k, v in os.environ.items()  # ISA caps and this package's choices
+                if k.startswith(('MKL_ENABLE', 'ONEDNN_MAX', 'BERT_GLUON_'))}
         self.data = {'bench': bench, 'command': ' '.join(['python'] + sys.argv),
-                     'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-                     'machine': dict(machine(), threads=threads, python=platform.python_version(),
-                                     env={k: v for k, v in os.environ.items()
-                                          if k.startswith(('MKL_ENABLE', 'ONEDNN_MAX', 'BERT_GLUON_'))}),
+                     'date': now.isoformat(timespec='seconds'),
+                     'machine': dict(machine(), threads=threads, env=caps,
+                                     python=platform.python_version()),
                      'versions': _versions(), 'setting': setting, 'rows': []}
 
     def add(self, contestant, what, unit, values, **workload):

@@ -321,6 +321,7 @@ def _interface(kind, graph, shapes, max_len):
     raise: the ids go through a Reshape whose shape is invalid then, so the
     engine fails naming that node, 'sequence_longer_than_max_len_<max_len>'."""
     count = 4 if kind == 'pretraining' else 3
+    checked_ids = f'sequence_longer_than_max_len_{max_len}'  # the name an engine's error gives
     inputs = [helper.make_tensor_value_info(
         name, TensorProto.INT64, ['batch', 'predictions' if name == 'masked_positions'
                                   else 'sequence']) for name in _INPUTS[:count]]
@@ -331,10 +332,10 @@ def _interface(kind, graph, shapes, max_len):
         _node('Gather', ['ids_shape', 'axis_1'], 'length'),             # (1,) T
         _node('LessOrEqual', ['length', 'max_len'], 'fits'),
         _node('Where', ['fits', 'ids_shape', 'invalid_shape'], 'checked_shape'),
-        _node('Reshape', ['input_ids', 'checked_shape'], f'sequence_longer_than_max_len_{max_len}'),
+        _node('Reshape', ['input_ids', 'checked_shape'], checked_ids),
         _node('Squeeze', ['length'], 'length_scalar'),
         _node('Range', ['zero_int64', 'length_scalar', 'one_int64'], 'positions'),
-        _node('Cast', ['positions', ], 'positions_float', to=TensorProto.FLOAT),
+        _node('Cast', ['positions'], 'positions_float', to=TensorProto.FLOAT),
         _node('Cast', ['length'], 'length_float', to=TensorProto.FLOAT),
         # key = mask * T + (T - 1 - j): tokens first, each group in index order
         _node('Mul', ['mask_float', 'length_float'], 'mask_rank'),
@@ -343,8 +344,7 @@ def _interface(kind, graph, shapes, max_len):
         _node('Add', ['mask_rank', 'index_rank'], 'sort_key'),
         helper.make_node('TopK', ['sort_key', 'length'], ['sorted_keys', 'order'],
                          name='order', axis=1, largest=1, sorted=1),
-        _node('GatherElements', [f'sequence_longer_than_max_len_{max_len}', 'order'],
-              'ids_in_order', axis=1),
+        _node('GatherElements', [checked_ids, 'order'], 'ids_in_order', axis=1),
         _node('GatherElements', ['token_type_ids', 'order'], 'types_in_order', axis=1),
         _node('Cast', ['ids_in_order'], 'data0', to=TensorProto.INT32),
         _node('Cast', ['types_in_order'], 'data1', to=TensorProto.INT32),
@@ -418,7 +418,9 @@ def export_onnx(net, path, heads=False, overwrite=False):
                a BERTClassifier: logits.
     attention_mask is Hugging Face's key mask, any padding side, holes
     allowed; a token's position is its index among its row's tokens (as
-    when right-padded). The graph checks no value (docs/representations.md). Traced from the twin on MXNet's operators. An existing file
+    when right-padded). The graph checks no value, only that the sequence
+    fits max_len (docs/representations.md). Traced from the twin on MXNet's
+    operators. An existing file
     is refused unless `overwrite`. Returns the path."""
     kind, block, twin, count = _traced(net, heads)
     path = check_output_file(path, 'path', overwrite)
