@@ -219,6 +219,7 @@ def test_a_launcher_killed_outright_takes_its_job_with_it(tmp_path):
 HOROVOD = importlib.util.find_spec('horovod') is not None
 
 
+@pytest.mark.backend_dependent
 @pytest.mark.skipif(not HOROVOD, reason='Horovod is an extra (README: pip install .[horovod])')
 def test_horovod_ranks_equal_one_process(tmp_path, one_process):
     horovodrun = Path(sys.executable).with_name('horovodrun')
