@@ -87,3 +87,33 @@ np.save({str(tmp_path)!r} + '/' + __import__('os').environ.get('TAG') + '.npy',
         done = run_script(script, TAG=tag, unset=['BERT_GLUON_NATIVE'], **caps)
         assert done.returncode == 0, done.stderr[-2000:]
     assert_close(onp.load(tmp_path / 'avx2.npy'), onp.load(tmp_path / 'here.npy'), atol=1e-5)
+
+
+def test_the_int8_model_follows_its_weights_and_a_corrupt_one_is_quantized_again(
+        tiny_pretrained, tmp_path, monkeypatch):
+    """model-int8.onnx is quantized once from the folder's float32 ONNX and
+    kept; weights changed afterwards rebuild both (the int8 answers follow
+    the new weights); a damaged int8 file is said and quantized again."""
+    import shutil
+    import bert_gluon.quantization as quantization
+    from bert_gluon.pretrained import from_pretrained
+    from bert_gluon.serving.engines import load_model
+    folder = tmp_path / 'model'
+    shutil.copytree(tiny_pretrained, folder)
+    model = load_model(str(folder), 'onnxruntime', 'int8')
+    inputs = model.tokenizer.encode_pairs([('a crane is flying', None)], 8)
+    before = model.run(*inputs)['sentence_embedding']
+    int8 = folder / 'onnx' / 'model-int8.onnx'
+    assert int8.is_file()
+    monkeypatch.setattr(quantization, 'quantize_onnx', lambda *a, **k: pytest.fail('again'))
+    load_model(str(folder), 'openvino', 'int8')  # kept, and the other engine reads it too
+    monkeypatch.undo()
+    net, _, _ = from_pretrained(str(folder))
+    net.encoder.token_embedding.weight.set_data(net.encoder.token_embedding.weight.data() * 2)
+    net.save_parameters(str(folder / 'pretrained.params'))
+    after = load_model(str(folder), 'onnxruntime', 'int8').run(*inputs)['sentence_embedding']
+    assert onp.abs(after - before).max() > 1e-2  # the new weights answer
+    int8.write_bytes(int8.read_bytes()[:-10])
+    with pytest.warns(UserWarning, match=r'model-int8.onnx is corrupt .*quantizing it again'):
+        again = load_model(str(folder), 'onnxruntime', 'int8').run(*inputs)['sentence_embedding']
+    assert_close(again, after)
