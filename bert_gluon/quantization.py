@@ -4,8 +4,8 @@ own quantizer, which onnxruntime and OpenVINO both run.
     quantize_onnx('bert.onnx', 'bert-int8.onnx')
 
 Dynamic quantization: each weight product's weights int8 once, per output
-channel (per tensor loses too much: MiniLM's sentence embeddings fall to a
-cosine of 0.84 with float32), activations quantized per tensor at run time,
+channel (per tensor, MiniLM's sentence embeddings drift far from
+float32's), activations quantized per tensor at run time,
 so no calibration set is needed. Weights keep 7 bits (`reduce_range`): CPUs
 with plain AVX2 multiply u8 x s8 with `vpmaddubsw`, whose 16-bit sums of two
 products saturate with 8-bit weights, so the answers would depend on the

@@ -3,6 +3,8 @@ with BERT" and sentence embeddings as sentence-transformers computes them)."""
 import mxnet as mx
 import numpy as onp
 
+from .config import check_positive_int
+
 __all__ = ['get_bert_encoding', 'encode_batch', 'mean_pool', 'as_pairs', 'read_texts',
            'predicting', 'POOLINGS']
 
@@ -115,8 +117,7 @@ def encode_batch(net, texts, tokenizer, max_len=128, batch_size=64,
     """
     if pooling not in POOLINGS + ('none',):
         raise ValueError(f"pooling must be one of {POOLINGS + ('none',)}, got {pooling!r}")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f'batch_size must be a positive int, got {batch_size!r}')
+    check_positive_int('batch_size', batch_size)
     pairs = as_pairs(texts)
     arrays = tokenizer.encode_pairs(pairs, max_len)
     ctx = _ctx_of(net)

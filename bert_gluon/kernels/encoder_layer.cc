@@ -516,10 +516,11 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
   return MX_SUCCESS;
 }
 
-static MXReturnValue layer_backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
-                                    std::vector<MXTensor>* outputs, const OpResource& res) {
-  MX_ERROR_MSG << "bert_encoder_layer has no backward: it is for graphs autograd does "
-                  "not record";
+// The fused encoder ops serve inference graphs only (for_inference())
+static MXReturnValue no_backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                                 std::vector<MXTensor>* outputs, const OpResource& res) {
+  MX_ERROR_MSG << "bert_encoder_layer and bert_encoder_stack have no backward: they are "
+                  "for graphs autograd does not record";
   return MX_FAIL;
 }
 
@@ -528,7 +529,7 @@ REGISTER_OP(bert_encoder_layer)
 .setInferType(layer_type)
 .setInferShape(layer_shape)
 .setForward(layer_forward, "cpu")
-.setBackward(layer_backward, "cpu");
+.setBackward(no_backward, "cpu");
 
 // Op bert_encoder_stack(X (B, T, H), valid_lens (B,), then each layer's
 //   weights as bert_encoder_layer takes them, layer after layer; num_layers
@@ -603,17 +604,10 @@ static MXReturnValue stack_forward(const Attrs& attrs, std::vector<MXTensor>* in
   return MX_SUCCESS;
 }
 
-static MXReturnValue stack_backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
-                                    std::vector<MXTensor>* outputs, const OpResource& res) {
-  MX_ERROR_MSG << "bert_encoder_stack has no backward: it is for graphs autograd does "
-                  "not record";
-  return MX_FAIL;
-}
-
 REGISTER_OP(bert_encoder_stack)
 .setParseAttrs(stack_parse)
 .setInferType(stack_type)
 .setInferShape(stack_shape)
 .setForward(stack_forward, "cpu")
-.setBackward(stack_backward, "cpu");
+.setBackward(no_backward, "cpu");
 

@@ -123,8 +123,10 @@ def _cached_onnx(folder, beside, net, int8=False):
             if sha1_of(model) == known.get('onnx_sha1'):
                 if not int8:
                     return model
-                if _int8_ready(model, known) or _writable(place):
-                    return _int8_beside(model, record, known)
+                if _int8_ready(model, known):
+                    return model.with_name(INT8_FILE)
+                if _writable(place):
+                    return _quantize_beside(model, record, known)
                 continue  # a read-only folder without its int8: built in the package cache
             if _writable(place):  # the user's to look at: never silently replaced
                 raise ValueError(f'{model} is corrupt (its SHA-1 differs from the one in '
@@ -139,22 +141,25 @@ def _cached_onnx(folder, beside, net, int8=False):
     model = Path(export_onnx(net, place / 'model.onnx', overwrite=True))
     known = {'source_sha1': source, 'onnx_sha1': sha1_of(model), 'version': __version__}
     atomic_write_json(place / 'model.json', known)
-    return _int8_beside(model, place / 'model.json', known) if int8 else model
+    return _quantize_beside(model, place / 'model.json', known) if int8 else model
+
+
+INT8_FILE = 'model-int8.onnx'  # beside model.onnx, quantized from it
 
 
 def _int8_ready(model, known):
-    int8 = model.with_name('model-int8.onnx')
+    """Whether the int8 file beside `model` is the one its record says was
+    quantized from it."""
+    int8 = model.with_name(INT8_FILE)
     return (int8.is_file() and known.get('int8_from') == known['onnx_sha1']
             and sha1_of(int8) == known.get('int8_sha1'))
 
 
-def _int8_beside(model, record, known):
-    """model-int8.onnx beside `model`, quantized from it (once: the record
-    keeps its SHA-1 and that of the float32 file it came from)."""
+def _quantize_beside(model, record, known):
+    """Quantize `model` into the int8 file beside it (not ready: see
+    _int8_ready) and record its SHA-1 and that of the float32 file it came from."""
     from ..quantization import quantize_onnx
-    int8 = model.with_name('model-int8.onnx')
-    if _int8_ready(model, known):
-        return int8
+    int8 = model.with_name(INT8_FILE)
     if int8.is_file() and known.get('int8_from') == known['onnx_sha1']:
         warnings.warn(f'{int8} is corrupt (its SHA-1 differs from the one in {record}): '
                       'quantizing it again')
