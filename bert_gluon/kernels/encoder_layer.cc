@@ -84,6 +84,34 @@ inline float erf_rational(float x) {
   return x * p / q;
 }
 
+// A row of W1's output, columns j0 .. j1 - 1: its bias added, then the
+// activation (GELU, erf form, or ReLU), in place
+inline void bias_activation(float* row, const float* bias, int64_t j0, int64_t j1, bool gelu) {
+  if (gelu) {
+#pragma omp simd
+    for (int64_t j = j0; j < j1; ++j) {
+      const float v = row[j] + bias[j];
+      row[j] = 0.5f * v * (1.f + erf_rational(v * 0.70710678f));
+    }
+  } else {
+#pragma omp simd
+    for (int64_t j = j0; j < j1; ++j) row[j] = std::max(row[j] + bias[j], 0.f);
+  }
+}
+
+// AddNorm on a row of H, in place: out = LayerNorm(out + residual (+ bias))
+inline void add_norm_row(float* out, const float* residual, const float* bias,
+                         const float* gamma, const float* beta, int64_t H, float eps) {
+  if (bias) {
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) out[j] += residual[j] + bias[j];
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) out[j] += residual[j];
+  }
+  layer_norm_row(out, gamma, beta, H, eps, out);
+}
+
 bool gelu_of(const Attrs& attrs) {
   auto it = attrs.find("activation");
   return it != attrs.end() && it->second == "gelu";
@@ -303,12 +331,8 @@ void one_task_in_one_region(const Attrs& attrs, std::vector<std::vector<MXTensor
       barrier.wait();
       lap(kWo);
       rows([&](int64_t r) {  // AddNorm 1
-        float* ar = a + r * H;
-        const float* xr = x + r * H;
-#pragma omp simd
-        for (int64_t j = 0; j < H; ++j) ar[j] += xr[j];
-        layer_norm_row(ar, L.p(at.gamma1), L.p(at.beta1), H, eps, ar);
-        if (bf16) blas::to_bf16(ar, H, operand + r * H);
+        add_norm_row(a + r * H, x + r * H, nullptr, L.p(at.gamma1), L.p(at.beta1), H, eps);
+        if (bf16) blas::to_bf16(a + r * H, H, operand + r * H);
       });
       barrier.wait();
       lap(kAddNorm1);
@@ -316,19 +340,8 @@ void one_task_in_one_region(const Attrs& attrs, std::vector<std::vector<MXTensor
       L.W1.product(L.w1_sources, {L.p(at.W1)}, n, a, operand, f, F, j0, j1, nullptr);
       lap(kW1);
       const float* b1 = L.p(at.b1);
-      for (int64_t r = 0; r < n; ++r) {  // W1's bias and the activation, on these columns
-        float* fr = f + r * F;
-        if (gelu) {
-#pragma omp simd
-          for (int64_t j = j0; j < j1; ++j) {
-            const float v = fr[j] + b1[j];
-            fr[j] = 0.5f * v * (1.f + erf_rational(v * 0.70710678f));
-          }
-        } else {
-#pragma omp simd
-          for (int64_t j = j0; j < j1; ++j) fr[j] = std::max(fr[j] + b1[j], 0.f);
-        }
-      }
+      for (int64_t r = 0; r < n; ++r)  // W1's bias and the activation, on these columns
+        bias_activation(f + r * F, b1, j0, j1, gelu);
       barrier.wait();
       if (bf16) {  // W2's operand: f's rows whole
         rows([&](int64_t r) { blas::to_bf16(f + r * F, F, operand + r * F); });
@@ -340,11 +353,7 @@ void one_task_in_one_region(const Attrs& attrs, std::vector<std::vector<MXTensor
       barrier.wait();
       lap(kW2);
       rows([&](int64_t r) {  // AddNorm 2
-        float* yr = y + r * H;
-        const float* ar = a + r * H;
-#pragma omp simd
-        for (int64_t j = 0; j < H; ++j) yr[j] += ar[j];
-        layer_norm_row(yr, L.p(at.gamma2), L.p(at.beta2), H, eps, yr);
+        add_norm_row(y + r * H, a + r * H, nullptr, L.p(at.gamma2), L.p(at.beta2), H, eps);
       });
       barrier.wait();  // the next layer reads y whole
       lap(kAddNorm2);
@@ -468,42 +477,23 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
     clock.lap(kWo);
 #pragma omp parallel for if (wide)
     for (int64_t r = 0; r < n; ++r) {  // AddNorm 1, W_o's bias added here
-      float* ar = a + r * H;
-      const float* xr = x + r * H;
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) ar[j] += xr[j] + b_o[j];
-      layer_norm_row(ar, p(at.gamma1), p(at.beta1), H, eps, ar);
-      if (bf16) blas::to_bf16(ar, H, operand + r * H);  // W1's operand, while in cache
+      add_norm_row(a + r * H, x + r * H, b_o, p(at.gamma1), p(at.beta1), H, eps);
+      if (bf16) blas::to_bf16(a + r * H, H, operand + r * H);  // W1's operand, while in cache
     }
     clock.lap(kAddNorm1);
     W1.product(n, a, bf16 ? operand : nullptr, f, nullptr);
     clock.lap(kW1);
 #pragma omp parallel for if (wide)
     for (int64_t r = 0; r < n; ++r) {  // W1's bias and the activation (and bf16 for W2)
-      float* fr = f + r * F;
-      if (gelu) {
-#pragma omp simd
-        for (int64_t j = 0; j < F; ++j) {
-          const float v = fr[j] + b1[j];
-          fr[j] = 0.5f * v * (1.f + erf_rational(v * 0.70710678f));
-        }
-      } else {
-#pragma omp simd
-        for (int64_t j = 0; j < F; ++j) fr[j] = std::max(fr[j] + b1[j], 0.f);
-      }
-      if (bf16) blas::to_bf16(fr, F, operand + r * F);
+      bias_activation(f + r * F, b1, 0, F, gelu);
+      if (bf16) blas::to_bf16(f + r * F, F, operand + r * F);
     }
     clock.lap(kActivation);
     W2.product(n, f, bf16 ? operand : nullptr, y, nullptr);
     clock.lap(kW2);
 #pragma omp parallel for if (wide)
-    for (int64_t r = 0; r < n; ++r) {  // AddNorm 2, W2's bias added here
-      float* yr = y + r * H;
-      const float* ar = a + r * H;
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) yr[j] += ar[j] + b2[j];
-      layer_norm_row(yr, p(at.gamma2), p(at.beta2), H, eps, yr);
-    }
+    for (int64_t r = 0; r < n; ++r)  // AddNorm 2, W2's bias added here
+      add_norm_row(y + r * H, a + r * H, b2, p(at.gamma2), p(at.beta2), H, eps);
     clock.lap(kAddNorm2);
   };
 
