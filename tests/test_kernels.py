@@ -482,7 +482,8 @@ def test_bf16_falls_back_to_float32_where_the_cpu_lacks_it(monkeypatch, forced):
 
 def test_an_unknown_products_attribute_is_refused():
     x, w = mx.nd.ones((2, 4)), mx.nd.ones((3, 4))
-    known = ', '.join(f"'{name}'" for name in kernels.PRODUCTS)  # the C++ table's, in order
+    known = ', '.join(f"'{name}'" for name, (precision, _) in kernels.PRODUCTS.items()
+                      if precision != 'int8')  # the C++ table's, in order; int8: fused ops only
     with pytest.raises(mx.base.MXNetError, match=re.escape(
             f"bert_linear: products must be one of {known}, got 'bf16'")):
         mx.nd.bert_linear(x, w, use_bias=False, products='bf16').wait_to_read()
@@ -500,8 +501,8 @@ def test_the_products_table_is_one(monkeypatch):
         assert kernels.products_attribute(precision, provider) == attribute
     library = ctypes.CDLL(str(kernels.library_path()))
     assert kernels._products_mismatch(library) is None
-    monkeypatch.setitem(kernels.PRODUCTS, 'amx-int8', ('int8', 'onednn'))
-    assert "'amx-int8': 'int8'" in kernels._products_mismatch(library)
+    monkeypatch.setitem(kernels.PRODUCTS, 'amx-int4', ('int4', 'onednn'))
+    assert "'amx-int4': 'int4'" in kernels._products_mismatch(library)
 
 
 @pytest.mark.parametrize('precision', ['float32', 'bfloat16'])
@@ -867,3 +868,113 @@ def test_requests_of_every_length_keep_memory_flat():
                                              out.stdout).groups())
     assert 0 < most <= 512, out.stdout
     assert after - warm < 0.05 * warm + 20, out.stdout  # MB: flat, not growing per request
+
+
+# --- int8 products: the fused encoder ops only --------------------------------
+NEEDS_INT8 = pytest.mark.skipif(
+    kernels.int8_unavailable_reason('onednn') is not None,
+    reason=f'int8 products cannot run here: {kernels.int8_unavailable_reason("onednn")}')
+_INT8_NAMES = ('W_q', 'W_k', 'W_v', 'W_o', 'b_q', 'b_k', 'b_v', 'b_o', 'gamma1', 'beta1',
+               'W1', 'b1', 'W2', 'b2', 'gamma2', 'beta2')
+
+
+def int8_layer_case(B, T=13, H=48, F=80, seed=0):
+    """Inputs of one fused block with biases and GELU (as real BERT): X,
+    valid_lens and the weights by name."""
+    rng = onp.random.RandomState(seed)
+    shapes = {'W1': (F, H), 'b1': (F,), 'W2': (H, F)}
+    w = {name: rng.normal(0, 0.2, shapes.get(name, (H, H) if name.startswith('W') else (H,)))
+         .astype('float32') for name in _INT8_NAMES}
+    w['gamma1'] += 1
+    w['gamma2'] += 1
+    X = rng.normal(0, 1, (B, T, H)).astype('float32')
+    lens = onp.array([T, 5, 1, 9, 13][:B], dtype='float32')
+    return X, lens, w
+
+
+def fused_layer(X, lens, w, products, request_products=None):
+    inputs = [mx.nd.array(a, dtype='float32') for a in (X, lens)]
+    inputs += [mx.nd.array(w[name]) for name in _INT8_NAMES]
+    extra = {'request_products': request_products} if request_products is not None else {}
+    return mx.nd.bert_encoder_layer(*inputs, num_heads=4, scale=(X.shape[2] // 4) ** -0.5,
+                                    eps=1e-12, activation='gelu', use_bias=True,
+                                    products=products, **extra).asnumpy()
+
+
+@NEEDS_INT8
+@pytest.mark.parametrize('B', [1, 5])
+def test_int8_encoder_layer_equals_its_numpy_reference(B):
+    """products='onednn-int8': each product's rows quantized to u8 with their
+    own scale and zero point, the weights' rows to 7-bit s8, the integer sums
+    exact, then dequantized: equal to NumPy doing exactly that (a rounding
+    tie may land one level apart: 1e-3 of the LayerNormed scale), and a
+    different answer from float32's, but near it. B=1 is a request (one
+    parallel region, each thread its own columns), B=5 the batch path."""
+    import numpy_reference as ref
+    X, lens, w = int8_layer_case(B)
+    ours = fused_layer(X, lens, w, 'onednn-int8')
+    expected = ref.encoder_layer(X, lens, w, 4, dense=ref.int8_dense)
+    assert_close(ours, expected, atol=1e-3, rtol=0)
+    exact = ref.encoder_layer(X, lens, w, 4)
+    assert not onp.allclose(ours, exact, atol=1e-4)  # int8 really ran
+    assert_close(ours, exact, atol=INT8_LAYER_TOLERANCE, rtol=0)
+
+
+# Each operand row is off by up to half a step (1/510 of its range), each
+# weight by 1/126 of its row's largest; through one block, LayerNormed:
+# a few percent of the unit scale at most at these sizes.
+INT8_LAYER_TOLERANCE = 5e-2
+
+
+@NEEDS_INT8
+def test_int8_request_and_batch_paths_agree():
+    """A row is quantized by itself: the batch path (five sequences) and a
+    request of each sequence alone give the same answers, though their
+    products are split differently over threads and packed shares."""
+    X, lens, w = int8_layer_case(5)
+    batch = fused_layer(X, lens, w, 'onednn-int8')
+    for i in range(5):
+        alone = fused_layer(X[i:i + 1], lens[i:i + 1], w, 'onednn-int8')
+        assert_close(alone[0], batch[i], atol=1e-5, rtol=0, err_msg=f'sequence {i}')
+
+
+def test_int8_products_are_the_encoder_ops_only():
+    """bert_linear and bert_dense (training graphs, heads) refuse int8 by
+    name; the fused encoder ops take it."""
+    x, w = mx.nd.ones((2, 4)), mx.nd.ones((3, 4))
+    with pytest.raises(mx.base.MXNetError, match="bert_linear: products must be one of .*, "
+                                                 "got 'onednn-int8'"):
+        mx.nd.bert_linear(x, w, use_bias=False, products='onednn-int8').wait_to_read()
+
+
+@NEEDS_INT8
+@pytest.mark.slow
+def test_int8_answers_do_not_depend_on_the_isa():
+    """Under ONEDNN_MAX_CPU_ISA=AVX2 oneDNN's int8 product is gemm:jit on
+    vpmaddubsw, whose 16-bit pair sums saturate; 7-bit weights keep every
+    pair within them, so its answers equal those of AMX or VNNI here, even
+    for operands at the extremes (every u8 level 255 or 0 against weights
+    of +-63)."""
+    script = """
+import numpy as onp, mxnet as mx
+from bert_gluon import kernels
+from test_kernels import int8_layer_case, fused_layer
+X, lens, w = int8_layer_case(5)
+X[0] = 30.0  # every level 255
+for name in ('W_q', 'W_k', 'W_v'):  # every level 63: pairs sum to 2 * 255 * 63
+    w[name] = onp.ones_like(w[name])
+print(kernels.onednn_matmul('int8'))
+onp.save('OUT', onp.concatenate([fused_layer(X, lens, w, 'onednn-int8'),  # batch, request
+                                 fused_layer(X[:1], lens[:1], w, 'onednn-int8')]))
+"""
+    import tempfile
+    with tempfile.TemporaryDirectory() as folder:
+        answers = {}
+        for cap in ('', 'AVX2'):
+            out_file = f'{folder}/answers{cap}.npy'
+            out = run_native(script.replace('OUT', out_file),
+                             **({'ONEDNN_MAX_CPU_ISA': cap} if cap else {}))
+            assert out.returncode == 0, out.stderr[-2000:]
+            answers[cap] = (out.stdout.split()[-1], onp.load(out_file))
+    assert answers['AVX2'][0] == 'gemm:jit', answers['AVX2'][0]
+    assert_close(answers['AVX2'][1], answers[''][1], atol=1e-5, rtol=0)

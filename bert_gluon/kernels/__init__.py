@@ -57,8 +57,9 @@ from ..data.files import sha1_of
 from ..fileio import atomic_write, atomic_write_bytes
 
 __all__ = ['has_op', 'native_available', 'unavailable_reason', 'library_path',
-           'blas_provider', 'PRODUCTS', 'FLOAT32_PROVIDERS', 'BF16_PROVIDERS', 'float32_unavailable_reason',
-           'bf16_unavailable_reason', 'products_attribute',
+           'blas_provider', 'PRODUCTS', 'FLOAT32_PROVIDERS', 'BF16_PROVIDERS', 'INT8_PROVIDERS',
+           'float32_unavailable_reason', 'bf16_unavailable_reason', 'int8_unavailable_reason',
+           'onednn_matmul', 'products_attribute',
            'prepared_weight_counts', 'onednn_primitives', 'LAYER_STEPS', 'layer_step_seconds', 'cpu_flags',
            'cpu_identity', 'build_dir']
 
@@ -272,29 +273,35 @@ def cpu_flags():
 PRODUCTS = {'': ('float32', 'blas'),  # MKL's sgemm, or else OpenBLAS's
             'onednn': ('float32', 'onednn'),
             'onednn-bf16': ('bfloat16', 'onednn'),
-            'mkl-bf16': ('bfloat16', 'mkl')}
+            'mkl-bf16': ('bfloat16', 'mkl'),
+            'onednn-int8': ('int8', 'onednn')}  # the fused encoder ops only (inference)
 FLOAT32_PROVIDERS = tuple(p for precision, p in PRODUCTS.values() if precision == 'float32')
 BF16_PROVIDERS = tuple(p for precision, p in PRODUCTS.values() if precision == 'bfloat16')
+INT8_PROVIDERS = tuple(p for precision, p in PRODUCTS.values() if precision == 'int8')
+_OPERANDS = ('float32', 'bfloat16', 'int8')  # onednn.h's Operands, by code
 
 
-def _onednn_matmul(bf16):
-    """oneDNN's matmul implementation for a 32x384x384 product here, or ''."""
+def onednn_matmul(precision, M=32, N=384, K=384):
+    """oneDNN's matmul implementation for an M x K x N product of
+    `precision` operands ('float32', 'bfloat16', 'int8': u8 x s8) here,
+    such as 'brg:avx512_core_amx', or '' where there is none."""
     library = ctypes.CDLL(str(_state['path']))  # the handle MXNet already loaded
     library.bert_gluon_onednn_matmul.restype = ctypes.c_char_p
     library.bert_gluon_onednn_matmul.argtypes = [ctypes.c_int] + [ctypes.c_int64] * 3
-    return library.bert_gluon_onednn_matmul(int(bf16), 32, 384, 384).decode()
+    return library.bert_gluon_onednn_matmul(_OPERANDS.index(precision), M, N, K).decode()
 
 
-def _onednn_unavailable_reason(bf16):
+def _onednn_unavailable_reason(precision):
     if os.environ.get('BERT_GLUON_ONEDNN', '1') == '0':
         return 'oneDNN is off (BERT_GLUON_ONEDNN=0)'
     if not _onednn_flags():
         return ('oneDNN is not installed: pip install onednn-cpu-gomp==2023.2.0 '
                 'onednn-devel-cpu-gomp==2023.2.0')
-    implementation = _onednn_matmul(bf16)
+    implementation = onednn_matmul(precision)
     if not implementation or implementation.startswith('ref'):
         cap = os.environ.get('ONEDNN_MAX_CPU_ISA')
-        return (f"oneDNN has no {'bf16' if bf16 else 'float32'} matmul for this CPU"
+        name = {'bfloat16': 'bf16'}.get(precision, precision)
+        return (f"oneDNN has no {name} matmul for this CPU"
                 f"{f' at ONEDNN_MAX_CPU_ISA={cap}' if cap else ''} "
                 f"(found: {implementation or 'none'})")
     return None
@@ -305,7 +312,7 @@ def float32_unavailable_reason(provider):
     here, else why not. Which is faster: providers.choice('float32')."""
     if provider not in FLOAT32_PROVIDERS:
         raise ValueError(f'provider must be one of {FLOAT32_PROVIDERS}, got {provider!r}')
-    return unavailable_reason() or (_onednn_unavailable_reason(False)
+    return unavailable_reason() or (_onednn_unavailable_reason('float32')
                                     if provider == 'onednn' else None)
 
 
@@ -322,12 +329,21 @@ def bf16_unavailable_reason(provider):
                 'would be emulated, slower than float32')
     if provider == 'mkl':
         return None if blas_provider() == 'mkl' else "MKL's bf16 products: pip install mkl"
-    return _onednn_unavailable_reason(True)
+    return _onednn_unavailable_reason('bfloat16')
+
+
+def int8_unavailable_reason(provider):
+    """None when `provider` ('onednn') can run the fused encoder's int8
+    products here, else why not. Whether they beat float32:
+    providers.choice('int8')."""
+    if provider not in INT8_PROVIDERS:
+        raise ValueError(f'provider must be one of {INT8_PROVIDERS}, got {provider!r}')
+    return unavailable_reason() or _onednn_unavailable_reason('int8')
 
 
 def products_attribute(precision, provider):
     """The native ops' `products` attribute for products of `precision`
-    ('float32' or 'bfloat16') by `provider` (PRODUCTS)."""
+    ('float32', 'bfloat16' or 'int8') by `provider` (PRODUCTS)."""
     for attribute, known in PRODUCTS.items():
         if known == (precision, provider):
             return attribute
@@ -339,9 +355,9 @@ def _products_mismatch(library):
     is PRODUCTS, else what differs."""
     library.bert_gluon_products.restype = ctypes.c_char_p
     library.bert_gluon_products.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
-    theirs, bf16 = {}, ctypes.c_int()
-    while (name := library.bert_gluon_products(len(theirs), ctypes.byref(bf16))) is not None:
-        theirs[name.decode()] = 'bfloat16' if bf16.value else 'float32'
+    theirs, operands = {}, ctypes.c_int()
+    while (name := library.bert_gluon_products(len(theirs), ctypes.byref(operands))) is not None:
+        theirs[name.decode()] = _OPERANDS[operands.value]
     ours = {attribute: precision for attribute, (precision, _) in PRODUCTS.items()}
     return None if theirs == ours else (f'the kernels know the products {theirs}, '
                                         f'kernels.PRODUCTS {ours}')

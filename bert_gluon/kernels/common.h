@@ -83,7 +83,8 @@ struct ProductsName {
 constexpr ProductsName kProducts[] = {{"", blas::Products::blas},
                                       {"onednn", blas::Products::onednn},
                                       {"onednn-bf16", blas::Products::onednn_bf16},
-                                      {"mkl-bf16", blas::Products::mkl_bf16}};
+                                      {"mkl-bf16", blas::Products::mkl_bf16},
+                                      {"onednn-int8", blas::Products::onednn_int8}};
 
 // An op's `products` attribute (or another of its kind) as a provider
 // (checked at parse time); an absent `request_products` is `products`
@@ -97,13 +98,16 @@ inline blas::Products products_of(const std::unordered_map<std::string, std::str
   return blas::Products::blas;
 }
 
-// Parse-time check of the `products` attribute (or another of its kind) of op `op`
+// Parse-time check of the `products` attribute (or another of its kind) of
+// op `op`; int8 products only where `int8` (the fused encoder ops: inference)
 inline bool products_known(const std::unordered_map<std::string, std::string>& attrs,
-                           const char* op, const char* attribute = "products") {
+                           const char* op, const char* attribute = "products",
+                           bool int8 = false) {
   auto it = attrs.find(attribute);
   if (it == attrs.end()) return true;
   std::string names;
   for (const auto& known : kProducts) {
+    if (blas::int8_operands(known.by) && !int8) continue;
     if (it->second == known.name) return true;
     names += std::string(names.empty() ? "'" : ", '") + known.name + "'";
   }

@@ -11,8 +11,10 @@
 //   Y = LayerNorm(A + act(A W1^T + b1) W2^T + b2), act ReLU or erf-GELU
 //
 // The four Dense products go through blas.h by the provider the `products`
-// attribute names, in float32 or on bf16 operands accumulated in float32, on
-// weights packed or reordered once and kept while unchanged (prepared.h);
+// attribute names, in float32, on bf16 operands accumulated in float32, or in
+// int8 (each operand row quantized on the fly, weights per row: blas.h's
+// Operand), on weights packed or reordered (and quantized) once and kept
+// while unchanged (prepared.h);
 // attention's per-head products stay float32 (small_gemm.h, via heads.h).
 //
 // Op bert_encoder_layer(X (B, T, H), valid_lens (B,), W_q, W_k, W_v, W_o (H, H),
@@ -159,7 +161,8 @@ static MXReturnValue encoder_parse(const Attrs& attrs, const char* op, int64_t l
                                    int* num_in, int* num_out) {
   *num_in = 2 + layers * (Slots(flag_of(attrs, "use_bias")).count() - 2);
   *num_out = 1;
-  return products_known(attrs, op) && products_known(attrs, op, "request_products")
+  return products_known(attrs, op, "products", true)
+             && products_known(attrs, op, "request_products", true)
              ? MX_SUCCESS : MX_FAIL;
 }
 
@@ -267,20 +270,20 @@ void one_task_in_one_region(const Attrs& attrs, std::vector<std::vector<MXTensor
   const float scale = float_of(attrs, "scale", 1.f), eps = float_of(attrs, "eps", 1e-5f);
   const bool gelu = gelu_of(attrs);
   const blas::Products by = products_of(attrs, "request_products");
-  const bool bf16 = blas::bf16_operands(by);
+  const bool low = blas::bf16_operands(by) || blas::int8_operands(by);  // operands converted
   std::vector<RequestLayer> plan;
   plan.reserve(layers.size());
   for (auto* in : layers) plan.emplace_back(*in, at, H, F, by);
   const int threads = omp_get_max_threads();
   // float32: qkv (n, 3H), c, a (n, H), f (n, F), two (n, H) layer outputs;
-  // per thread K^T (d, T) and P (T, T); then a bf16 operand (n, max(H, F))
+  // per thread K^T (d, T) and P (T, T); then a converted operand (n, max(H, F))
   const int64_t shared = n * (H3 + 4 * H + F), each = s.d * T + T * T;
-  const int64_t operand_floats = bf16 ? (n * std::max(H, F) + 1) / 2 : 0;
+  const int64_t operand_floats = blas::Operand::bytes(by, n, std::max(H, F)) / 4 + 1;
   float* qkv = static_cast<float*>(
       res.alloc_cpu((shared + threads * each + operand_floats) * sizeof(float)));
   float *c = qkv + n * H3, *a = c + n * H, *f = a + n * H, *between = f + n * F;
   float* per_thread = between + 2 * n * H;
-  auto* operand = reinterpret_cast<blas::bf16*>(per_thread + threads * each);
+  blas::Operand operand(by, n, std::max(H, F), per_thread + threads * each);
   const MXTensor& lens = first[1];
   Dims qkv_dims = s;
   qkv_dims.ld = H3;  // q, k and v of a row side by side
@@ -302,8 +305,8 @@ void one_task_in_one_region(const Attrs& attrs, std::vector<std::vector<MXTensor
     for (size_t l = 0; l < plan.size(); ++l) {
       const RequestLayer& L = plan[l];
       float* y = l + 1 == plan.size() ? Y : between + (l % 2) * n * H;
-      if (bf16) {
-        rows([&](int64_t r) { blas::to_bf16(x + r * H, H, operand + r * H); });
+      if (low) {
+        rows([&](int64_t r) { operand.set_row(r, x + r * H, H); });
         barrier.wait();
       }
       L.Wqkv.share(t, team, &j0, &j1);
@@ -320,8 +323,8 @@ void one_task_in_one_region(const Attrs& attrs, std::vector<std::vector<MXTensor
                          c + i * T * H + h * s.d, H);
       }
       barrier.wait();
-      if (bf16) {
-        rows([&](int64_t r) { blas::to_bf16(c + r * H, H, operand + r * H); });
+      if (low) {
+        rows([&](int64_t r) { operand.set_row(r, c + r * H, H); });
         barrier.wait();
       }
       lap(kAttention);
@@ -332,7 +335,7 @@ void one_task_in_one_region(const Attrs& attrs, std::vector<std::vector<MXTensor
       lap(kWo);
       rows([&](int64_t r) {  // AddNorm 1
         add_norm_row(a + r * H, x + r * H, nullptr, L.p(at.gamma1), L.p(at.beta1), H, eps);
-        if (bf16) blas::to_bf16(a + r * H, H, operand + r * H);
+        if (low) operand.set_row(r, a + r * H, H);
       });
       barrier.wait();
       lap(kAddNorm1);
@@ -343,8 +346,8 @@ void one_task_in_one_region(const Attrs& attrs, std::vector<std::vector<MXTensor
       for (int64_t r = 0; r < n; ++r)  // W1's bias and the activation, on these columns
         bias_activation(f + r * F, b1, j0, j1, gelu);
       barrier.wait();
-      if (bf16) {  // W2's operand: f's rows whole
-        rows([&](int64_t r) { blas::to_bf16(f + r * F, F, operand + r * F); });
+      if (low) {  // W2's operand: f's rows whole
+        rows([&](int64_t r) { operand.set_row(r, f + r * F, F); });
         barrier.wait();
       }
       lap(kActivation);
@@ -411,7 +414,7 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
     return MX_SUCCESS;
   }
   const blas::Products by = products_of(attrs);
-  const bool bf16 = blas::bf16_operands(by);
+  const bool low = blas::bf16_operands(by) || blas::int8_operands(by);  // operands converted
   // The weights prepared once for every call while they are unchanged
   using prepared::Weight;
   Weight Wqkv(H3, H, by), Wo(H, H, by), W1(F, H, by), W2(H, F, by);
@@ -426,9 +429,9 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
   W2.prepare(sources({at.W2}), {p(at.W2)});
   preparing.lap(kPrepare);
   // float32 scratch: the stacked q | k | v bias (3H) and a zero bias (H);
-  // then per thread: float32 intermediates and a bf16 copy of a product's operand
+  // then per thread: float32 intermediates and a product's converted operand
   const int64_t each = rows * (H3 + 2 * H + F) + s.d * T + T * T
-                       + (bf16 ? rows * std::max(H, F) / 2 + 1 : 0);
+                       + blas::Operand::bytes(by, rows, std::max(H, F)) / 4 + 1;
   // one temp-space allocation per call: MXNet hands out the same buffer
   float* bqkv = static_cast<float*>(res.alloc_cpu((H3 + H + threads * each) * sizeof(float)));
   float* zeros = bqkv + H3;        // (H,): the W_o bias of a block without biases
@@ -455,11 +458,11 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
     float* c = qkv + rows * H3;    // (n, H): attention context
     float* a = c + rows * H;       // (n, H)
     float* f = a + rows * H;       // (n, F)
-    // a bf16 copy of a left operand (n, max(H, F)), after K^T (d, T) and P (T, T)
-    auto* operand = reinterpret_cast<blas::bf16*>(Kt_of(slot) + s.d * T + T * T);
+    // a left operand converted (n, max(H, F)), after K^T (d, T) and P (T, T)
+    blas::Operand operand(by, rows, std::max(H, F), Kt_of(slot) + s.d * T + T * T);
     StepClock clock;
 
-    Wqkv.product(n, x, nullptr, qkv, operand, false, b_qkv);  // (n, 3H) = x W^T + b
+    Wqkv.product(n, x, operand, false, qkv, false, b_qkv);  // (n, 3H) = x W^T + b
     clock.lap(kQKV);
 #pragma omp parallel for collapse(2) schedule(dynamic, 1) if (wide)
     for (int64_t i = 0; i < n / T; ++i) {
@@ -473,23 +476,23 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
       }
     }
     clock.lap(kAttention);
-    Wo.product(n, c, nullptr, a, operand);
+    Wo.product(n, c, operand, false, a);
     clock.lap(kWo);
 #pragma omp parallel for if (wide)
     for (int64_t r = 0; r < n; ++r) {  // AddNorm 1, W_o's bias added here
       add_norm_row(a + r * H, x + r * H, b_o, p(at.gamma1), p(at.beta1), H, eps);
-      if (bf16) blas::to_bf16(a + r * H, H, operand + r * H);  // W1's operand, while in cache
+      if (low) operand.set_row(r, a + r * H, H);  // W1's operand, while in cache
     }
     clock.lap(kAddNorm1);
-    W1.product(n, a, bf16 ? operand : nullptr, f, nullptr);
+    W1.product(n, a, operand, low, f);
     clock.lap(kW1);
 #pragma omp parallel for if (wide)
-    for (int64_t r = 0; r < n; ++r) {  // W1's bias and the activation (and bf16 for W2)
+    for (int64_t r = 0; r < n; ++r) {  // W1's bias and the activation (and W2's operand)
       bias_activation(f + r * F, b1, 0, F, gelu);
-      if (bf16) blas::to_bf16(f + r * F, F, operand + r * F);
+      if (low) operand.set_row(r, f + r * F, F);
     }
     clock.lap(kActivation);
-    W2.product(n, f, bf16 ? operand : nullptr, y, nullptr);
+    W2.product(n, f, operand, low, y);
     clock.lap(kW2);
 #pragma omp parallel for if (wide)
     for (int64_t r = 0; r < n; ++r)  // AddNorm 2, W2's bias added here

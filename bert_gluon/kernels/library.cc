@@ -3,6 +3,7 @@
 // load time by the Python side through bert_gluon_load_blas.
 #include <dlfcn.h>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 #include "mxnet/lib_api.h"
@@ -105,12 +106,13 @@ extern "C" int bert_gluon_load_blas(const char* mkl, const char* openblas, char*
 
 extern "C" const char* bert_gluon_blas_provider() { return provider_.name; }
 
-// The i-th `products` attribute (common.h) and whether its operands are
-// bf16 (*bf16), or nullptr past the last: what the Python side checks its
-// own table against
-extern "C" const char* bert_gluon_products(int i, int* bf16) {
+// The i-th `products` attribute (common.h) and its operands' precision
+// (*precision: 0 float32, 1 bf16, 2 int8), or nullptr past the last: what
+// the Python side checks its own table against
+extern "C" const char* bert_gluon_products(int i, int* precision) {
   if (i < 0 || i >= static_cast<int>(sizeof(kProducts) / sizeof(kProducts[0]))) return nullptr;
-  *bf16 = blas::bf16_operands(kProducts[i].by);
+  const blas::Products by = kProducts[i].by;
+  *precision = blas::int8_operands(by) ? 2 : blas::bf16_operands(by) ? 1 : 0;
   return kProducts[i].name;
 }
 
@@ -136,8 +138,9 @@ void gemm_bf16(Products by, bool trans_a, bool trans_b, int64_t M, int64_t N, in
 
 size_t packed_weight_bytes(Products by, int64_t M, int64_t N, int64_t K) {
   switch (by) {
-    case Products::onednn: return onednn::packed_weight_bytes(false, N, K);
-    case Products::onednn_bf16: return onednn::packed_weight_bytes(true, N, K);
+    case Products::onednn: return onednn::packed_weight_bytes(onednn::Operands::f32, N, K);
+    case Products::onednn_bf16: return onednn::packed_weight_bytes(onednn::Operands::bf16, N, K);
+    case Products::onednn_int8: return onednn::packed_weight_bytes(onednn::Operands::u8s8, N, K);
     case Products::mkl_bf16: return provider_.bf16_pack_size(kBMatrix, M, N, K);
     case Products::blas: break;
   }
@@ -146,7 +149,7 @@ size_t packed_weight_bytes(Products by, int64_t M, int64_t N, int64_t K) {
 }
 
 void pack_weight(Products by, const float* W, int64_t N, int64_t K, int64_t M, void* packed) {
-  if (by == Products::onednn) return onednn::pack_weight(false, W, N, K, packed);
+  if (by == Products::onednn) return onednn::pack_weight(onednn::Operands::f32, W, N, K, packed);
   if (provider_.sgemm_pack) {  // B = W^T, (K, N)
     provider_.sgemm_pack(kRowMajor, kBMatrix, kTrans, M, N, K, 1.f, W, K,
                          static_cast<float*>(packed));
@@ -157,14 +160,14 @@ void pack_weight(Products by, const float* W, int64_t N, int64_t K, int64_t M, v
 
 void pack_weight_bf16(Products by, const bf16* W, int64_t N, int64_t K, int64_t M,
                       void* packed) {
-  if (by == Products::onednn_bf16) return onednn::pack_weight(true, W, N, K, packed);
+  if (by == Products::onednn_bf16) return onednn::pack_weight(onednn::Operands::bf16, W, N, K, packed);
   provider_.bf16_pack(kRowMajor, kBMatrix, kTrans, M, N, K, W, K, static_cast<bf16*>(packed));
 }
 
 void gemm_packed(Products by, int64_t M, int64_t N, int64_t K, const float* X, int64_t ldx,
                  const void* packed, float beta, float* C, int64_t ldc, const float* bias) {
   if (by == Products::onednn)
-    return onednn::gemm_packed(false, M, N, K, X, ldx, packed, beta, C, ldc, bias);
+    return onednn::gemm_packed(onednn::Operands::f32, M, N, K, X, ldx, packed, beta, C, ldc, bias);
   if (bias) beta = start_with_bias(M, N, beta, C, ldc, bias);
   if (provider_.sgemm_compute) {
     provider_.sgemm_compute(kRowMajor, kNoTrans, kPacked, M, N, K, X, ldx,
@@ -179,10 +182,21 @@ void gemm_packed_bf16(Products by, int64_t M, int64_t N, int64_t K, const bf16* 
                       int64_t ldx, const void* packed, float beta, float* C, int64_t ldc,
                       const float* bias) {
   if (by == Products::onednn_bf16)
-    return onednn::gemm_packed(true, M, N, K, X, ldx, packed, beta, C, ldc, bias);
+    return onednn::gemm_packed(onednn::Operands::bf16, M, N, K, X, ldx, packed, beta, C, ldc, bias);
   if (bias) beta = start_with_bias(M, N, beta, C, ldc, bias);
   provider_.bf16_compute(kRowMajor, kNoTrans, kPacked, M, N, K, 1.f, X, ldx,
                          static_cast<const bf16*>(packed), K, beta, C, ldc);
+}
+
+void pack_weight_s8(Products by, const int8_t* W, int64_t N, int64_t K, void* packed) {
+  if (by != Products::onednn_int8) std::abort();  // the only int8 provider
+  onednn::pack_weight(onednn::Operands::u8s8, W, N, K, packed);
+}
+
+void gemm_packed_u8s8(Products by, int64_t M, int64_t N, int64_t K, const uint8_t* X,
+                      int64_t ldx, const void* packed, float* C, int64_t ldc) {
+  if (by != Products::onednn_int8) std::abort();
+  onednn::gemm_packed(onednn::Operands::u8s8, M, N, K, X, ldx, packed, 0.f, C, ldc, nullptr);
 }
 
 }  // namespace blas

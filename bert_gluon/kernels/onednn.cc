@@ -1,6 +1,9 @@
 // Products from oneDNN (libdnnl of the onednn-cpu-gomp package, on the same
-// libgomp as MXNet), the Products::onednn and ::onednn_bf16 providers of
-// blas.h: float32 or bf16 operands, float32 results. Its matmul dispatches on
+// libgomp as MXNet), the Products::onednn, ::onednn_bf16 and ::onednn_int8
+// providers of blas.h: float32, bf16 or u8 x s8 operands, float32 results.
+// int8: brgemm on AMX-INT8, AVX512-VNNI or AVX-VNNI, gemm:jit (vpmaddubsw)
+// on plain AVX2, where u8 sources run about twice its float32 and s8 ones
+// (a +128 shift and compensation inside) no faster (measured). Its matmul dispatches on
 // the ISA, not the vendor: AMX, AVX512_BF16, AVX-512 or AVX2, where MKL
 // takes a slower path on AMD (on Zen 4 its sgemm at 0.8-0.9x oneDNN's, its
 // bf16 slower than its sgemm; oneDNN's bf16 1.4-1.7x its float32). Built
@@ -71,8 +74,15 @@ dnnl_memory_desc_t any_weights(int64_t K, int64_t N, dnnl_data_type_t type) {
   return md;
 }
 
+using onednn::Operands;
+dnnl_data_type_t src_type(Operands t) {
+  return t == Operands::bf16 ? dnnl_bf16 : t == Operands::u8s8 ? dnnl_u8 : dnnl_f32;
+}
+dnnl_data_type_t weights_type(Operands t) {
+  return t == Operands::bf16 ? dnnl_bf16 : t == Operands::u8s8 ? dnnl_s8 : dnnl_f32;
+}
+size_t weight_size(Operands t) { return t == Operands::bf16 ? 2 : t == Operands::u8s8 ? 1 : 4; }
 dnnl_data_type_t type_of(bool bf16) { return bf16 ? dnnl_bf16 : dnnl_f32; }
-size_t size_of(bool bf16) { return bf16 ? 2 : 4; }
 
 // A matmul primitive C (M, N) = alpha A B (+ beta C), or nullptr; `weights`
 // given: B in that layout. Its implementation's name into `impl` if asked.
@@ -129,20 +139,21 @@ typedef std::array<int64_t, 11> MatmulKey;
 std::mutex lock_;
 std::list<std::pair<MatmulKey, std::shared_ptr<const Matmul>>> recent_;  // newest first
 std::map<MatmulKey, decltype(recent_)::iterator> matmuls_;
-// packed layout of W (N, K), by (bf16, N, K); nullptr: no oneDNN product for it
+// packed layout of W (N, K), by (operands, N, K); nullptr: no oneDNN product for it
 std::map<std::array<int64_t, 3>, dnnl_memory_desc_t> packed_;
 
-dnnl_memory_desc_t packed_layout(bool bf16, int64_t N, int64_t K) {
+dnnl_memory_desc_t packed_layout(Operands types, int64_t N, int64_t K) {
   std::lock_guard<std::mutex> hold(lock_);
-  auto found = packed_.find({bf16, N, K});
+  const std::array<int64_t, 3> key = {static_cast<int64_t>(types), N, K};
+  auto found = packed_.find(key);
   if (found != packed_.end()) return found->second;
-  dnnl_memory_desc_t a = matrix(1, K, K, false, type_of(bf16));
+  dnnl_memory_desc_t a = matrix(1, K, K, false, src_type(types));
   dnnl_memory_desc_t c = matrix(1, N, N, false, dnnl_f32);
-  dnnl_memory_desc_t any = any_weights(K, N, type_of(bf16)), picked = nullptr;
+  dnnl_memory_desc_t any = any_weights(K, N, weights_type(types)), picked = nullptr;
   dnnl_primitive_t probe = make_matmul(a, any, c, 1.f, 0.f, &picked, nullptr);
   if (probe) dnnl_primitive_destroy(probe);
   for (auto md : {a, c, any}) dnnl_memory_desc_destroy(md);
-  return packed_[{bf16, N, K}] = probe ? picked : nullptr;
+  return packed_[key] = probe ? picked : nullptr;
 }
 
 // This thread's scratchpad of at least `bytes`
@@ -246,11 +257,11 @@ size_t cached_primitives() {
   return recent_.size();
 }
 
-const char* implementation(bool bf16, int64_t M, int64_t N, int64_t K) {
+const char* implementation(Operands types, int64_t M, int64_t N, int64_t K) {
   if (!engine()) return "";
-  dnnl_memory_desc_t a = matrix(M, K, K, false, type_of(bf16));
+  dnnl_memory_desc_t a = matrix(M, K, K, false, src_type(types));
   dnnl_memory_desc_t c = matrix(M, N, N, false, dnnl_f32);
-  dnnl_memory_desc_t any = any_weights(K, N, type_of(bf16));
+  dnnl_memory_desc_t any = any_weights(K, N, weights_type(types));
   const char* impl = "";
   dnnl_primitive_t probe = make_matmul(a, any, c, 1.f, 0.f, nullptr, &impl);
   if (probe) dnnl_primitive_destroy(probe);
@@ -284,14 +295,14 @@ void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, floa
   gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-size_t packed_weight_bytes(bool bf16, int64_t N, int64_t K) {
-  dnnl_memory_desc_t layout = packed_layout(bf16, N, K);
-  return layout ? dnnl_memory_desc_get_size(layout) : N * K * size_of(bf16);
+size_t packed_weight_bytes(Operands types, int64_t N, int64_t K) {
+  dnnl_memory_desc_t layout = packed_layout(types, N, K);
+  return layout ? dnnl_memory_desc_get_size(layout) : N * K * weight_size(types);
 }
 
-void pack_weight(bool bf16, const void* W, int64_t N, int64_t K, void* packed) {
-  dnnl_memory_desc_t layout = packed_layout(bf16, N, K);
-  dnnl_memory_desc_t plain = matrix(K, N, K, true, type_of(bf16));  // W^T, stored as W
+void pack_weight(Operands types, const void* W, int64_t N, int64_t K, void* packed) {
+  dnnl_memory_desc_t layout = packed_layout(types, N, K);
+  dnnl_memory_desc_t plain = matrix(K, N, K, true, weights_type(types));  // W^T, stored as W
   bool done = false;
   if (layout) {
     dnnl_primitive_desc_t pd = nullptr;
@@ -312,15 +323,21 @@ void pack_weight(bool bf16, const void* W, int64_t N, int64_t K, void* packed) {
     if (pd) dnnl_primitive_desc_destroy(pd);
   }
   dnnl_memory_desc_destroy(plain);
-  if (!done) std::memcpy(packed, W, N * K * size_of(bf16));
+  if (!done) std::memcpy(packed, W, N * K * weight_size(types));
 }
 
-void gemm_packed(bool bf16, int64_t M, int64_t N, int64_t K, const void* X, int64_t ldx,
+void gemm_packed(Operands types, int64_t M, int64_t N, int64_t K, const void* X, int64_t ldx,
                  const void* packed, float beta, float* C, int64_t ldc, const float* bias) {
-  dnnl_memory_desc_t layout = packed_layout(bf16, N, K);
+  dnnl_memory_desc_t layout = packed_layout(types, N, K);
   if (bias && (!layout || beta != 0.f)) {  // the bias not fused: C starts with it
     beta = blas::start_with_bias(M, N, beta, C, ldc, bias);
     bias = nullptr;
+  }
+  const bool bf16 = types == Operands::bf16;
+  if (!layout && types == Operands::u8s8) {
+    std::fprintf(stderr, "bert_gluon: oneDNN has no int8 product for %lldx%lld here\n",
+                 (long long)N, (long long)K);
+    std::abort();  // the Python side's probe (kernels.int8_unavailable_reason) said it had
   }
   if (!layout) {  // packed as W itself
     if (bf16)
@@ -333,9 +350,9 @@ void gemm_packed(bool bf16, int64_t M, int64_t N, int64_t K, const void* X, int6
   }
   dnnl_memory_desc_t b = nullptr;
   dnnl_memory_desc_clone(&b, layout);
-  const std::array<int64_t, 11> key = {2 + bf16, bias != nullptr, 0, M, N, K, ldx, ldc,
-                                       bits(1.f), bits(beta), 0};
-  const auto m = matmul_for(key, matrix(M, K, ldx, false, type_of(bf16)), b,
+  const std::array<int64_t, 11> key = {2 + static_cast<int64_t>(types), bias != nullptr, 0,
+                                       M, N, K, ldx, ldc, bits(1.f), bits(beta), 0};
+  const auto m = matmul_for(key, matrix(M, K, ldx, false, src_type(types)), b,
                             matrix(M, N, ldc, false, dnnl_f32), 1.f, beta,
                             bias ? matrix(1, N, N, false, dnnl_f32) : nullptr);
   if (!m->prim || !run(*m, X, packed, C, bias)) {
@@ -351,23 +368,26 @@ void gemm_packed(bool bf16, int64_t M, int64_t N, int64_t K, const void* X, int6
 
 namespace onednn {
 size_t cached_primitives() { return 0; }
-const char* implementation(bool, int64_t, int64_t, int64_t) { return ""; }
+const char* implementation(Operands, int64_t, int64_t, int64_t) { return ""; }
 void sgemm(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*,
            int64_t, float, float*, int64_t) { std::abort(); }
 void gemm_bf16(bool, bool, int64_t, int64_t, int64_t, float, const blas::bf16*, int64_t,
                const blas::bf16*, int64_t, float, float*, int64_t) { std::abort(); }
-size_t packed_weight_bytes(bool, int64_t, int64_t) { std::abort(); }
-void pack_weight(bool, const void*, int64_t, int64_t, void*) { std::abort(); }
-void gemm_packed(bool, int64_t, int64_t, int64_t, const void*, int64_t, const void*, float,
+size_t packed_weight_bytes(Operands, int64_t, int64_t) { std::abort(); }
+void pack_weight(Operands, const void*, int64_t, int64_t, void*) { std::abort(); }
+void gemm_packed(Operands, int64_t, int64_t, int64_t, const void*, int64_t, const void*, float,
                  float*, int64_t, const float*) { std::abort(); }
 }  // namespace onednn
 
 #endif
 
-// The name of oneDNN's matmul (bf16 or float32 operands) for an M x K x N
-// product here ("" where there is none): how the Python side tells it can run
-extern "C" const char* bert_gluon_onednn_matmul(int bf16, int64_t M, int64_t N, int64_t K) {
-  return onednn::implementation(bf16, M, N, K);
+// The name of oneDNN's matmul (operands 0 float32, 1 bf16, 2 u8 x s8) for an
+// M x K x N product here ("" where there is none): how the Python side tells
+// it can run
+extern "C" const char* bert_gluon_onednn_matmul(int operands, int64_t M, int64_t N,
+                                                int64_t K) {
+  if (operands < 0 || operands > 2) return "";
+  return onednn::implementation(static_cast<onednn::Operands>(operands), M, N, K);
 }
 
 // How many oneDNN matmul primitives are kept now (at most kMaxMatmuls)

@@ -11,6 +11,7 @@
 #pragma once
 #include <omp.h>
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -57,34 +58,89 @@ inline void stack_rows(const std::vector<const float*>& parts, int64_t N, int64_
     std::memcpy(out + (j - j0) * K, parts[j / part] + (j % part) * K, K * sizeof(float));
 }
 
+// int8 weights (blas.h): each row's scale and the sum of its levels (what
+// the operand's zero points add to each product) ahead of the packed levels
+inline size_t int8_header(int64_t N) { return (2 * N * sizeof(float) + 63) / 64 * 64; }
+
+// W (N, K) quantized row by row (7 bits, a scale per row) and packed by
+// `by` into `out` (int8_header(N) + packed_weight_bytes)
+inline void quantize_weight(blas::Products by, const float* W, int64_t N, int64_t K,
+                            char* out) {
+  float* scale = reinterpret_cast<float*>(out);
+  float* sum = scale + N;
+  std::vector<int8_t> levels(N * K);
+#pragma omp parallel for if (!omp_in_parallel() && N * K > kSerialFloats)
+  for (int64_t j = 0; j < N; ++j) {
+    const float* w = W + j * K;
+    float top = 0.f;
+    for (int64_t k = 0; k < K; ++k) top = std::max(top, std::fabs(w[k]));
+    scale[j] = top > 0.f ? top / blas::kWeightLevels : 1.f;
+    const float inverse = 1.f / scale[j];
+    int64_t total = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      const float v = __builtin_nearbyintf(w[k] * inverse);
+      const int q = static_cast<int>(std::max(-float(blas::kWeightLevels),
+                                              std::min(float(blas::kWeightLevels), v)));
+      levels[j * K + k] = static_cast<int8_t>(q);
+      total += q;
+    }
+    sum[j] = static_cast<float>(total);
+  }
+  blas::pack_weight_s8(by, levels.data(), N, K, out + int8_header(N));
+}
+
+// C[:n, :width] (row stride ldc) from the integer sums there to the
+// product's values: x's row scale times W's row scale times (the sum minus
+// x's zero point times W's level sum), plus the bias
+inline void dequantize(int64_t n, const blas::Operand& x, const float* w_scale,
+                       const float* w_sum, int64_t width, float* C, int64_t ldc,
+                       const float* bias) {
+#pragma omp parallel for if (!omp_in_parallel() && n * width > kSerialFloats)
+  for (int64_t r = 0; r < n; ++r) {
+    const float xs = x.scales()[r], xz = x.zeros()[r];
+    float* c = C + r * ldc;
+    if (bias) {
+#pragma omp simd
+      for (int64_t j = 0; j < width; ++j) c[j] = xs * w_scale[j] * (c[j] - xz * w_sum[j]) + bias[j];
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < width; ++j) c[j] = xs * w_scale[j] * (c[j] - xz * w_sum[j]);
+    }
+  }
+}
+
 // Rows a packed weight is packed for: any product's rows (MKL's packed
 // layout depends on N and K only; oneDNN's on neither M)
 constexpr int64_t kPackRows = 1024;
 
 // A Dense weight W (N, K), the rows of `parts` one after another (q | k | v
 // stacked, or one weight), prepared for products X (n, K) @ W^T: packed
-// (MKL) or reordered (oneDNN), in float32 or bf16, once per version of its
-// sources and kept (get, above). (A request's products: Columns, below.)
+// (MKL) or reordered (oneDNN), in float32, bf16 or int8 (quantized first),
+// once per version of its sources and kept (get, above). (A request's
+// products: Columns, below.)
 struct Weight {
   int64_t N, K;
   blas::Products by;
-  bool bf16;
+  bool bf16, int8;
   Buffer held;
   const void* data = nullptr;
   Weight(int64_t N_, int64_t K_, blas::Products by_)
-      : N(N_), K(K_), by(by_), bf16(blas::bf16_operands(by_)) {}
+      : N(N_), K(K_), by(by_), bf16(blas::bf16_operands(by_)), int8(blas::int8_operands(by_)) {}
 
   void prepare(const std::vector<Source>& sources,
                const std::vector<const float*>& parts) {
     const uint64_t layout = 1 + static_cast<uint64_t>(by);
     const uint64_t kind = (layout << 56) ^ (uint64_t(N) << 28) ^ uint64_t(K);
-    held = get(sources, kind, blas::packed_weight_bytes(by, kPackRows, N, K), [&](char* out) {
+    const size_t bytes = blas::packed_weight_bytes(by, kPackRows, N, K)
+                         + (int8 ? int8_header(N) : 0);
+    held = get(sources, kind, bytes, [&](char* out) {
       std::vector<float> stacked(parts.size() > 1 ? N * K : 0);
       const float* W = parts[0];
       if (parts.size() > 1) {
         stack_rows(parts, N, K, 0, N, stacked.data());
         W = stacked.data();
       }
+      if (int8) return quantize_weight(by, W, N, K, out);
       if (!bf16) return blas::pack_weight(by, W, N, K, kPackRows, out);
       std::vector<blas::bf16> w16(N * K);
       to_bf16_parallel(W, N * K, w16.data());
@@ -94,35 +150,36 @@ struct Weight {
   }
 
   // C (n, N) = X (n, K) @ W^T (+ bias (N,) on every row) (+ C when
-  // accumulate). With bf16 weights X16, X's bf16 copy, is used when given,
-  // else X is converted into `scratch`.
-  void product(int64_t n, const float* X, const blas::bf16* X16, float* C,
-               blas::bf16* scratch, bool accumulate = false,
-               const float* bias = nullptr) const {
+  // accumulate, float32 and bf16 only). bf16 and int8 products multiply
+  // `operand`: X converted already (`converted`), or converted into it now.
+  void product(int64_t n, const float* X, blas::Operand& operand, bool converted, float* C,
+               bool accumulate = false, const float* bias = nullptr) const {
     const float beta = accumulate ? 1.f : 0.f;
-    if (!bf16) {
+    if (!bf16 && !int8) {
       blas::gemm_packed(by, n, N, K, X, K, data, beta, C, N, bias);
       return;
     }
-    if (!X16) {
-      blas::to_bf16(X, n * K, scratch);
-      X16 = scratch;
-    }
-    blas::gemm_packed_bf16(by, n, N, K, X16, K, data, beta, C, N, bias);
+    if (!converted) operand.set_rows(n, X, K);
+    if (bf16) return blas::gemm_packed_bf16(by, n, N, K, operand.bf16_rows(), K, data, beta,
+                                            C, N, bias);
+    const float* scale = static_cast<const float*>(data);
+    blas::gemm_packed_u8s8(by, n, N, K, operand.u8_rows(), K,
+                           static_cast<const char*>(data) + int8_header(N), C, N);
+    dequantize(n, operand, scale, scale + N, N, C, N, bias);
   }
 };
 
 // A Dense weight W (N, K) (the rows of `parts` stacked) for products a
 // block of W's rows (C's columns) at a time: each thread of a parallel region
 // multiplies its own share, on that thread alone, by that share packed or
-// reordered (in bf16 where the products are) once per version of the
-// sources, as `Weight` does for whole weights.
+// reordered (in bf16 or int8 where the products are) once per version of
+// the sources, as `Weight` does for whole weights.
 struct Columns {
   int64_t N, K;
   blas::Products by;
-  bool bf16;
+  bool bf16, int8;
   Columns(int64_t N_, int64_t K_, blas::Products by_)
-      : N(N_), K(K_), by(by_), bf16(blas::bf16_operands(by_)) {}
+      : N(N_), K(K_), by(by_), bf16(blas::bf16_operands(by_)), int8(blas::int8_operands(by_)) {}
 
   // Thread `t` of `threads`' share of C's columns: [first, last), in steps
   // of 16 (whole vectors)
@@ -133,32 +190,41 @@ struct Columns {
   }
 
   // C[:, j0:j1] (row stride ldc) = X (n, K) @ W[j0:j1]^T (+ bias[j0:j1]),
-  // on the calling thread; X16 is X in bf16 where the products are
+  // on the calling thread; `operand` is X converted where the products are
+  // bf16 or int8
   void product(const std::vector<Source>& sources, const std::vector<const float*>& parts,
-               int64_t n, const float* X, const blas::bf16* X16, float* C, int64_t ldc,
+               int64_t n, const float* X, const blas::Operand& operand, float* C, int64_t ldc,
                int64_t j0, int64_t j1, const float* bias) const {
     if (j0 >= j1) return;
     if (by == blas::Products::onednn || by == blas::Products::onednn_bf16)
-      return plain(sources, parts, n, X, X16, C, ldc, j0, j1, bias);
+      return plain(sources, parts, n, X, operand.bf16_rows(), C, ldc, j0, j1, bias);
     const int64_t width = j1 - j0;
     const uint64_t layout = 1 + static_cast<uint64_t>(by);
     const uint64_t kind = (layout << 56) ^ (uint64_t(j0) << 42) ^ (uint64_t(width) << 28)
                           ^ uint64_t(K) ^ (1ull << 55);  // a share, not a whole weight
-    Buffer held = get(sources, kind, blas::packed_weight_bytes(by, kPackRows, width, K),
+    const size_t header = int8 ? int8_header(width) : 0;
+    Buffer held = get(sources, kind, header + blas::packed_weight_bytes(by, kPackRows, width, K),
                       [&](char* out) {
       std::vector<float> rows(width * K);  // W's rows j0 .. j1 - 1
       stack_rows(parts, N, K, j0, j1, rows.data());
+      if (int8) return quantize_weight(by, rows.data(), width, K, out);
       if (!bf16) return blas::pack_weight(by, rows.data(), width, K, kPackRows, out);
       std::vector<blas::bf16> w16(width * K);
       blas::to_bf16(rows.data(), width * K, w16.data());
       blas::pack_weight_bf16(by, w16.data(), width, K, kPackRows, out);
     });
-    if (bf16)
-      blas::gemm_packed_bf16(by, n, width, K, X16, K, held.get(), 0.f, C + j0, ldc,
-                             bias ? bias + j0 : nullptr);
-    else
-      blas::gemm_packed(by, n, width, K, X, K, held.get(), 0.f, C + j0, ldc,
-                        bias ? bias + j0 : nullptr);
+    const float* b = bias ? bias + j0 : nullptr;
+    if (int8) {  // a share of its own: quantized and packed as a whole weight
+      const float* scale = reinterpret_cast<const float*>(held.get());
+      blas::gemm_packed_u8s8(by, n, width, K, operand.u8_rows(), K, held.get() + header,
+                             C + j0, ldc);
+      dequantize(n, operand, scale, scale + width, width, C + j0, ldc, b);
+    } else if (bf16) {
+      blas::gemm_packed_bf16(by, n, width, K, operand.bf16_rows(), K, held.get(), 0.f, C + j0,
+                             ldc, b);
+    } else {
+      blas::gemm_packed(by, n, width, K, X, K, held.get(), 0.f, C + j0, ldc, b);
+    }
   }
 
  private:
