@@ -28,6 +28,7 @@ CONTESTANTS = {
     'twin-blas': "bert_gluon twin, float32 by MKL's sgemm forced",
     'twin-bf16': "bert_gluon twin, dtype='bfloat16' (bf16 where it beats float32 here)",
     'twin-bf16-mkl': "bert_gluon twin, dtype='bfloat16', MKL's bf16 forced",
+    'twin-int8': "bert_gluon twin, dtype='int8' (oneDNN's u8 x s8 products forced)",
     'hf-eager': 'transformers BertModel, PyTorch eager, no_grad',
     'hf-bf16': 'transformers BertModel, PyTorch eager, autocast bfloat16',
     'onnxruntime': 'onnxruntime CPU, the model exported from PyTorch (opset 17)',
@@ -67,7 +68,10 @@ def _twin(name, tokens, segments, lens):
         os.environ['BERT_GLUON_BF16_PROVIDER'] = 'mkl'  # read when the model resolves
     if name == 'twin-blas':
         os.environ['BERT_GLUON_FLOAT32_PROVIDER'] = 'blas'
-    dtype = 'float32' if name in ('twin', 'twin-blas') else 'bfloat16'
+    if name == 'twin-int8':  # measured as int8 even where 'auto' would fall back
+        os.environ['BERT_GLUON_INT8_PROVIDER'] = 'onednn'
+    dtype = {'twin': 'float32', 'twin-blas': 'float32', 'twin-int8': 'int8'}.get(name,
+                                                                                 'bfloat16')
     net, _, _ = from_pretrained('all-MiniLM-L6-v2', dtype=dtype)
     net.check_inputs = False
     encoder = net.for_inference(static_shape=True).encoder
@@ -205,7 +209,7 @@ def _table(args, workers, rates, seconds, batch_size, length):
     # side by side: the twin against each peer (a time ratio in latency mode: > 1 is the twin ahead)
     key = ((lambda n: harness.percentile(seconds[n]['encode'], 50)) if args.latency
            else (lambda n: 1 / stats[n][0]))
-    for ours in ('twin', 'twin-blas', 'twin-bf16', 'twin-bf16-mkl'):
+    for ours in ('twin', 'twin-blas', 'twin-bf16', 'twin-bf16-mkl', 'twin-int8'):
         for theirs in [n for n in CONTESTANTS if not n.startswith('twin')] + ['twin']:
             if ours != theirs and stats.get(ours) and stats.get(theirs):
                 print(f'{ours} vs {theirs}: {key(theirs) / key(ours):.2f}x')

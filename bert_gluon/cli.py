@@ -213,7 +213,7 @@ def _defaults(function):
 
 def build_parser():
     from .execution import BACKENDS
-    from .config import DTYPES, list_configs
+    from .config import TRAINING_DTYPES, list_configs
     from .data.pairs import TASKS
     from .distributed import KVSTORES
     from .finetuning import finetune
@@ -255,7 +255,7 @@ def build_parser():
                      help="'device'/'local': this process's contexts; 'dist_sync' "
                           "(under `bert-gluon launch` or SageMaker) or 'horovod' "
                           '(under horovodrun): one worker of a job, --batch-size global')
-    pre.add_argument('--dtype', default=None, choices=DTYPES,
+    pre.add_argument('--dtype', default=None, choices=TRAINING_DTYPES,
                      help="the products' precision (bfloat16: CPUs with AVX512_BF16 "
                           'or AMX; parameters stay float32)')
     pre.add_argument('--seed', type=_seed, default=pre_defaults['seed'])
@@ -285,7 +285,7 @@ def build_parser():
     fin.add_argument('--resume', action='store_true')
     fin.add_argument('--overwrite', action='store_true')
     fin.add_argument('--kvstore', default=fin_defaults['kvstore'], choices=KVSTORES)
-    fin.add_argument('--dtype', default=None, choices=DTYPES,
+    fin.add_argument('--dtype', default=None, choices=TRAINING_DTYPES,
                      help="the products' precision (default: the checkpoint's)")
     fin.add_argument('--seed', type=_seed, default=fin_defaults['seed'])
     fin.add_argument('--data-dir', default=None)

@@ -5,10 +5,11 @@ changed (`dataclasses.replace`), the way GluonNLP derives its named configs.
 """
 import dataclasses
 
-__all__ = ['BERTConfig', 'CONFIGS', 'DTYPES', 'get_config', 'list_configs',
+__all__ = ['BERTConfig', 'CONFIGS', 'DTYPES', 'TRAINING_DTYPES', 'get_config', 'list_configs',
            'check_positive_int']
 
-DTYPES = ('float32', 'bfloat16')  # of the products (BERTConfig.dtype)
+DTYPES = ('float32', 'bfloat16', 'int8')  # of the products (BERTConfig.dtype)
+TRAINING_DTYPES = ('float32', 'bfloat16')  # int8 quantizes inference only
 
 
 def check_positive_int(name, value):
@@ -49,7 +50,12 @@ class BERTConfig:
           the Dense layers' and the MLM projection's products on bf16
           operands accumulated in float32 (parameters, optimizer states,
           LayerNorm, softmax and losses stay float32): the native backend,
-          on a CPU with AVX512_BF16 or AMX.
+          on a CPU with AVX512_BF16 or AMX. 'int8' runs the encoder blocks'
+          products of inference graphs (`for_inference()`, what serving
+          and `encode` run) on int8 operands: weights quantized per
+          output channel once, each activation row with its own scale
+          (kernels/blas.h); the pooler and heads, and every graph that
+          trains, stay float32.
       pretraining_heads [True]: whether the MLM head and the NSP output
           layer hold trained weights. False for a checkpoint without them
           (Hugging Face's BertModel, such as all-MiniLM-L6-v2): they keep

@@ -8,8 +8,13 @@ dtype and this CPU:
                   where they apply, MXNet's operators elsewhere;
                   'mxnet': MXNet's own operators only (what a GPU runs, and
                   what export writes)
-  precision       what the products run in: 'float32' or 'bfloat16'
+  precision       what the products run in: 'float32', 'bfloat16' or 'int8'
+                  (int8: the encoder blocks' products of inference graphs;
+                  a model of dtype 'int8' trains in float32)
   provider        who multiplies (kernels/providers.py), '' on 'mxnet'
+  dense_provider  who multiplies outside the encoder blocks (the pooler,
+                  the heads, training graphs' Dense layers) where that is
+                  another precision: float32 beside int8 ('' otherwise)
   request_provider  who multiplies a single request's few rows (each
                   product shared out by columns, one thread each), where
                   the libraries rank otherwise
@@ -49,7 +54,7 @@ __all__ = ['BACKENDS', 'PURPOSES', 'ExecutionPlan', 'Execution', 'Planned', 'mak
 BACKENDS = ('auto', 'native', 'mxnet')
 _said_kernels_off = []
 PURPOSES = ('general', 'inference', 'training')
-PRECISIONS = ('float32', 'bfloat16')
+PRECISIONS = ('float32', 'bfloat16', 'int8')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +70,7 @@ class ExecutionPlan:
     dtype: str
     why: str = ''
     request_provider: str = ''
+    dense_provider: str = ''
 
     @property
     def native(self):
@@ -77,6 +83,14 @@ class ExecutionPlan:
         if not self.native:
             return ''
         return kernels.products_attribute(self.precision, self.provider)
+
+    @property
+    def dense_products(self):
+        """The `products` attribute of products outside the encoder blocks
+        (bert_linear, bert_dense): float32 ones where those run int8."""
+        if not self.native or not self.dense_provider:
+            return self.products
+        return kernels.products_attribute('float32', self.dense_provider)
 
     @property
     def request_products(self):
@@ -97,6 +111,8 @@ class ExecutionPlan:
         by = f' by {self.provider}' if self.native else ''
         if self.native and self.request_provider not in ('', self.provider):
             by += f' ({self.request_provider} for single requests)'
+        if self.native and self.dense_provider:
+            by += f', float32 by {self.dense_provider} outside the encoder blocks'
         return (f'{self.implementation}, {self.precision}{by} ({self.purpose}) on '
                 f'{", ".join(self.contexts)}')
 
@@ -123,7 +139,8 @@ def _native_obstacle(contexts, dtype):
 
 def resolve_implementation(request, contexts, dtype='float32', precision='float32'):
     """'native' or 'mxnet' for parameters on `contexts` of `dtype`, whose
-    products run in `precision` (a config's dtype). bf16 needs 'native'."""
+    products run in `precision` (a config's dtype). bf16 and int8 need
+    'native'."""
     request = check_backend(request)
     if request == 'mxnet' or (request == 'auto'
                               and os.environ.get('BERT_GLUON_NATIVE', '1') == '0'):
@@ -140,9 +157,9 @@ def resolve_implementation(request, contexts, dtype='float32', precision='float3
             warnings.warn(f'bert_gluon: the native CPU kernels are off ({obstacle}); models '
                           "run MXNet's slower operators", stacklevel=4)
         name = 'native' if obstacle is None else 'mxnet'
-    if precision == 'bfloat16' and name != 'native':
-        raise ValueError("dtype='bfloat16' cannot run here: it runs on the 'native' backend "
-                         "(this package's CPU kernels), not on MXNet's operators (the "
+    if precision != 'float32' and name != 'native':
+        raise ValueError(f"dtype='{precision}' cannot run here: it runs on the 'native' "
+                         "backend (this package's CPU kernels), not on MXNet's operators (the "
                          f"parameters are on {list(contexts)}); use dtype='float32'")
     return name
 
@@ -157,12 +174,20 @@ def make_plan(request, contexts, dtype='float32', precision='float32', purpose='
         raise ValueError(f'purpose must be one of {PURPOSES}, got {purpose!r}')
     dtype = onp.dtype(dtype).name
     implementation = resolve_implementation(request, contexts, dtype, precision)
-    provider, why, runs, for_requests = '', "MXNet's operators", precision, ''
+    provider, why, runs, for_requests, dense = '', "MXNet's operators", precision, '', ''
     if implementation == 'native':
-        runs, provider, why = providers.plan_products(precision)
+        asked = precision
+        if precision == 'int8' and purpose != 'inference':
+            asked = 'float32'  # int8 products exist in the fused blocks only
+        runs, provider, why = providers.plan_products(asked)
+        if asked != precision:
+            why = (f"dtype='int8' quantizes inference graphs (for_inference()) only; this "
+                   f'{purpose} graph runs float32: {why}')
         for_requests = providers.request_choice(runs)['provider']
+        if runs == 'int8':
+            dense = providers.provider('float32')
     return ExecutionPlan(implementation, runs, provider, purpose, check_backend(request),
-                         tuple(str(c) for c in contexts), dtype, why, for_requests)
+                         tuple(str(c) for c in contexts), dtype, why, for_requests, dense)
 
 
 def _blocks(block):

@@ -96,7 +96,7 @@ def finetune(task, pretrained, num_epochs=3, batch_size=32, max_len=128,
     evaluates and writes)."""
     if task not in TASKS:
         raise ValueError(f'task must be one of {sorted(TASKS)}, got {task!r}')
-    check_run_arguments(lr, num_epochs=num_epochs, batch_size=batch_size,
+    check_run_arguments(lr, dtype, num_epochs=num_epochs, batch_size=batch_size,
                         max_len=max_len)
     ctx_list = parse_contexts(ctx)
     cluster = connect(kvstore, ctx_list)

@@ -42,10 +42,10 @@ class Dense(Planned, nn.Dense):
             if bias is not None:
                 inputs.append(bias.as_nd_ndarray())
             if self._vocabulary:
-                out = F.bert_dense(*inputs, products=plan.products)
+                out = F.bert_dense(*inputs, products=plan.dense_products)
             else:
                 out = F.bert_linear(*inputs, use_bias=bias is not None,
-                                    products=plan.products)
+                                    products=plan.dense_products)
             out = out.as_np_ndarray()
             if self.act is not None:
                 out = self.act(out)

@@ -179,7 +179,7 @@ class HybridMaskLM(Planned, nn.HybridBlock):
         logits = F.bert_dense(  # (B, P, V), weighted rows packed on top
             hidden.as_nd_ndarray(), param_value(F, decoder.weight, hidden),
             param_value(F, decoder.bias, hidden), weights, packed=True,
-            products=plan.products)
+            products=plan.dense_products)
         return F.bert_softmax_ce(logits, mlm_Y.as_nd_ndarray(), weights,
                                  packed=True)[0].as_np_ndarray()
 

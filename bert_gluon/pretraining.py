@@ -112,7 +112,7 @@ def pretrain(num_steps=50, batch_size=512, max_len=64, lr=0.01,
       'horovod' (a worker of a multi-process job; batch_size is the global
       batch, split among the workers): bert_gluon/distributed.py.
     """
-    check_run_arguments(lr, num_steps=num_steps, batch_size=batch_size,
+    check_run_arguments(lr, dtype, num_steps=num_steps, batch_size=batch_size,
                         max_len=max_len)
     ctx_list = parse_contexts(ctx)
     cluster = connect(kvstore, ctx_list)

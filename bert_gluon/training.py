@@ -16,7 +16,7 @@ import numpy as onp
 import mxnet as mx
 from mxnet import autograd, gluon
 
-from .config import check_positive_int
+from .config import TRAINING_DTYPES, check_positive_int
 
 __all__ = ['BatchStream', 'TrainLoop', 'parse_contexts', 'check_run_arguments']
 
@@ -57,8 +57,14 @@ def parse_contexts(spec):
     return contexts
 
 
-def check_run_arguments(lr, **counts):
-    """A run's learning rate (finite, > 0) and counts (positive ints)."""
+def check_run_arguments(lr, dtype=None, **counts):
+    """A run's learning rate (finite, > 0), products' precision (one that
+    trains, or None: the model's) and counts (positive ints)."""
+    if dtype is not None and dtype not in TRAINING_DTYPES:
+        raise ValueError(f'dtype must be one of {TRAINING_DTYPES} for training, got {dtype!r}'
+                         + (": int8 quantizes a trained model's inference; train in float32 "
+                            "or bfloat16, then load it with dtype='int8'"
+                            if dtype == 'int8' else ''))
     for name, value in counts.items():
         check_positive_int(name, value)
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):

@@ -106,8 +106,9 @@ def tiny_pretrained(tmp_path_factory):
 def runnable(precision, provider):
     """(precision, provider) as a parameter, skipped (saying why) where it
     cannot run."""
-    reason = (kernels.float32_unavailable_reason(provider) if precision == 'float32'
-              else kernels.bf16_unavailable_reason(provider))
+    reason = {'float32': kernels.float32_unavailable_reason,
+              'bfloat16': kernels.bf16_unavailable_reason,
+              'int8': kernels.int8_unavailable_reason}[precision](provider)
     return pytest.param(precision, provider, id=f'{precision}-{provider}',
                         marks=pytest.mark.skipif(
                             reason is not None,
@@ -116,6 +117,7 @@ def runnable(precision, provider):
 
 FLOAT32_PRODUCTS = [runnable('float32', p) for p in kernels.FLOAT32_PROVIDERS]
 BF16_PRODUCTS = [runnable('bfloat16', p) for p in kernels.BF16_PROVIDERS]
+INT8_PRODUCTS = [runnable('int8', p) for p in kernels.INT8_PROVIDERS]
 NEEDS_A_BF16_PROVIDER = pytest.mark.skipif(
     all(kernels.bf16_unavailable_reason(p) for p in kernels.BF16_PROVIDERS),
     reason='no bf16 provider runs here (a CPU with AVX512_BF16 or AMX, and MKL or oneDNN)')
@@ -125,9 +127,10 @@ NEEDS_A_BF16_PROVIDER = pytest.mark.skipif(
 BF16_TOLERANCE = 2e-2
 
 
-# int8 (quantization.py): weights per channel with 7 bits, off by up to 2^-8
-# of their channel's largest; activations per tensor with 8, off by 2^-9 of
-# the tensor's range; summed over K products at random signs, as for bf16,
+# int8 (quantization.py for the ONNX engines, kernels/blas.h for the twin):
+# weights per channel with 7 bits, off by up to 2^-8 of their channel's
+# largest; activations with 8 (per tensor, or per row in the twin), off by
+# 2^-9 of their range; summed over K products at random signs, as for bf16,
 # but from coarser steps: 5% of the largest magnitude.
 INT8_TOLERANCE = 5e-2
 

@@ -978,3 +978,24 @@ onp.save('OUT', onp.concatenate([fused_layer(X, lens, w, 'onednn-int8'),  # batc
             answers[cap] = (out.stdout.split()[-1], onp.load(out_file))
     assert answers['AVX2'][0] == 'gemm:jit', answers['AVX2'][0]
     assert_close(answers['AVX2'][1], answers[''][1], atol=1e-5, rtol=0)
+
+
+@NEEDS_INT8
+@pytest.mark.slow
+def test_int8_products_never_fall_to_onednns_reference_matmul():
+    """On four threads a request's products are shared out by columns and a
+    batch's run whole: oneDNN names the implementation of every matmul it
+    runs (ONEDNN_VERBOSE), and none is its reference ('ref:any', some
+    hundred times slower: what a share written straight into the strided
+    output got)."""
+    script = """
+from test_kernels import int8_layer_case, fused_layer
+for B in (1, 5):
+    X, lens, w = int8_layer_case(B)
+    fused_layer(X, lens, w, 'onednn-int8')
+"""
+    out = run_native(script, OMP_NUM_THREADS='4', ONEDNN_VERBOSE='1')
+    assert out.returncode == 0, out.stderr[-2000:]
+    matmuls = [line for line in out.stdout.splitlines()
+               if line.startswith('onednn_verbose') and ',exec,' in line and ',matmul,' in line]
+    assert matmuls and not [line for line in matmuls if 'ref' in line], matmuls[:5]

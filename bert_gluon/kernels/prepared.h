@@ -89,22 +89,24 @@ inline void quantize_weight(blas::Products by, const float* W, int64_t N, int64_
   blas::pack_weight_s8(by, levels.data(), N, K, out + int8_header(N));
 }
 
-// C[:n, :width] (row stride ldc) from the integer sums there to the
-// product's values: x's row scale times W's row scale times (the sum minus
-// x's zero point times W's level sum), plus the bias
+// C[:n, :width] (row stride ldc) = the product's values from its integer
+// sums (n, width; dense, may be C itself): x's row scale times W's row
+// scale times (the sum minus x's zero point times W's level sum), plus the
+// bias
 inline void dequantize(int64_t n, const blas::Operand& x, const float* w_scale,
-                       const float* w_sum, int64_t width, float* C, int64_t ldc,
-                       const float* bias) {
+                       const float* w_sum, int64_t width, const float* sums, float* C,
+                       int64_t ldc, const float* bias) {
 #pragma omp parallel for if (!omp_in_parallel() && n * width > kSerialFloats)
   for (int64_t r = 0; r < n; ++r) {
     const float xs = x.scales()[r], xz = x.zeros()[r];
+    const float* s = sums + r * width;
     float* c = C + r * ldc;
     if (bias) {
 #pragma omp simd
-      for (int64_t j = 0; j < width; ++j) c[j] = xs * w_scale[j] * (c[j] - xz * w_sum[j]) + bias[j];
+      for (int64_t j = 0; j < width; ++j) c[j] = xs * w_scale[j] * (s[j] - xz * w_sum[j]) + bias[j];
     } else {
 #pragma omp simd
-      for (int64_t j = 0; j < width; ++j) c[j] = xs * w_scale[j] * (c[j] - xz * w_sum[j]);
+      for (int64_t j = 0; j < width; ++j) c[j] = xs * w_scale[j] * (s[j] - xz * w_sum[j]);
     }
   }
 }
@@ -165,7 +167,7 @@ struct Weight {
     const float* scale = static_cast<const float*>(data);
     blas::gemm_packed_u8s8(by, n, N, K, operand.u8_rows(), K,
                            static_cast<const char*>(data) + int8_header(N), C, N);
-    dequantize(n, operand, scale, scale + N, N, C, N, bias);
+    dequantize(n, operand, scale, scale + N, N, C, C, N, bias);
   }
 };
 
@@ -215,10 +217,14 @@ struct Columns {
     });
     const float* b = bias ? bias + j0 : nullptr;
     if (int8) {  // a share of its own: quantized and packed as a whole weight
+      // the sums dense: oneDNN's int8 matmul writing rows of stride ldc is
+      // its reference implementation, some hundred times slower (measured)
+      thread_local std::vector<float> sums;
+      sums.resize(n * width);
       const float* scale = reinterpret_cast<const float*>(held.get());
       blas::gemm_packed_u8s8(by, n, width, K, operand.u8_rows(), K, held.get() + header,
-                             C + j0, ldc);
-      dequantize(n, operand, scale, scale + width, width, C + j0, ldc, b);
+                             sums.data(), width);
+      dequantize(n, operand, scale, scale + width, width, sums.data(), C + j0, ldc, b);
     } else if (bf16) {
       blas::gemm_packed_bf16(by, n, width, K, operand.bf16_rows(), K, held.get(), 0.f, C + j0,
                              ldc, b);

@@ -1,5 +1,5 @@
-"""Who multiplies on this CPU, in float32 and in bf16: measured here, not
-assumed.
+"""Who multiplies on this CPU, in float32, bf16 and int8: measured here,
+not assumed.
 
 float32:   'blas'     MKL's sgemm (or OpenBLAS's, without MKL)
            'onednn'   oneDNN's matmul
@@ -7,6 +7,10 @@ bfloat16:  'onednn'   oneDNN's bf16 matmul (AMX or AVX512_BF16)
            'mkl'      MKL's bf16 x bf16 -> float32 products
            'float32'  no bf16 provider beats float32 here: dtype='bfloat16'
                       runs the float32 products, and says so once
+int8:      'onednn'   oneDNN's u8 x s8 matmul (AMX-INT8, VNNI, or AVX2's
+                      vpmaddubsw) in the fused encoder blocks of inference
+                      graphs (kernels/blas.h)
+           'float32'  int8 does not beat float32 here: the same fallback
 
 Libraries dispatch on what they know of a CPU, not on what it can do: MKL
 runs a slower path on AMD (on Zen 4 its sgemm runs at 0.8-0.9x oneDNN's and
@@ -18,7 +22,9 @@ timed on the Dense products of a BERT layer (SHAPES), once per CPU, library
 versions, ISA caps (MKL_ENABLE_INSTRUCTIONS, ONEDNN_MAX_CPU_ISA) and thread
 count, and cached beside the kernels' build: float32 takes oneDNN where it
 beats BLAS by MARGIN; bf16 takes the fastest provider that beats the chosen
-float32 by MARGIN. BERT_GLUON_FLOAT32_PROVIDER=blas|onednn and
+float32 by MARGIN; int8, timed on whole fused encoder blocks (LAYER_SHAPES:
+its operands are quantized row by row there, which products alone omit),
+likewise. BERT_GLUON_FLOAT32_PROVIDER=blas|onednn and
 BERT_GLUON_BF16_PROVIDER=onednn|mkl|float32 force them (tests, benches);
 'auto' (the default) measures.
 """
@@ -34,22 +40,28 @@ import warnings
 
 from ..fileio import atomic_write_json
 
-from . import (BF16_PROVIDERS, FLOAT32_PROVIDERS, bf16_unavailable_reason, build_dir,
-               cpu_identity, float32_unavailable_reason, products_attribute)
+from . import (BF16_PROVIDERS, FLOAT32_PROVIDERS, INT8_PROVIDERS, bf16_unavailable_reason,
+               build_dir, cpu_identity, float32_unavailable_reason, int8_unavailable_reason,
+               products_attribute)
 
 __all__ = ['CHOICES', 'FORCED_BY', 'REQUEST', 'choice', 'request_choice', 'provider',
-           'plan_products', 'measure_speedups', 'measure_request_seconds', 'tune', 'forget']
+           'plan_products', 'measure_speedups', 'measure_layer_seconds', 'tune', 'forget']
 
-# from kernels.PRODUCTS; bf16 may fall back to the float32 products
-CHOICES = {'float32': FLOAT32_PROVIDERS, 'bfloat16': BF16_PROVIDERS + ('float32',)}
-FORCED_BY = {precision: f'BERT_GLUON_{"BF16" if precision == "bfloat16" else "FLOAT32"}_PROVIDER'
-             for precision in CHOICES}
+# from kernels.PRODUCTS; bf16 and int8 may fall back to the float32 products
+CHOICES = {'float32': FLOAT32_PROVIDERS, 'bfloat16': BF16_PROVIDERS + ('float32',),
+           'int8': INT8_PROVIDERS + ('float32',)}
+_LOW = {'bfloat16': BF16_PROVIDERS, 'int8': INT8_PROVIDERS}  # the precisions below float32
+FORCED_BY = {precision: f'BERT_GLUON_{ {"bfloat16": "BF16"}.get(precision, precision.upper())}'
+                        '_PROVIDER' for precision in CHOICES}
 # (M, K, N) of X (M, K) @ W (N, K)^T: a 32-token request's Q/K/V (MiniLM),
 # MiniLM's FFN at 128 tokens, d2l's pretraining FFN at batch 128 x 64 tokens
 SHAPES = ((32, 384, 384), (128, 384, 1536), (8192, 128, 256))
 MARGIN = 1.05  # a challenger must be this much faster: ties keep the incumbent
 # A request's layer, timed per provider: MiniLM's (tokens, hidden, FFN, heads)
 REQUEST = (32, 384, 1536, 12)
+# int8 is timed on whole fused blocks of REQUEST's widths: (sequences, tokens)
+# of a request and of a batch
+LAYER_SHAPES = ((1, 32), (8, 128))
 _ENVIRONMENT = ('MKL_ENABLE_INSTRUCTIONS', 'ONEDNN_MAX_CPU_ISA', 'OMP_NUM_THREADS')
 _lock = threading.RLock()  # a bf16 choice makes the float32 one first
 _chosen = {}
@@ -82,18 +94,23 @@ def _seconds(run, repeats):
 def _unavailable_reason(precision, name):
     if precision == 'float32':
         return float32_unavailable_reason(name)
-    return None if name == 'float32' else bf16_unavailable_reason(name)
+    if name == 'float32':
+        return None
+    return (int8_unavailable_reason if precision == 'int8' else bf16_unavailable_reason)(name)
 
 
 def measure_speedups(precision, name, baseline):
     """Seconds of `baseline`'s float32 products / seconds of `name`'s
-    `precision` products, for each of SHAPES, on this process's threads
-    (> 1: `name` faster)."""
+    `precision` products, for each of SHAPES (int8: each of LAYER_SHAPES,
+    whole fused blocks), on this process's threads (> 1: `name` faster)."""
     import mxnet as mx
     import numpy as onp
     reason = _unavailable_reason(precision, name)  # loads the kernels
     if reason:
         raise ValueError(f'{precision} products by {name} cannot run here: {reason}')
+    if precision == 'int8':
+        return [measure_layer_seconds('float32', baseline, *shape)
+                / measure_layer_seconds('int8', name, *shape) for shape in LAYER_SHAPES]
     ratios = []
     # numpy's generator, not MXNet's: a seeded run draws the same numbers
     # whether or not this measurement ran in it first
@@ -118,7 +135,8 @@ def _measured(precision, incumbent, challengers):
     for name in challengers:
         ratios = measure_speedups(precision, name, incumbent)
         speedups[name] = statistics.geometric_mean(ratios)
-        shapes = ', '.join(f'{M}x{K}x{N} {r:.2f}x' for (M, K, N), r in zip(SHAPES, ratios))
+        shapes = ', '.join(f'{_shape_name(precision, shape)} {r:.2f}x'
+                           for shape, r in zip(_shapes(precision), ratios))
         said.append(f"{name}'s {precision} products {speedups[name]:.2f}x {incumbent}'s "
                     f'float32 ({shapes})')
     fallback = incumbent if precision == 'float32' else 'float32'
@@ -126,6 +144,16 @@ def _measured(precision, incumbent, challengers):
     winner = best if best and speedups[best] >= MARGIN else fallback
     return {'provider': winner, 'speedups': speedups,
             'why': 'measured here: ' + ('; '.join(said) or 'nothing else runs')}
+
+
+def _shapes(precision):
+    return LAYER_SHAPES if precision == 'int8' else SHAPES
+
+
+def _shape_name(precision, shape):
+    if precision == 'int8':
+        return f'a block of {shape[0]}x{shape[1]} tokens'
+    return 'x'.join(map(str, shape))
 
 
 def _forced(precision):
@@ -147,7 +175,7 @@ def _decide(precision):
     forced = _forced(precision)
     if forced:
         return forced
-    names = FLOAT32_PROVIDERS[1:] if precision == 'float32' else BF16_PROVIDERS
+    names = FLOAT32_PROVIDERS[1:] if precision == 'float32' else _LOW[precision]
     reasons = {name: _unavailable_reason(precision, name) for name in names}
     runnable = [name for name in names if reasons[name] is None]
     incumbent = 'blas' if precision == 'float32' else provider('float32')
@@ -191,20 +219,22 @@ def _cached_or_measured(entry, precision, measure, what):
     return measured
 
 
-def measure_request_seconds(precision, name):
-    """Seconds of one fused encoder layer at REQUEST's sizes, one sequence,
-    its products in `precision` by `name`: what a single request runs (each
-    product's columns shared out over the threads, on each thread alone)."""
+def measure_layer_seconds(precision, name, sequences=1, tokens=REQUEST[0]):
+    """Seconds of one fused encoder layer of REQUEST's widths on `sequences`
+    of `tokens`, its products in `precision` by `name`. One sequence is what
+    a single request runs (each product's columns shared out over the
+    threads, on each thread alone)."""
     import mxnet as mx
     import numpy as onp
-    T, H, F, heads = REQUEST
+    _, H, F, heads = REQUEST
+    T = tokens
     rng = onp.random.RandomState(0)  # numpy's: MXNet's seeded draws stay as they were
 
     def array(*shape):
         return mx.nd.array(rng.uniform(-0.1, 0.1, shape), dtype='float32')
     with warnings.catch_warnings():  # mx.nd.array asks SciPy, which warns of itself
         warnings.simplefilter('ignore', DeprecationWarning)
-        inputs = [array(1, T, H), mx.nd.array([T], dtype='float32'),
+        inputs = [array(sequences, T, H), mx.nd.array([T] * sequences, dtype='float32'),
                   *(array(H, H) for _ in range(4)), mx.nd.ones(H), mx.nd.zeros(H),
                   array(F, H), array(F), array(H, F), array(H), mx.nd.ones(H), mx.nd.zeros(H)]
     attribute = products_attribute(precision, name)
@@ -213,7 +243,7 @@ def measure_request_seconds(precision, name):
         mx.nd.bert_encoder_layer(*inputs, num_heads=heads, scale=(H // heads) ** -0.5,
                                  eps=1e-12, activation='gelu', use_bias=False,
                                  products=attribute).wait_to_read()
-    return _seconds(layer, 200)
+    return _seconds(layer, max(3, min(200, 6400 // (sequences * T))))
 
 
 def request_choice(precision):
@@ -221,8 +251,8 @@ def request_choice(precision):
     products in `precision` here. Its products are small (REQUEST: a few
     dozen rows) and each runs on one thread, where the libraries rank
     otherwise than on a batch's; the same variables force it."""
-    if precision not in ('float32', 'bfloat16'):
-        raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
+    if precision not in CHOICES:
+        raise ValueError(f'precision must be one of {tuple(CHOICES)}, got {precision!r}')
     key = ('requests', precision, os.environ.get(FORCED_BY[precision], 'auto'), _key())
     with _lock:
         if key not in _chosen:
@@ -234,14 +264,14 @@ def _decide_request(precision):
     forced = _forced(precision)
     if forced:
         return forced
-    names = FLOAT32_PROVIDERS if precision == 'float32' else BF16_PROVIDERS
+    names = FLOAT32_PROVIDERS if precision == 'float32' else _LOW[precision]
     runnable = [name for name in names if _unavailable_reason(precision, name) is None]
     if len(runnable) < 2:
         return {'provider': runnable[0] if runnable else provider(precision),
                 'why': 'the only provider that runs here'}
 
     def measure():
-        seconds = {name: measure_request_seconds(precision, name) for name in runnable}
+        seconds = {name: measure_layer_seconds(precision, name) for name in runnable}
         best = min(seconds, key=seconds.get)
         return {'provider': best, 'why': 'measured here, one layer of a request: ' + ', '.join(
             f'{name} {1e3 * t:.3f} ms' for name, t in seconds.items())}
@@ -305,14 +335,14 @@ def tune():
     forget()
     chosen = {precision: choice(precision) for precision in CHOICES}
     for precision in CHOICES:
-        if chosen[precision]['provider'] != 'float32':  # bf16 where it pays
+        if chosen[precision]['provider'] != 'float32':  # bf16 or int8 where it pays
             chosen[f'{precision} requests'] = request_choice(precision)
     return chosen
 
 
 def choice(precision):
     """{'provider': ..., 'why': ..., ['speedups': measured, by provider]}:
-    who multiplies in `precision` ('float32' or 'bfloat16') here, for this
+    who multiplies in `precision` ('float32', 'bfloat16' or 'int8') here, for this
     process's CPU, libraries, ISA caps and BERT_GLUON_*_PROVIDER."""
     if precision not in CHOICES:
         raise ValueError(f'precision must be one of {tuple(CHOICES)}, got {precision!r}')
@@ -326,24 +356,25 @@ def choice(precision):
 
 def provider(precision):
     """Who multiplies in `precision` here: 'blas' or 'onednn' (float32);
-    'onednn', 'mkl' or 'float32' (bfloat16)."""
+    'onednn', 'mkl' or 'float32' (bfloat16); 'onednn' or 'float32' (int8)."""
     return choice(precision)['provider']
 
 
 def plan_products(precision):
     """(precision, provider, why): what a native model asking for products
-    in `precision` runs. dtype='bfloat16' where no bf16 provider pays runs
-    float32 and says so, once per process."""
+    in `precision` runs. dtype='bfloat16' or 'int8' where no provider of it
+    pays runs float32 and says so, once per process and precision."""
     chosen = choice(precision)
-    if precision == 'bfloat16' and chosen['provider'] == 'float32':
-        if not _warned:
-            _warned.append(True)
-            warnings.warn("dtype='bfloat16' runs its products in float32 on this CPU: "
-                          f"{chosen['why']}; BERT_GLUON_BF16_PROVIDER=onednn or "
-                          'mkl forces bf16', stacklevel=4)
+    if precision != 'float32' and chosen['provider'] == 'float32':
+        if precision not in _warned:
+            _warned.append(precision)
+            forcing = ' or '.join(_LOW[precision])
+            warnings.warn(f"dtype='{precision}' runs its products in float32 on this CPU: "
+                          f"{chosen['why']}; {FORCED_BY[precision]}={forcing} forces "
+                          f'{precision}', stacklevel=4)
         fallback = choice('float32')
-        return 'float32', fallback['provider'], (f"bf16 does not pay here ({chosen['why']}); "
-                                                 f"float32: {fallback['why']}")
+        return 'float32', fallback['provider'], (f"{precision} does not pay here "
+                                                 f"({chosen['why']}); float32: {fallback['why']}")
     return precision, chosen['provider'], chosen['why']
 
 

@@ -44,9 +44,6 @@ def check_engine(engine, precision):
     if engine == 'onnxruntime' and precision == 'bfloat16':
         raise ValueError("precision='bfloat16': onnxruntime's CPU provider runs this model in "
                          "float32; use engine='openvino' or 'mxnet' for bf16")
-    if engine == 'mxnet' and precision == 'int8':
-        raise ValueError("precision='int8' runs on engine='onnxruntime' or 'openvino' (the "
-                         "ONNX quantized by onnxruntime's quantizer); the twin has no int8 yet")
     if engine != 'mxnet':
         for module in ('onnx', engine):
             try:

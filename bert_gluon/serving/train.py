@@ -53,14 +53,14 @@ def _contexts(env):
 def build_parser():
     """Flags left unset take the API's defaults (pretrain's, finetune's):
     each default is defined once, there."""
-    from ..config import DTYPES
+    from ..config import TRAINING_DTYPES
     from ..data.pairs import TASKS
     parser = argparse.ArgumentParser(description='bert_gluon on SageMaker')
     parser.add_argument('--job', choices=['pretrain', 'finetune'], default='pretrain')
     for flag, kind in (('--steps', int), ('--epochs', int), ('--batch-size', int),
                        ('--max-len', int), ('--lr', float), ('--seed', int)):
         parser.add_argument(flag, type=kind, default=None)
-    parser.add_argument('--dtype', default=None, choices=DTYPES)
+    parser.add_argument('--dtype', default=None, choices=TRAINING_DTYPES)
     parser.add_argument('--config', default=None)
     # what a fine-tuning job tunes, and from what, when the estimator does not say
     parser.add_argument('--task', default='MRPC', choices=sorted(TASKS))
