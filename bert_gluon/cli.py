@@ -124,6 +124,21 @@ def _finetune(args):
     return 0
 
 
+def _quantize(args):
+    from .serving.calibration import calibrate_int8
+    record = calibrate_int8(args.pretrained, args.calibrate, max_len=args.max_len,
+                            min_cosine=args.min_cosine, min_agreement=args.min_agreement,
+                            progress=not args.no_progress)
+    measured = (f"{record['agreement']:.2%} of the predictions unchanged (bar "
+                f"{record['min_agreement']:.0%})" if record['kind'] == 'classifier' else
+                f"sentence embeddings' cosine to float32 mean {record['cosine_mean']:.4f}, "
+                f"minimum {record['cosine_min']:.4f} (bar {record['min_cosine']})")
+    print(f"int8 on {record['texts']} texts of {args.calibrate}: {measured}; "
+          f"{'passed' if record['passed'] else 'MISSED THE BAR'}; recorded in "
+          f"{args.pretrained}/int8.json")
+    return 0 if record['passed'] else 1
+
+
 def _encode(args):
     import io
     import numpy as onp
@@ -308,6 +323,25 @@ def build_parser():
                      help="onnx: int8 quantizes the weight products (bert_gluon/quantization.py)"
                           "; onnxruntime and OpenVINO run it")
     exp.set_defaults(func=_export)
+
+    qua = sub.add_parser('quantize', help="measure a model folder's int8 (dtype='int8') "
+                                          'against float32 on your own sentences and '
+                                          'record it in the folder (int8.json)')
+    qua.add_argument('--from', dest='pretrained', required=True,
+                     help='a pretrained or fine-tuned classifier folder')
+    qua.add_argument('--calibrate', required=True, metavar='FILE',
+                     help='UTF-8 text like what the model will serve: a sentence (or a '
+                          'tab-separated pair) per line')
+    from .serving.calibration import calibrate_int8
+    qua_defaults = _defaults(calibrate_int8)
+    qua.add_argument('--max-len', type=_positive_int, default=qua_defaults['max_len'])
+    qua.add_argument('--min-cosine', type=_positive_float, default=qua_defaults['min_cosine'],
+                     help="an encoder's bar: the lowest sentence embedding cosine to float32")
+    qua.add_argument('--min-agreement', type=_positive_float,
+                     default=qua_defaults['min_agreement'],
+                     help="a classifier's bar: the share of predictions unchanged")
+    qua.add_argument('--no-progress', action='store_true')
+    qua.set_defaults(func=_quantize)
 
     lau = sub.add_parser('launch', help="run a command as the workers of MXNet's "
                                         'parameter-server job (dist_sync), with its '

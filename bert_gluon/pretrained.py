@@ -22,7 +22,7 @@ import mxnet as mx
 
 from .classifier import is_classifier_folder
 from .config import BERTConfig, get_config
-from .data.files import find_dataset
+from .data.files import find_dataset, sha1_of
 from .data.vocab import Vocab
 from .fileio import atomic_save_parameters, atomic_write_json, read_json
 from .huggingface import load_hf_bert
@@ -30,7 +30,8 @@ from .model import HybridBERTModel
 from .tokenization import check_vocab_size, load_tokenizer
 
 __all__ = ['list_pretrained', 'from_pretrained', 'minilm_folder', 'save_pretrained',
-           'load_folder', 'load_d2l_checkpoint', 'PRETRAINED_FILES', 'PUBLISHED_SHA256']
+           'load_folder', 'load_d2l_checkpoint', 'PRETRAINED_FILES', 'PUBLISHED_SHA256',
+           'WEIGHT_FILES', 'weights_digest']
 
 # What save_pretrained writes and load_folder reads
 PRETRAINED_FILES = ('config.json', 'vocab.json', 'pretrained.params')
@@ -81,6 +82,22 @@ def _check_published(name, folder):
 def list_pretrained():
     """Names `from_pretrained` knows, with a line each."""
     return dict(PRETRAINED)
+
+
+# A model folder's files that decide its answers (a pretrained, Hugging Face
+# or classifier folder holds some of them)
+WEIGHT_FILES = ('classifier.params', 'pretrained.params', 'model.safetensors', 'config.json',
+                'classifier.json')
+
+
+def weights_digest(folder):
+    """One SHA-1 over the WEIGHT_FILES `folder` holds: what caches and
+    records made from its weights are checked against."""
+    digest = hashlib.sha1()
+    for name in WEIGHT_FILES:
+        if (Path(folder) / name).is_file():
+            digest.update(f'{name}:{sha1_of(Path(folder) / name)}\n'.encode())
+    return digest.hexdigest()
 
 
 def save_pretrained(net, folder, tokenizer):

@@ -1,7 +1,21 @@
-"""int8 for the ONNX engines: a float32 BERT ONNX quantized by onnxruntime's
-own quantizer, which onnxruntime and OpenVINO both run.
+"""int8: the ONNX engines' quantized graph, and the check of a model's int8
+on the user's own text.
 
     quantize_onnx('bert.onnx', 'bert-int8.onnx')
+    check_calibration('runs/mrpc')   # before serving a folder in int8
+
+The twin's int8 (dtype='int8', kernels/blas.h) quantizes each activation row
+at run time with its own scale and zero point and each weight row once: no
+scales are fitted, so no calibration set is needed to run it. What a set of
+the user's sentences gives is evidence: `bert-gluon quantize`
+(serving/calibration.py) runs them through
+the model in float32 and in int8, records the agreement in the folder
+(CALIBRATION_FILE, with the digest of the weights it was measured on), and
+says whether it meets the bar; serving the folder in int8 afterwards refuses
+weights changed since (the record no longer speaks for them) and warns of a
+record that missed the bar.
+
+The ONNX engines' graph is onnxruntime's:
 
 Dynamic quantization: each weight product's weights int8 once, per output
 channel (per tensor, MiniLM's sentence embeddings drift far from
@@ -14,11 +28,15 @@ scores) stay float32.
 """
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
-from .fileio import atomic_copy, check_output_file
+from .fileio import atomic_copy, check_output_file, read_json
 
-__all__ = ['quantize_onnx', 'INT8_OPS']
+__all__ = ['quantize_onnx', 'INT8_OPS', 'CALIBRATION_FILE', 'check_calibration']
+
+# in the model folder: serving/calibration.py's record of int8 on the user's text
+CALIBRATION_FILE = 'int8.json'
 
 # What an int8 graph holds that a float32 one does not
 INT8_OPS = ('DynamicQuantizeLinear', 'MatMulInteger')
@@ -55,3 +73,27 @@ def quantize_onnx(source, path, overwrite=False):
                          reduce_range=True)
         atomic_copy(quantized, path)
     return str(path)
+
+
+def check_calibration(folder):
+    """Before serving `folder` in int8: its CALIBRATION_FILE, if any, must
+    be for the weights it holds now (else ValueError: they changed after
+    calibration); one that missed its bar is said. Returns the record or
+    None."""
+    from .pretrained import weights_digest
+    path = Path(folder) / CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    record = read_json(path)
+    if not isinstance(record, dict) or 'weights_sha1' not in record:
+        raise ValueError(f'{path} is not a calibration record (bert-gluon quantize writes it)')
+    if record['weights_sha1'] != weights_digest(folder):
+        raise ValueError(f'{path} was measured on other weights: the model changed after '
+                         f'calibration. Run `bert-gluon quantize --from {folder} --calibrate '
+                         f'{record.get("texts_file", "FILE")}` again, or delete {path.name}')
+    if not record.get('passed', False):
+        measured = (f"agreement {record.get('agreement')}" if record.get('kind') == 'classifier'
+                    else f"minimum cosine {record.get('cosine_min')}")
+        warnings.warn(f'{path}: int8 missed its bar on the calibration text ({measured}); '
+                      'serving it anyway', stacklevel=3)
+    return record

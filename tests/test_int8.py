@@ -162,3 +162,54 @@ print(inference.plan.products, kernels.onednn_matmul('int8'))
     assert answers['avx2'][0] == ['onednn-int8', 'gemm:jit'], answers['avx2'][0]
     assert answers['here'][0][0] == 'onednn-int8'
     assert_close(answers['avx2'][1], answers['here'][1], atol=1e-5, rtol=0)
+
+
+@pytest.mark.backend_dependent  # the folder is served as users load it: backend 'auto'
+def test_quantize_records_int8_on_real_text_and_serving_checks_the_record(tiny_pretrained,
+                                                                          tmp_path,
+                                                                          monkeypatch, capsys):
+    """`bert-gluon quantize --from FOLDER --calibrate FILE` measures int8
+    against float32 on the file's sentences and records it (int8.json, with
+    the weights' digest); serving the folder in int8 reads the record and
+    refuses it once the weights change after calibration. An empty file, or
+    text in another language than the model's, is refused by name."""
+    import shutil
+    from bert_gluon.cli import main
+    from bert_gluon.pretrained import from_pretrained
+    from bert_gluon.quantization import CALIBRATION_FILE
+    from bert_gluon.serving.engines import load_model
+    monkeypatch.setenv('BERT_GLUON_NATIVE', '1')  # int8 is the kernels'
+    folder = tmp_path / 'model'
+    shutil.copytree(tiny_pretrained, folder)
+    texts = tmp_path / 'texts.txt'
+    texts.write_text('\n'.join(_sentences(40)), encoding='utf-8')
+    status = main(['quantize', '--from', str(folder), '--calibrate', str(texts),
+                   '--min-cosine', '0.5', '--no-progress'])
+    said = capsys.readouterr().out
+    record = json.loads((folder / CALIBRATION_FILE).read_text())
+    assert status == 0 and record['passed'] and 'passed' in said, said
+    assert record['texts'] == 40 and record['kind'] == 'encoder'
+    assert 0.5 <= record['cosine_min'] <= record['cosine_mean'] <= 1.0
+    assert record['plan']['precision'] == 'int8'
+    assert load_model(str(folder), 'mxnet', 'int8').plan['precision'] == 'int8'
+    net, _, _ = from_pretrained(str(folder))  # the weights change after calibration
+    net.encoder.token_embedding.weight.set_data(net.encoder.token_embedding.weight.data() * 2)
+    net.save_parameters(str(folder / 'pretrained.params'))
+    with pytest.raises(ValueError, match='int8.json was measured on other weights: the model '
+                                         'changed after calibration'):
+        load_model(str(folder), 'mxnet', 'int8')
+    load_model(str(folder), 'mxnet', 'float32')  # float32 does not read the record
+    strict = main(['quantize', '--from', str(folder), '--calibrate', str(texts),
+                   '--min-cosine', '1.0', '--no-progress'])  # again: a bar int8 cannot meet
+    assert strict == 1 and 'MISSED THE BAR' in capsys.readouterr().out
+    with pytest.warns(UserWarning, match='int8 missed its bar on the calibration text'):
+        load_model(str(folder), 'mxnet', 'int8')
+    (tmp_path / 'empty.txt').write_text('\n \n', encoding='utf-8')
+    (tmp_path / 'russian.txt').write_text('Башня была построена в 1889 году и сегодня является '
+                                          'знаменитой достопримечательностью Парижа.\n',
+                                          encoding='utf-8')
+    for name, message in (('empty.txt', 'holds no text'),
+                          ('russian.txt', "unknown to the model's vocabulary")):
+        with pytest.raises(SystemExit) as exit_:
+            main(['quantize', '--from', str(folder), '--calibrate', str(tmp_path / name)])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err

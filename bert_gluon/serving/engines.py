@@ -12,7 +12,6 @@ SHA-1 changes and refused when the ONNX file's own SHA-1 does not match
 its record. Engines other than MXNet are extras:
 `pip install 'bert_gluon[onnxruntime]'`, `'bert_gluon[openvino]'`.
 """
-import hashlib
 import importlib
 import os
 import warnings
@@ -23,15 +22,14 @@ from mxnet import gluon
 from ..classifier import is_classifier_folder, load_classifier
 from ..data.files import cache_dir, find_dataset, sha1_of
 from ..fileio import atomic_write_json, check_writable_folder, read_json
-from ..pretrained import PRETRAINED, from_pretrained, minilm_folder
+from ..pretrained import PRETRAINED, from_pretrained, minilm_folder, weights_digest
+from ..quantization import check_calibration
 from ..represent import mean_pool
 
 __all__ = ['ENGINES', 'PRECISIONS', 'ServedModel', 'load_model', 'check_engine']
 
 ENGINES = ('mxnet', 'onnxruntime', 'openvino')
 PRECISIONS = ('float32', 'bfloat16', 'int8')
-_WEIGHTS = ('classifier.params', 'pretrained.params', 'model.safetensors', 'config.json',
-            'classifier.json')
 
 
 def check_engine(engine, precision):
@@ -83,14 +81,6 @@ def _folder_of(source):
     return Path(source), True
 
 
-def _weights_digest(folder):
-    digest = hashlib.sha1()
-    for name in _WEIGHTS:
-        if (folder / name).is_file():
-            digest.update(f'{name}:{sha1_of(folder / name)}\n'.encode())
-    return digest.hexdigest()
-
-
 def _writable(place):
     try:
         check_writable_folder(place, 'the ONNX cache')
@@ -105,7 +95,7 @@ def _cached_onnx(folder, beside, net, int8=False):
     read-only, in the package cache), rebuilt when they change."""
     from .. import __version__
     from ..onnx_export import export_onnx
-    source = _weights_digest(folder)
+    source = weights_digest(folder)
     places = ((folder / 'onnx',) if beside else ()) + (cache_dir() / 'onnx' / source,)
     for place in places:
         record, model = place / 'model.json', place / 'model.onnx'
@@ -255,6 +245,8 @@ def load_model(source, engine='mxnet', precision='float32'):
     if not (source in PRETRAINED or Path(source).is_dir()):
         raise ValueError(f'source: {source} is neither a model folder nor one of '
                          f'{sorted(PRETRAINED)}')
+    if precision == 'int8' and Path(source).is_dir():
+        check_calibration(source)  # a record for other weights is refused
     dtype = {'dtype': precision} if engine == 'mxnet' else {}
     if is_classifier_folder(source):
         net, tokenizer, config = load_classifier(source, **dtype)
