@@ -37,7 +37,8 @@ def title(data):
         what += ', one request'
     capped = ' '.join(f'{k}={v}' for k, v in m.get('env', {}).items()
                       if k.startswith(('MKL_ENABLE', 'ONEDNN_MAX')))
-    return (f'{what}\n{m["model"]}: {" ".join(m["flags"])}{"; " + capped if capped else ""}\n'
+    return (f'{what}\n{m["model"]}: {" ".join(m["flags"])}\n'
+            f'{"capped: " + capped + chr(10) if capped else ""}'
             f'{m["threads"]} threads, {data["date"][:10]}')
 
 

@@ -3,7 +3,7 @@ per-operator table and the fused encoder blocks' steps (the kernels built
 with their step timers: BERT_GLUON_LAYER_TIMERS=1, a build of its own).
 
     OMP_NUM_THREADS=2 GLIBC_TUNABLES=glibc.malloc.hugetlb=1 HF_HUB_OFFLINE=1 \
-        python bench/profile_request.py --length 32 [--dtype bfloat16]
+        python bench/profile_request.py --length 32 [--dtype bfloat16|int8]
 """
 import argparse
 import json
@@ -28,14 +28,14 @@ def products_gflop(config, length):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--length', type=int, default=128)
-    parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
+    parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16', 'int8'])
     parser.add_argument('--calls', type=int, default=200)
     args = parser.parse_args()
     import mxnet as mx
     import bert_gluon as bg
     from bert_gluon import kernels
     print('\n'.join(harness.header_lines(os.environ.get('OMP_NUM_THREADS', 'default'))))
-    run, wait = _twin('twin' if args.dtype == 'float32' else 'twin-bf16',
+    run, wait = _twin({'float32': 'twin', 'bfloat16': 'twin-bf16', 'int8': 'twin-int8'}[args.dtype],
                       *_inputs(1, args.length))
     for _ in range(5):
         run()

@@ -763,12 +763,24 @@ print('bfloat16', kernels.bf16_unavailable_reason('onednn'))
 print('chosen', providers.provider('float32'), providers.provider('bfloat16'))
 check_model('tiny', 'float32')
 print('same')
+import warnings
+with warnings.catch_warnings(record=True) as said:  # int8: the float32 products, said
+    warnings.simplefilter('always')
+    net = bg.HybridBERTModel(bg.get_config('book.demo', vocab_size=50, dtype='int8'),
+                             backend='native')
+    net.initialize()
+    plan = net.for_inference().plan
+print('int8 plan', plan.precision, plan.provider, len(said))
+print('warned', said[0].message if said else '')
 """
     out = run_native(script, BERT_GLUON_ONEDNN='0', BERT_GLUON_FLOAT32_PROVIDER='auto',
-                     BERT_GLUON_BF16_PROVIDER='auto')
+                     BERT_GLUON_BF16_PROVIDER='auto', BERT_GLUON_INT8_PROVIDER='auto')
     assert out.returncode == 0 and 'same' in out.stdout, out.stderr[-2000:]
     assert 'float32 oneDNN is off (BERT_GLUON_ONEDNN=0)' in out.stdout, out.stdout
     assert re.search(r'chosen blas (mkl|float32)\n', out.stdout), out.stdout
+    assert 'int8 plan float32 blas 1' in out.stdout, out.stdout
+    assert ("warned dtype='int8' runs its products in float32 on this CPU: onednn: oneDNN is "
+            'off (BERT_GLUON_ONEDNN=0)') in out.stdout, out.stdout
     forced = run_native("from bert_gluon.kernels import providers\n"
                         "providers.plan_products('float32')",
                         BERT_GLUON_ONEDNN='0', BERT_GLUON_FLOAT32_PROVIDER='onednn')
