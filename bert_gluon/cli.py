@@ -125,6 +125,7 @@ def _finetune(args):
 
 
 def _quantize(args):
+    from .quantization import CALIBRATION_FILE
     from .serving.calibration import calibrate_int8
     record = calibrate_int8(args.pretrained, args.calibrate, max_len=args.max_len,
                             min_cosine=args.min_cosine, min_agreement=args.min_agreement,
@@ -135,7 +136,7 @@ def _quantize(args):
                 f"minimum {record['cosine_min']:.4f} (bar {record['min_cosine']})")
     print(f"int8 on {record['texts']} texts of {args.calibrate}: {measured}; "
           f"{'passed' if record['passed'] else 'MISSED THE BAR'}; recorded in "
-          f"{args.pretrained}/int8.json")
+          f"{os.path.join(args.pretrained, CALIBRATION_FILE)}")
     return 0 if record['passed'] else 1
 
 

@@ -109,7 +109,7 @@ class Operand {
     return bf16_operands(by) ? n * K * sizeof(bf16) : 0;
   }
   Operand() = default;
-  Operand(Products by, int64_t n, int64_t K, void* space) : by_(by), K_(K) {
+  Operand(Products by, int64_t n, void* space) : by_(by) {
     char* at = static_cast<char*>(space);
     if (int8_operands(by)) {
       scale_ = reinterpret_cast<float*>(at);
@@ -118,11 +118,9 @@ class Operand {
     }
     data_ = at;
   }
-  bool low() const { return data_ != nullptr; }
   // Row r (of K floats, K no more than the space's) converted; rows of one
   // operand all have the same K
   void set_row(int64_t r, const float* x, int64_t K) {
-    K_ = K;
     if (!int8_operands(by_)) return to_bf16(x, K, reinterpret_cast<bf16*>(data_) + r * K);
     float lo = 0.f, hi = 0.f;
 #pragma omp simd reduction(min: lo) reduction(max: hi)
@@ -150,11 +148,9 @@ class Operand {
   const uint8_t* u8_rows() const { return reinterpret_cast<const uint8_t*>(data_); }
   const float* scales() const { return scale_; }
   const float* zeros() const { return zero_; }
-  int64_t K() const { return K_; }
 
  private:
   Products by_ = Products::blas;
-  int64_t K_ = 0;
   char* data_ = nullptr;
   float* scale_ = nullptr;
   float* zero_ = nullptr;

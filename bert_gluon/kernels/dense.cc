@@ -106,7 +106,7 @@ static MXReturnValue pd_forward(const std::unordered_map<std::string, std::strin
   if (prepare) {  // the bias added by the product: Y written once
     prepared::Weight weight(V, H, by);
     weight.prepare({prepared::Source((*inputs)[1])}, {W});
-    blas::Operand converted(by, n, H, a16);  // a16: A in bf16 already (or unused)
+    blas::Operand converted(by, n, a16);  // a16: A in bf16 already (or unused)
     weight.product(n, A, converted, true, Y, false, b);
     return MX_SUCCESS;
   }

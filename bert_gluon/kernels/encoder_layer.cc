@@ -283,7 +283,7 @@ void one_task_in_one_region(const Attrs& attrs, std::vector<std::vector<MXTensor
       res.alloc_cpu((shared + threads * each + operand_floats) * sizeof(float)));
   float *c = qkv + n * H3, *a = c + n * H, *f = a + n * H, *between = f + n * F;
   float* per_thread = between + 2 * n * H;
-  blas::Operand operand(by, n, std::max(H, F), per_thread + threads * each);
+  blas::Operand operand(by, n, per_thread + threads * each);
   const MXTensor& lens = first[1];
   Dims qkv_dims = s;
   qkv_dims.ld = H3;  // q, k and v of a row side by side
@@ -459,7 +459,7 @@ static MXReturnValue layer_forward(const Attrs& attrs, std::vector<MXTensor>* in
     float* a = c + rows * H;       // (n, H)
     float* f = a + rows * H;       // (n, F)
     // a left operand converted (n, max(H, F)), after K^T (d, T) and P (T, T)
-    blas::Operand operand(by, rows, std::max(H, F), Kt_of(slot) + s.d * T + T * T);
+    blas::Operand operand(by, rows, Kt_of(slot) + s.d * T + T * T);
     StepClock clock;
 
     Wqkv.product(n, x, operand, false, qkv, false, b_qkv);  // (n, 3H) = x W^T + b

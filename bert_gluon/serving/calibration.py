@@ -64,8 +64,8 @@ def calibrate_int8(folder, texts_file, max_len=128, batch_size=32, min_cosine=0.
     """Run the sentences of `texts_file` (one per line, or a tab-separated
     pair) through the model of `folder` (a pretrained or classifier folder)
     on the twin in float32 and in int8, and record in
-    folder/CALIBRATION_FILE how far int8 strays: the sentence embeddings'
-    cosine to float32 (mean, minimum), for a classifier also the share of
+    folder/CALIBRATION_FILE how far int8 strays: an encoder's sentence
+    embeddings' cosine to float32 (mean, minimum), a classifier's share of
     predictions unchanged. It passes when the minimum cosine reaches
     `min_cosine` (an encoder) or the agreement `min_agreement` (a
     classifier). Text the tokenizer mostly does not know (another language)
