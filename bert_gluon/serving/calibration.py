@@ -25,8 +25,9 @@ from .engines import load_model
 __all__ = ['calibrate_int8', 'unrecognized_share', 'MAX_UNRECOGNIZED']
 
 # A tokenizer's pieces of text in its own language are seldom unknown or word
-# fragments (WordPiece '##'): 6% of MiniLM's on WikiText-2; German text gives
-# it 50%, Russian 83%, Chinese 60% ([UNK])
+# fragments (WordPiece '##'): counted once with MiniLM's vocabulary, 6% on
+# 500 WikiText-2 lines; one sentence each in German 50%, Russian 83%,
+# Chinese 60% ([UNK])
 MAX_UNRECOGNIZED = 0.4
 
 def unrecognized_share(tokenizer, texts):
